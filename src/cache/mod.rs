@@ -1,0 +1,577 @@
+//! The cache: keys to objects to blocks on top of the store. Claims collapse concurrent misses
+//! into one writer per block, hits come back as pinned slot views, and eviction asks here before
+//! a slot is taken away.
+
+pub mod index;
+
+use std::sync::Arc;
+
+use crate::store::format::{SlotHeader, key_hash};
+use crate::store::{
+    Evictor, Fill, FillState, ObjectMeta, RecoveryReport, SlotAddr, SlotBuf, SlotKind, SlotWriter,
+    Store, StoreConfig, StoreError,
+};
+pub use index::{BlockState, BlockStatus};
+use index::{Index, ObjectEntry};
+
+#[derive(Debug, thiserror::Error)]
+pub enum CacheError {
+    #[error("object not in the cache")]
+    NoObject,
+    #[error("object changed version")]
+    VersionChanged,
+    #[error("block {0} is past the end of the object")]
+    OutOfRange(u32),
+    #[error(transparent)]
+    Store(#[from] StoreError),
+}
+
+/// A cached object as a request sees it: metadata plus its version (for claims).
+#[derive(Clone, Debug)]
+pub struct Object {
+    pub meta: Arc<ObjectMeta>,
+    pub version: u64,
+}
+
+/// The answer to "I need block N".
+pub enum Claim {
+    /// Cached: the bytes, pinned.
+    Ready(SlotBuf),
+    /// Someone is filling it: wait on the watermark and read [`Fill::readable`].
+    Wait(Arc<Fill>),
+    /// Nobody has it: the caller fills it and must commit (or drop to abort).
+    Write(BlockWriter),
+}
+
+struct Inner {
+    store: Store,
+    index: Index,
+}
+
+#[derive(Clone)]
+pub struct Cache {
+    inner: Arc<Inner>,
+}
+
+impl Cache {
+    /// Opens the store, recovers it and builds the index.
+    pub fn open(cfg: &StoreConfig) -> Result<(Cache, RecoveryReport), StoreError> {
+        Self::open_with_shards(cfg, Index::default_shards())
+    }
+
+    pub fn open_with_shards(
+        cfg: &StoreConfig,
+        shards: usize,
+    ) -> Result<(Cache, RecoveryReport), StoreError> {
+        let (store, objects, report) = Store::open(cfg)?;
+        let index = Index::new(shards);
+        let bs = store.block_size();
+        for o in objects {
+            let h = key_hash(&o.meta.key);
+            let mut blocks = vec![BlockState::EMPTY; o.meta.block_count(bs) as usize];
+            for (b, addr) in o.blocks {
+                // Not verified: the data crc is checked on the first read after the restart.
+                blocks[b as usize] = BlockState::ready(addr, false);
+            }
+            index.shard(h).objects.insert(
+                h,
+                ObjectEntry {
+                    version: o.meta.version(),
+                    meta: Arc::new(o.meta),
+                    meta_addr: o.meta_addr,
+                    meta_seq: o.meta_seq,
+                    blocks: blocks.into_boxed_slice(),
+                },
+            );
+        }
+        let cache = Cache {
+            inner: Arc::new(Inner { store, index }),
+        };
+        Ok((cache, report))
+    }
+
+    pub fn store(&self) -> &Store {
+        &self.inner.store
+    }
+
+    pub fn block_size(&self) -> u32 {
+        self.inner.store.block_size()
+    }
+
+    /// The object under `key`, if cached.
+    pub fn lookup(&self, key: &str) -> Option<Object> {
+        let h = key_hash(key);
+        let shard = self.inner.index.shard(h);
+        let e = shard.objects.get(&h).filter(|e| e.meta.key == key)?;
+        Some(Object {
+            meta: e.meta.clone(),
+            version: e.version,
+        })
+    }
+
+    /// Status of each block of an object (for planning which runs to fetch).
+    pub fn block_statuses(&self, key: &str) -> Option<Vec<BlockStatus>> {
+        let h = key_hash(key);
+        let shard = self.inner.index.shard(h);
+        let e = shard.objects.get(&h).filter(|e| e.meta.key == key)?;
+        Some(e.blocks.iter().map(|b| b.status()).collect())
+    }
+
+    /// Stores (or replaces) an object's metadata. Same version: the record is updated and the
+    /// blocks kept. Another version: the old blocks are dropped (the object changed upstream).
+    pub fn put_object(&self, meta: ObjectMeta) -> Result<Object, CacheError> {
+        let inner = &self.inner;
+        let h = key_hash(&meta.key);
+        let version = meta.version();
+        {
+            let shard = inner.index.shard(h);
+            if let Some(e) = shard.objects.get(&h)
+                && *e.meta == meta
+            {
+                return Ok(Object {
+                    meta: e.meta.clone(),
+                    version,
+                });
+            }
+        }
+        let record = meta.encode();
+        let drive = inner.store.drive_for(h, u32::MAX);
+        let mut w = drive.alloc(SlotKind::Meta, record.len() as u32, &**inner)?;
+        w.write(&record);
+        let seq = inner.store.next_seq();
+        let header = SlotHeader {
+            kind: SlotKind::Meta,
+            region_generation: 0,
+            key_hash: h,
+            block: 0,
+            data_len: 0,
+            data_crc: 0,
+            object_version: version,
+            seq,
+        };
+        let meta_addr = w.fill().addr();
+        if let Err(e) = drive.commit(&w, header) {
+            drive.free(meta_addr);
+            return Err(e.into());
+        }
+        drop(w);
+        let meta = Arc::new(meta);
+        let mut to_free = Vec::new();
+        let result = {
+            let mut shard = inner.index.shard(h);
+            let nblocks = meta.block_count(inner.store.block_size()) as usize;
+            match shard.objects.get_mut(&h) {
+                Some(e) if e.meta_seq > seq => {
+                    // A newer record was installed while ours was being written.
+                    to_free.push(meta_addr);
+                    Object {
+                        meta: e.meta.clone(),
+                        version: e.version,
+                    }
+                }
+                Some(e) => {
+                    to_free.push(e.meta_addr);
+                    if e.version != version || e.meta.key != meta.key {
+                        for b in e.blocks.iter_mut() {
+                            if b.status() == BlockStatus::Ready {
+                                to_free.push(b.addr());
+                            }
+                        }
+                        // Filling blocks belong to the old version: their commit will fail.
+                        e.blocks = vec![BlockState::EMPTY; nblocks].into_boxed_slice();
+                    }
+                    e.meta = meta.clone();
+                    e.version = version;
+                    e.meta_addr = meta_addr;
+                    e.meta_seq = seq;
+                    Object { meta, version }
+                }
+                None => {
+                    shard.objects.insert(
+                        h,
+                        ObjectEntry {
+                            meta: meta.clone(),
+                            version,
+                            meta_addr,
+                            meta_seq: seq,
+                            blocks: vec![BlockState::EMPTY; nblocks].into_boxed_slice(),
+                        },
+                    );
+                    Object { meta, version }
+                }
+            }
+        };
+        for addr in to_free {
+            inner.store.drive(addr.drive()).free(addr);
+        }
+        Ok(result)
+    }
+
+    /// Drops an object and frees its slots (each when its last reader is done).
+    pub fn remove(&self, key: &str) -> bool {
+        let h = key_hash(key);
+        let entry = {
+            let mut shard = self.inner.index.shard(h);
+            match shard.objects.get(&h) {
+                Some(e) if e.meta.key == key => shard.objects.remove(&h),
+                _ => None,
+            }
+        };
+        let Some(e) = entry else { return false };
+        self.inner.free_entry(&e);
+        true
+    }
+
+    /// A cached block, or `None` (missing, filling, or failed its check).
+    pub fn get(&self, key: &str, block: u32) -> Option<SlotBuf> {
+        let version = self.lookup(key)?.version;
+        match self.claim_existing(key, block, version) {
+            Ok(Some(Claim::Ready(b))) => Some(b),
+            _ => None,
+        }
+    }
+
+    /// Claims block `block` of version `version` of the object: exactly one caller at a time
+    /// gets [`Claim::Write`]; the others wait on its fill or read the cached bytes.
+    pub fn claim(&self, key: &str, block: u32, version: u64) -> Result<Claim, CacheError> {
+        loop {
+            if let Some(c) = self.claim_existing(key, block, version)? {
+                return Ok(c);
+            }
+            // Missing: allocate outside the shard lock (allocation may evict, which locks
+            // shards), then install unless someone else claimed the block meanwhile.
+            let inner = &self.inner;
+            let h = key_hash(key);
+            let len = self
+                .lookup(key)
+                .ok_or(CacheError::NoObject)?
+                .meta
+                .block_len(inner.store.block_size(), u64::from(block));
+            let drive = inner.store.drive_for(h, block);
+            let w = drive.alloc(SlotKind::Data, len as u32, &**inner)?;
+            let addr = w.fill().addr();
+            let mut shard = inner.index.shard(h);
+            let installed = match shard.objects.get_mut(&h) {
+                Some(e)
+                    if e.version == version
+                        && e.meta.key == key
+                        && e.blocks.get(block as usize) == Some(&BlockState::EMPTY) =>
+                {
+                    e.blocks[block as usize] = BlockState::filling(addr);
+                    true
+                }
+                _ => false,
+            };
+            if installed {
+                shard.fills.insert((h, block), w.fill().clone());
+                drop(shard);
+                return Ok(Claim::Write(BlockWriter {
+                    inner: inner.clone(),
+                    key_hash: h,
+                    block,
+                    version,
+                    writer: Some(w),
+                }));
+            }
+            drop(shard);
+            // Lost the race (or the object changed): give the slot back and look again.
+            drive.free(addr);
+        }
+    }
+
+    /// Claim without allocating: `None` means the block is missing.
+    fn claim_existing(
+        &self,
+        key: &str,
+        block: u32,
+        version: u64,
+    ) -> Result<Option<Claim>, CacheError> {
+        let inner = &self.inner;
+        let h = key_hash(key);
+        loop {
+            let (buf, verified) = {
+                let shard = inner.index.shard(h);
+                let e = shard
+                    .objects
+                    .get(&h)
+                    .filter(|e| e.meta.key == key)
+                    .ok_or(CacheError::NoObject)?;
+                if e.version != version {
+                    return Err(CacheError::VersionChanged);
+                }
+                let state = *e
+                    .blocks
+                    .get(block as usize)
+                    .ok_or(CacheError::OutOfRange(block))?;
+                match state.status() {
+                    BlockStatus::Missing => return Ok(None),
+                    BlockStatus::Filling => {
+                        let fill = shard
+                            .fills
+                            .get(&(h, block))
+                            .expect("fill of a filling block");
+                        return Ok(Some(Claim::Wait(fill.clone())));
+                    }
+                    BlockStatus::Ready => {
+                        let len = e.meta.block_len(inner.store.block_size(), u64::from(block));
+                        let addr = state.addr();
+                        let buf = inner
+                            .store
+                            .drive(addr.drive())
+                            .committed(addr, len as usize);
+                        (buf, state.verified())
+                    }
+                }
+            };
+            if verified || inner.verify(h, block, &buf) {
+                return Ok(Some(Claim::Ready(buf)));
+            }
+        }
+    }
+
+    /// Every cached object with its number of cached blocks (for `inspect`).
+    pub fn objects(&self) -> Vec<(Object, usize)> {
+        let idx = &self.inner.index;
+        let mut out = Vec::new();
+        for i in 0..idx.shard_count() {
+            for e in idx.shard_at(i).objects.values() {
+                out.push((
+                    Object {
+                        meta: e.meta.clone(),
+                        version: e.version,
+                    },
+                    e.ready_blocks(),
+                ));
+            }
+        }
+        out
+    }
+}
+
+impl Inner {
+    fn free_entry(&self, e: &ObjectEntry) {
+        for b in e.blocks.iter().filter(|b| b.status() == BlockStatus::Ready) {
+            self.store.drive(b.addr().drive()).free(b.addr());
+        }
+        self.store.drive(e.meta_addr.drive()).free(e.meta_addr);
+    }
+
+    /// First read of a block recovered from disk: check its data crc before serving it. A block
+    /// that fails is dropped (refetched later), never served.
+    fn verify(&self, h: u128, block: u32, buf: &SlotBuf) -> bool {
+        let addr = buf.pin().addr();
+        let drive = self.store.drive(addr.drive());
+        let good = drive.read_slot_header(addr).is_ok_and(|hd| {
+            hd.key_hash == h && hd.block == block && crc32fast::hash(buf) == hd.data_crc
+        });
+        let mut shard = self.index.shard(h);
+        let Some(e) = shard.objects.get_mut(&h) else {
+            return false;
+        };
+        let Some(state) = e.blocks.get_mut(block as usize) else {
+            return false;
+        };
+        if state.status() != BlockStatus::Ready || state.addr() != addr {
+            return false;
+        }
+        if good {
+            *state = BlockState::ready(addr, true);
+            return true;
+        }
+        log::error!(
+            "block {block} of {} at {addr:?} failed its data check; dropped",
+            e.meta.key
+        );
+        *state = BlockState::EMPTY;
+        drop(shard);
+        drive.free(addr);
+        false
+    }
+}
+
+impl Evictor for Inner {
+    fn evict(&self, addr: SlotAddr, header: &SlotHeader) -> bool {
+        if header.kind != SlotKind::Data {
+            return false;
+        }
+        let h = header.key_hash;
+        let mut shard = self.index.shard(h);
+        let Some(e) = shard.objects.get_mut(&h) else {
+            return false;
+        };
+        let Some(state) = e.blocks.get_mut(header.block as usize) else {
+            return false;
+        };
+        if state.status() != BlockStatus::Ready
+            || state.addr() != addr
+            || self.store.drive(addr.drive()).is_pinned(addr)
+        {
+            return false;
+        }
+        *state = BlockState::EMPTY;
+        if e.is_empty() {
+            // An object with no block left is dropped with its metadata record.
+            let meta_addr = e.meta_addr;
+            shard.objects.remove(&h);
+            drop(shard);
+            self.store.drive(meta_addr.drive()).free(meta_addr);
+        }
+        true
+    }
+}
+
+/// The writer of one block: bytes go straight into the slot; waiters see them as they land.
+pub struct BlockWriter {
+    inner: Arc<Inner>,
+    key_hash: u128,
+    block: u32,
+    version: u64,
+    writer: Option<SlotWriter>,
+}
+
+impl BlockWriter {
+    fn w(&mut self) -> &mut SlotWriter {
+        self.writer.as_mut().expect("writer used after commit")
+    }
+
+    pub fn block(&self) -> u32 {
+        self.block
+    }
+
+    pub fn spare_mut(&mut self) -> &mut [u8] {
+        self.w().spare_mut()
+    }
+
+    pub fn advance(&mut self, n: usize) {
+        self.w().advance(n)
+    }
+
+    pub fn write(&mut self, data: &[u8]) -> usize {
+        self.w().write(data)
+    }
+
+    pub fn filled(&self) -> usize {
+        self.writer.as_ref().map_or(0, |w| w.filled())
+    }
+
+    pub fn capacity(&self) -> usize {
+        self.writer.as_ref().map_or(0, |w| w.capacity())
+    }
+
+    pub fn is_complete(&self) -> bool {
+        self.writer.as_ref().is_some_and(|w| w.is_complete())
+    }
+
+    pub fn fill(&self) -> Option<&Arc<Fill>> {
+        self.writer.as_ref().map(|w| w.fill())
+    }
+
+    /// Seals the block and makes it a hit for everyone. Fails if the block is incomplete or the
+    /// object changed meanwhile (then nothing is cached and the waiters are told it aborted).
+    pub fn commit(mut self) -> Result<SlotBuf, CacheError> {
+        let w = self.writer.take().expect("commit twice");
+        let inner = self.inner.clone();
+        let fill = w.fill().clone();
+        let addr = fill.addr();
+        let drive = inner.store.drive(addr.drive());
+        if !w.is_complete() {
+            self.writer = Some(w);
+            return Err(CacheError::Store(StoreError::Config(
+                "commit of an incomplete block".into(),
+            )));
+        }
+        let header = SlotHeader {
+            kind: SlotKind::Data,
+            region_generation: 0,
+            key_hash: self.key_hash,
+            block: self.block,
+            data_len: 0,
+            data_crc: 0,
+            object_version: self.version,
+            seq: inner.store.next_seq(),
+        };
+        let buf = match drive.commit(&w, header) {
+            Ok(buf) => buf,
+            Err(e) => {
+                self.writer = Some(w);
+                return Err(e.into());
+            }
+        };
+        let installed = {
+            let mut shard = inner.index.shard(self.key_hash);
+            let ok = match shard.objects.get_mut(&self.key_hash) {
+                Some(e) if e.version == self.version => {
+                    match e.blocks.get_mut(self.block as usize) {
+                        Some(s) if *s == BlockState::filling(addr) => {
+                            *s = BlockState::ready(addr, true);
+                            true
+                        }
+                        _ => false,
+                    }
+                }
+                _ => false,
+            };
+            remove_fill(&mut shard, self.key_hash, self.block, &fill);
+            ok
+        };
+        if installed {
+            fill.finish(FillState::Committed);
+            Ok(buf)
+        } else {
+            drive.free(addr);
+            fill.finish(FillState::Aborted);
+            Err(CacheError::VersionChanged)
+        }
+    }
+
+    /// Gives up: frees the slot (once readers let go) and wakes waiters with `Aborted`.
+    pub fn abort(mut self) {
+        self.abort_inner();
+    }
+
+    fn abort_inner(&mut self) {
+        let Some(w) = self.writer.take() else { return };
+        let inner = &self.inner;
+        let fill = w.fill().clone();
+        let addr = fill.addr();
+        let meta_addr = {
+            let mut shard = inner.index.shard(self.key_hash);
+            remove_fill(&mut shard, self.key_hash, self.block, &fill);
+            let mut drop_object = None;
+            if let Some(e) = shard.objects.get_mut(&self.key_hash)
+                && let Some(s) = e.blocks.get_mut(self.block as usize)
+                && *s == BlockState::filling(addr)
+            {
+                *s = BlockState::EMPTY;
+                if e.is_empty() {
+                    // Nothing of the object was ever stored: forget it, with its record.
+                    drop_object = Some(e.meta_addr);
+                    shard.objects.remove(&self.key_hash);
+                }
+            }
+            drop_object
+        };
+        inner.store.drive(addr.drive()).free(addr);
+        if let Some(m) = meta_addr {
+            inner.store.drive(m.drive()).free(m);
+        }
+        fill.finish(FillState::Aborted);
+        drop(w);
+    }
+}
+
+fn remove_fill(shard: &mut index::Shard, h: u128, block: u32, fill: &Arc<Fill>) {
+    if shard
+        .fills
+        .get(&(h, block))
+        .is_some_and(|f| Arc::ptr_eq(f, fill))
+    {
+        shard.fills.remove(&(h, block));
+    }
+}
+
+impl Drop for BlockWriter {
+    fn drop(&mut self) {
+        self.abort_inner();
+    }
+}

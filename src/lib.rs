@@ -1,0 +1,13 @@
+//! gatecache: an HTTP cache for software-update content on IoT and factory gateways.
+//!
+//! ```text
+//! request -> route -> key -> plan (which blocks are Ready | Filling | Missing)
+//!   Ready   -> pinned slot view -> socket, no userspace copy      (cache::Cache::claim)
+//!   Missing -> one upstream fetch per run -> slot writer -> watermark -> waiters
+//!              -> commit: crc, flush, header -> Ready              (cache::BlockWriter)
+//! store: slab files per drive -> regions -> slots (header + data)  (store::*)
+//! ```
+#![deny(clippy::undocumented_unsafe_blocks)]
+
+pub mod cache;
+pub mod store;

@@ -1,0 +1,492 @@
+//! One cache directory ("drive", like the original's `STORAGE_<N>`): its lock, its slab files,
+//! its allocator, and every slot header read or written.
+
+use std::fs::{File, OpenOptions};
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use parking_lot::Mutex;
+
+use super::alloc::Allocator;
+use super::format::{
+    self, HeaderError, REGION_HEADER_LEN, RegionHeader, SLAB_HEADER_LEN, SLOT_HEADER_LEN,
+    SlabHeader, SlotHeader, SlotKind,
+};
+use super::slab::{self, Fill, Slab, SlotBuf, SlotWriter};
+use super::{SlotAddr, StoreError};
+
+/// Removes index entries for slots the drive wants to evict. Implemented by the cache index:
+/// it returns true only if the slot was live, unpinned, and is now unreachable.
+pub trait Evictor {
+    fn evict(&self, addr: SlotAddr, header: &SlotHeader) -> bool;
+}
+
+/// An evictor that refuses everything (recovery, tests of the bare store).
+pub struct NoEvict;
+
+impl Evictor for NoEvict {
+    fn evict(&self, _: SlotAddr, _: &SlotHeader) -> bool {
+        false
+    }
+}
+
+/// A slab file as found on disk when the drive was opened.
+pub struct SlabOpen {
+    /// Regions whose contents may be trusted (0 when the file was new or re-initialised).
+    pub valid_regions: u32,
+    /// Length of the file before it was resized: slot data past it was lost.
+    pub original_len: u64,
+    pub reinitialised: Option<String>,
+}
+
+pub struct Drive {
+    id: u8,
+    path: PathBuf,
+    block_size: u32,
+    region_len: u64,
+    regions_per_slab: u32,
+    slabs: Vec<Slab>,
+    state: Mutex<Allocator>,
+    sync_data: bool,
+    _lock: File,
+}
+
+/// Keeps one slot from being reused while it lives (see `slab.rs`, rule 3).
+pub struct PinGuard {
+    drive: Arc<Drive>,
+    addr: SlotAddr,
+    /// Where the slot's header starts in its slab (the data follows it).
+    header_off: u64,
+    capacity: u32,
+}
+
+impl PinGuard {
+    pub fn addr(&self) -> SlotAddr {
+        self.addr
+    }
+
+    /// Data bytes the slot can hold.
+    pub fn capacity(&self) -> usize {
+        self.capacity as usize
+    }
+
+    pub(super) fn data_ptr(&self, len: usize) -> *mut u8 {
+        assert!(len <= self.capacity as usize, "view past the slot");
+        self.drive
+            .slab_of(self.addr)
+            .ptr(self.header_off + SLOT_HEADER_LEN, len)
+    }
+}
+
+impl Drop for PinGuard {
+    fn drop(&mut self) {
+        let mut st = self.drive.state.lock();
+        if st.unpin(self.addr) {
+            // The slot was freed while pinned and is free now: clear its header.
+            self.drive
+                .slab_of(self.addr)
+                .write_header(self.header_off, &[0u8; 64]);
+        }
+    }
+}
+
+fn io_err<'a>(
+    path: &'a Path,
+    what: &'static str,
+) -> impl FnOnce(std::io::Error) -> StoreError + 'a {
+    move |source| StoreError::Io {
+        path: path.to_path_buf(),
+        what,
+        source,
+    }
+}
+
+/// Reserves disk blocks so that a write into the map can never hit a full disk (SIGBUS).
+fn reserve(file: &File, len: u64, path: &Path) -> Result<(), StoreError> {
+    if !slab::preallocate(file, len).map_err(io_err(path, "preallocate slab"))? {
+        log::warn!(
+            "{}: filesystem cannot preallocate; a full disk would fault the cache",
+            path.display()
+        );
+    }
+    Ok(())
+}
+
+fn lock_dir(dir: &Path) -> Result<File, StoreError> {
+    let path = dir.join("lock");
+    let file = OpenOptions::new()
+        .create(true)
+        .truncate(false)
+        .read(true)
+        .write(true)
+        .open(&path)
+        .map_err(io_err(&path, "open lock file"))?;
+    if !slab::lock_exclusive(&file).map_err(io_err(&path, "lock cache directory"))? {
+        return Err(StoreError::Locked(dir.to_path_buf()));
+    }
+    Ok(file)
+}
+
+pub fn slab_path(dir: &Path, n: u32) -> PathBuf {
+    dir.join(format!("slab-{n:04}.dat"))
+}
+
+impl Drive {
+    /// Opens (creating or resizing as needed) the slab files of one directory.
+    pub fn open(
+        id: u8,
+        dir: &Path,
+        size: u64,
+        block_size: u32,
+        slab_size: u64,
+        sync_data: bool,
+    ) -> Result<(Drive, Vec<SlabOpen>), StoreError> {
+        std::fs::create_dir_all(dir).map_err(io_err(dir, "create cache directory"))?;
+        let lock = lock_dir(dir)?;
+        let region_len = format::region_len(block_size);
+        let regions_per_slab =
+            ((slab_size.saturating_sub(SLAB_HEADER_LEN)) / region_len).max(1) as u32;
+        let total_regions = (size / region_len).min(u64::from(u32::MAX)) as u32;
+        if total_regions < 4 {
+            return Err(StoreError::Config(format!(
+                "storage {}: size {size} holds fewer than 4 blocks of {block_size} bytes",
+                dir.display()
+            )));
+        }
+        let nslabs = total_regions.div_ceil(regions_per_slab);
+        let mut slabs = Vec::new();
+        let mut opened = Vec::new();
+        let store_id = xxhash_rust::xxh3::xxh3_64(dir.as_os_str().as_encoded_bytes());
+        for n in 0..nslabs {
+            let regions = (total_regions - n * regions_per_slab).min(regions_per_slab);
+            let (slab, open) = Self::open_slab(dir, n, regions, block_size, region_len, store_id)?;
+            slabs.push(slab);
+            opened.push(open);
+        }
+        // Slabs past the budget (the size was lowered) are removed.
+        for n in nslabs.. {
+            let p = slab_path(dir, n);
+            if !p.exists() {
+                break;
+            }
+            log::warn!("{}: beyond the configured size, removing", p.display());
+            std::fs::remove_file(&p).map_err(io_err(&p, "remove extra slab"))?;
+        }
+        let classes = format::slot_classes(block_size);
+        let drive = Drive {
+            id,
+            path: dir.to_path_buf(),
+            block_size,
+            region_len,
+            regions_per_slab,
+            slabs,
+            state: Mutex::new(Allocator::new(id, block_size, classes, total_regions)),
+            sync_data,
+            _lock: lock,
+        };
+        Ok((drive, opened))
+    }
+
+    fn open_slab(
+        dir: &Path,
+        n: u32,
+        regions: u32,
+        block_size: u32,
+        region_len: u64,
+        store_id: u64,
+    ) -> Result<(Slab, SlabOpen), StoreError> {
+        let path = slab_path(dir, n);
+        let file = OpenOptions::new()
+            .create(true)
+            .truncate(false)
+            .read(true)
+            .write(true)
+            .open(&path)
+            .map_err(io_err(&path, "open slab"))?;
+        let original_len = file.metadata().map_err(io_err(&path, "stat slab"))?.len();
+        let want_len = SLAB_HEADER_LEN + u64::from(regions) * region_len;
+        let mut head = [0u8; 64];
+        if original_len >= 64 {
+            use std::os::unix::fs::FileExt;
+            file.read_exact_at(&mut head, 0)
+                .map_err(io_err(&path, "read slab header"))?;
+        }
+        let (valid_regions, reinitialised) = match SlabHeader::decode(&head) {
+            Ok(h) if h.block_size == block_size && h.store_id == store_id && h.slab_no == n => {
+                (h.regions.min(regions), None)
+            }
+            Ok(h) if h.block_size != block_size => (
+                0,
+                Some(format!(
+                    "block size changed ({} -> {block_size})",
+                    h.block_size
+                )),
+            ),
+            Ok(_) => (0, Some("belongs to another store".to_string())),
+            Err(HeaderError::Empty) if original_len <= 64 => (0, None),
+            Err(e) => (0, Some(format!("slab header: {e}"))),
+        };
+        if let Some(why) = &reinitialised {
+            log::warn!(
+                "{}: {why}; its contents are dropped and it starts empty",
+                path.display()
+            );
+        }
+        if valid_regions == 0 && original_len > 0 {
+            // Start from zeros: stale headers of an unknown layout must not be read as ours.
+            file.set_len(0).map_err(io_err(&path, "truncate slab"))?;
+        }
+        if original_len != want_len || valid_regions == 0 {
+            file.set_len(want_len)
+                .map_err(io_err(&path, "resize slab"))?;
+        }
+        reserve(&file, want_len, &path)?;
+        let slab = Slab::map(file, want_len).map_err(io_err(&path, "map slab"))?;
+        let header = SlabHeader {
+            block_size,
+            region_len,
+            regions,
+            slab_no: n,
+            store_id,
+        };
+        slab.write_header(0, &header.encode());
+        Ok((
+            slab,
+            SlabOpen {
+                valid_regions,
+                original_len: if valid_regions == 0 { 0 } else { original_len },
+                reinitialised,
+            },
+        ))
+    }
+
+    pub fn id(&self) -> u8 {
+        self.id
+    }
+
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+
+    pub fn region_count(&self) -> u32 {
+        self.state.lock().region_count()
+    }
+
+    pub fn capacity_bytes(&self) -> u64 {
+        u64::from(self.region_count()) * u64::from(self.block_size)
+    }
+
+    pub fn slabs(&self) -> &[Slab] {
+        &self.slabs
+    }
+
+    /// Slab and byte offset of a region.
+    pub fn region_at(&self, region: u32) -> (&Slab, u64) {
+        let slab = &self.slabs[(region / self.regions_per_slab) as usize];
+        let off = SLAB_HEADER_LEN + u64::from(region % self.regions_per_slab) * self.region_len;
+        (slab, off)
+    }
+
+    /// Slab and offset of a slot's header, given its region's slot size.
+    fn slot_at(&self, addr: SlotAddr, slot_size: u32) -> (&Slab, u64) {
+        let (slab, off) = self.region_at(addr.region());
+        (
+            slab,
+            off + REGION_HEADER_LEN + u64::from(addr.slot()) * u64::from(slot_size),
+        )
+    }
+
+    fn slab_of(&self, addr: SlotAddr) -> &Slab {
+        &self.slabs[(addr.region() / self.regions_per_slab) as usize]
+    }
+
+    /// Pins a slot; the allocator lock is held by the caller.
+    fn pin_locked(self: &Arc<Self>, st: &mut Allocator, addr: SlotAddr) -> Arc<PinGuard> {
+        let size = st
+            .region_slot_size(addr.region())
+            .expect("pin of a slot in an unassigned region");
+        st.pin(addr);
+        let (_, header_off) = self.slot_at(addr, size);
+        Arc::new(PinGuard {
+            drive: self.clone(),
+            addr,
+            header_off,
+            capacity: size - SLOT_HEADER_LEN as u32,
+        })
+    }
+
+    /// Pins a live slot. The caller guarantees `addr` is live (it holds the index lock that
+    /// makes it reachable), so the slot cannot be freed between the lookup and the pin.
+    pub fn pin(self: &Arc<Self>, addr: SlotAddr) -> Arc<PinGuard> {
+        let mut st = self.state.lock();
+        self.pin_locked(&mut st, addr)
+    }
+
+    /// A pinned view of `len` committed data bytes of a live slot (see [`Drive::pin`]).
+    pub fn committed(self: &Arc<Self>, addr: SlotAddr, len: usize) -> SlotBuf {
+        SlotBuf::committed(self.pin(addr), len)
+    }
+
+    pub fn is_pinned(&self, addr: SlotAddr) -> bool {
+        self.state.lock().is_pinned(addr)
+    }
+
+    /// Allocates a slot for `data_len` bytes, evicting data regions if the drive is full.
+    pub fn alloc(
+        self: &Arc<Self>,
+        kind: SlotKind,
+        data_len: u32,
+        evictor: &dyn Evictor,
+    ) -> Result<SlotWriter, StoreError> {
+        let class = {
+            let st = self.state.lock();
+            format::class_for(st.classes(), data_len).ok_or(StoreError::TooLarge(data_len))?
+        };
+        // Each round evicts one region; a few rounds cover regions freed only in part because
+        // some of their slots were pinned meanwhile.
+        for _ in 0..64 {
+            let victim = {
+                let mut st = self.state.lock();
+                if let Some(t) = st.take(kind, class) {
+                    let size = st.classes()[class as usize];
+                    if let Some((kind, slot_size, generation)) = t.new_region {
+                        let (slab, off) = self.region_at(t.addr.region());
+                        let h = RegionHeader {
+                            kind,
+                            slot_size,
+                            generation,
+                        };
+                        slab.write_header(off, &h.encode());
+                    }
+                    // A stale header from the slot's last life must not describe new bytes.
+                    let (slab, off) = self.slot_at(t.addr, size);
+                    slab.write_header(off, &[0u8; 64]);
+                    let pin = self.pin_locked(&mut st, t.addr);
+                    drop(st);
+                    return Ok(SlotWriter::new(Fill::new(pin, data_len as usize)));
+                }
+                let Some((region, used)) = st.begin_eviction() else {
+                    return Err(StoreError::Full);
+                };
+                let size = st.region_slot_size(region).expect("assigned");
+                let headers: Vec<_> = used
+                    .into_iter()
+                    .map(|s| {
+                        let addr = SlotAddr::new(self.id, region, s);
+                        let (slab, off) = self.slot_at(addr, size);
+                        (addr, SlotHeader::decode(&slab.read_header(off)))
+                    })
+                    .collect();
+                (region, headers)
+            };
+            let (region, headers) = victim;
+            let mut freed = Vec::new();
+            for (addr, header) in headers {
+                if let Ok(h) = header
+                    && evictor.evict(addr, &h)
+                {
+                    freed.push(addr);
+                }
+            }
+            let mut st = self.state.lock();
+            let size = st.region_slot_size(region).expect("region under eviction");
+            for addr in freed {
+                if st.release(addr) {
+                    let (slab, off) = self.slot_at(addr, size);
+                    slab.write_header(off, &[0u8; 64]);
+                }
+            }
+            st.end_eviction(region);
+        }
+        Err(StoreError::Full)
+    }
+
+    /// Seals a complete slot: crc of the data, flush, then the header (that order, so a header
+    /// on disk always describes complete data). Returns a pinned view of the data.
+    pub fn commit(&self, w: &SlotWriter, mut header: SlotHeader) -> Result<SlotBuf, StoreError> {
+        assert!(w.is_complete(), "commit of an incomplete slot");
+        let pin = w.pin();
+        let addr = pin.addr();
+        header.data_len = w.capacity() as u32;
+        header.data_crc = crc32fast::hash(w.written());
+        let slab = self.slab_of(addr);
+        if self.sync_data && w.capacity() > 0 {
+            slab.flush(pin.header_off + SLOT_HEADER_LEN, w.capacity())
+                .map_err(io_err(&self.path, "flush slot data"))?;
+        }
+        {
+            let st = self.state.lock();
+            let (_, _, generation) = st.region_info(addr.region()).expect("assigned");
+            header.region_generation = generation;
+            slab.write_header(pin.header_off, &header.encode());
+        }
+        Ok(SlotBuf::committed(w.pin().clone(), w.capacity()))
+    }
+
+    /// Frees a slot (now, or when its last pin drops) and clears its header.
+    pub fn free(&self, addr: SlotAddr) {
+        let mut st = self.state.lock();
+        let size = st
+            .region_slot_size(addr.region())
+            .expect("free of an unassigned slot");
+        if st.release(addr) {
+            let (slab, off) = self.slot_at(addr, size);
+            slab.write_header(off, &[0u8; 64]);
+        }
+    }
+
+    /// Reads the header of a live slot (lazy verification after a restart).
+    pub fn read_slot_header(&self, addr: SlotAddr) -> Result<SlotHeader, HeaderError> {
+        let st = self.state.lock();
+        let size = st
+            .region_slot_size(addr.region())
+            .ok_or(HeaderError::Empty)?;
+        let (slab, off) = self.slot_at(addr, size);
+        SlotHeader::decode(&slab.read_header(off))
+    }
+
+    /// Recovery only (before the drive is shared): direct access to the allocator.
+    pub(super) fn with_alloc<R>(&self, f: impl FnOnce(&mut Allocator) -> R) -> R {
+        f(&mut self.state.lock())
+    }
+
+    /// Recovery only: clears a header that will not be used.
+    pub(super) fn clear_header_at(&self, addr: SlotAddr, slot_size: u32) {
+        let (slab, off) = self.slot_at(addr, slot_size);
+        slab.write_header(off, &[0u8; 64]);
+    }
+
+    /// Recovery only: the data bytes of a slot with a valid header.
+    pub(super) fn slot_data_crc(&self, addr: SlotAddr, slot_size: u32, len: u32) -> u32 {
+        let (slab, off) = self.slot_at(addr, slot_size);
+        slab.crc(off + SLOT_HEADER_LEN, len as usize)
+    }
+
+    pub(super) fn slot_data_copy(&self, addr: SlotAddr, slot_size: u32, len: u32) -> Vec<u8> {
+        let (slab, off) = self.slot_at(addr, slot_size);
+        let mut out = vec![0u8; len as usize];
+        slab.read_into(off + SLOT_HEADER_LEN, &mut out);
+        out
+    }
+
+    /// Pinned slots right now (for tests and metrics).
+    pub fn pinned_slots(&self) -> usize {
+        self.state.lock().pinned_slots()
+    }
+
+    pub fn free_regions(&self) -> usize {
+        self.state.lock().free_region_count()
+    }
+
+    pub fn alloc_heap_bytes(&self) -> usize {
+        self.state.lock().heap_bytes()
+    }
+
+    pub(super) fn region_geometry(&self) -> (u64, u32) {
+        (self.region_len, self.regions_per_slab)
+    }
+
+    pub fn block_size(&self) -> u32 {
+        self.block_size
+    }
+}

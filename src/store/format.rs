@@ -1,0 +1,592 @@
+//! On-disk format: slab, region and slot headers, slot classes, and the object metadata record.
+//!
+//! Everything here is pure byte layout (no I/O), so it is table-tested in isolation. All integers
+//! are little-endian. Every header ends with a crc32 of the bytes before it, so a torn or zeroed
+//! header is recognised and never trusted.
+//!
+//! ```text
+//! slab file : [slab header, SLAB_HEADER_LEN][region 0][region 1]...
+//! region    : [region header, 64 B][slot 0][slot 1]...      (region_len = block_size + 4 KiB)
+//! slot      : [slot header, 64 B][data ... up to slot_size - 64]
+//! ```
+
+use std::fmt;
+
+/// Bumped whenever any layout in this file changes; older slabs are then re-initialised.
+pub const FORMAT_VERSION: u16 = 1;
+/// Size reserved at the front of each slab file (one page keeps regions page-aligned).
+pub const SLAB_HEADER_LEN: u64 = 4096;
+pub const REGION_HEADER_LEN: u64 = 64;
+pub const SLOT_HEADER_LEN: u64 = 64;
+/// The smallest slot, header included: a small object metadata record fits.
+pub const MIN_SLOT: u32 = 512;
+
+const SLAB_MAGIC: u32 = u32::from_le_bytes(*b"GCSL");
+const REGION_MAGIC: u32 = u32::from_le_bytes(*b"GCRG");
+const SLOT_MAGIC: u32 = u32::from_le_bytes(*b"GCBK");
+const META_RECORD_VERSION: u8 = 1;
+
+/// A region holds one full block (plus both headers) or many smaller slots of one class.
+pub fn region_len(block_size: u32) -> u64 {
+    u64::from(block_size) + 4096
+}
+
+/// Slot sizes (header included) a store offers, smallest first; the last one holds a full block.
+///
+/// Between powers of two there is a 1.5x step, so a small object wastes at most a third of its
+/// slot: 10 KiB of data lands in a 12 KiB slot.
+pub fn slot_classes(block_size: u32) -> Vec<u32> {
+    let large = block_size + SLOT_HEADER_LEN as u32;
+    let mut classes = Vec::new();
+    let mut size = MIN_SLOT;
+    while size < large {
+        classes.push(size);
+        let mid = size + size / 2;
+        if mid < large {
+            classes.push(mid);
+        }
+        size *= 2;
+    }
+    classes.push(large);
+    classes
+}
+
+/// Index into `slot_classes` of the smallest class that holds `data_len` bytes.
+pub fn class_for(classes: &[u32], data_len: u32) -> Option<u8> {
+    let need = u64::from(data_len) + SLOT_HEADER_LEN;
+    classes
+        .iter()
+        .position(|&c| u64::from(c) >= need)
+        .map(|i| i as u8)
+}
+
+/// Number of slots of `slot_size` that fit in one region.
+pub fn slots_per_region(block_size: u32, slot_size: u32) -> u32 {
+    ((region_len(block_size) - REGION_HEADER_LEN) / u64::from(slot_size)) as u32
+}
+
+/// Why a header was not accepted. Zeroed headers are `Empty` (free space), the rest are damage.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum HeaderError {
+    Empty,
+    BadMagic,
+    BadCrc,
+    BadVersion(u16),
+    BadField(&'static str),
+}
+
+impl fmt::Display for HeaderError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            HeaderError::Empty => write!(f, "empty"),
+            HeaderError::BadMagic => write!(f, "bad magic"),
+            HeaderError::BadCrc => write!(f, "bad header crc"),
+            HeaderError::BadVersion(v) => write!(f, "unknown format version {v}"),
+            HeaderError::BadField(name) => write!(f, "bad field {name}"),
+        }
+    }
+}
+
+struct Writer<'a> {
+    buf: &'a mut [u8],
+    at: usize,
+}
+
+impl Writer<'_> {
+    fn put(&mut self, bytes: &[u8]) {
+        self.buf[self.at..self.at + bytes.len()].copy_from_slice(bytes);
+        self.at += bytes.len();
+    }
+}
+
+struct Reader<'a> {
+    buf: &'a [u8],
+    at: usize,
+}
+
+impl<'a> Reader<'a> {
+    fn take(&mut self, n: usize) -> Option<&'a [u8]> {
+        let s = self.buf.get(self.at..self.at + n)?;
+        self.at += n;
+        Some(s)
+    }
+    fn u8(&mut self) -> Option<u8> {
+        Some(self.take(1)?[0])
+    }
+    fn u16(&mut self) -> Option<u16> {
+        Some(u16::from_le_bytes(self.take(2)?.try_into().ok()?))
+    }
+    fn u32(&mut self) -> Option<u32> {
+        Some(u32::from_le_bytes(self.take(4)?.try_into().ok()?))
+    }
+    fn u64(&mut self) -> Option<u64> {
+        Some(u64::from_le_bytes(self.take(8)?.try_into().ok()?))
+    }
+    fn u128(&mut self) -> Option<u128> {
+        Some(u128::from_le_bytes(self.take(16)?.try_into().ok()?))
+    }
+}
+
+/// Seals a 64-byte header: crc of bytes 0..60 goes into 60..64.
+fn seal(buf: &mut [u8; 64]) {
+    let crc = crc32fast::hash(&buf[..60]);
+    buf[60..].copy_from_slice(&crc.to_le_bytes());
+}
+
+/// Checks magic, crc and version of a 64-byte header before any field is read.
+fn open_sealed(buf: &[u8; 64], magic: u32) -> Result<Reader<'_>, HeaderError> {
+    if buf.iter().all(|&b| b == 0) {
+        return Err(HeaderError::Empty);
+    }
+    if u32::from_le_bytes(buf[0..4].try_into().unwrap()) != magic {
+        return Err(HeaderError::BadMagic);
+    }
+    let crc = u32::from_le_bytes(buf[60..64].try_into().unwrap());
+    if crc32fast::hash(&buf[..60]) != crc {
+        return Err(HeaderError::BadCrc);
+    }
+    let version = u16::from_le_bytes(buf[4..6].try_into().unwrap());
+    if version != FORMAT_VERSION {
+        return Err(HeaderError::BadVersion(version));
+    }
+    Ok(Reader { buf, at: 6 })
+}
+
+/// First 64 bytes of every slab file: ties the file to its store and fixes its geometry.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct SlabHeader {
+    pub block_size: u32,
+    pub region_len: u64,
+    pub regions: u32,
+    pub slab_no: u32,
+    /// Random per cache directory, so a slab copied in from another store is not trusted.
+    pub store_id: u64,
+}
+
+impl SlabHeader {
+    pub fn encode(&self) -> [u8; 64] {
+        let mut buf = [0u8; 64];
+        let mut w = Writer {
+            buf: &mut buf,
+            at: 0,
+        };
+        w.put(&SLAB_MAGIC.to_le_bytes());
+        w.put(&FORMAT_VERSION.to_le_bytes());
+        w.put(&[0, 0]);
+        w.put(&self.block_size.to_le_bytes());
+        w.put(&self.region_len.to_le_bytes());
+        w.put(&self.regions.to_le_bytes());
+        w.put(&self.slab_no.to_le_bytes());
+        w.put(&self.store_id.to_le_bytes());
+        seal(&mut buf);
+        buf
+    }
+
+    pub fn decode(buf: &[u8; 64]) -> Result<Self, HeaderError> {
+        let mut r = open_sealed(buf, SLAB_MAGIC)?;
+        r.u16();
+        let h = SlabHeader {
+            block_size: r.u32().unwrap(),
+            region_len: r.u64().unwrap(),
+            regions: r.u32().unwrap(),
+            slab_no: r.u32().unwrap(),
+            store_id: r.u64().unwrap(),
+        };
+        if !h.block_size.is_power_of_two() || h.region_len != region_len(h.block_size) {
+            return Err(HeaderError::BadField("geometry"));
+        }
+        Ok(h)
+    }
+}
+
+/// What a region's slots hold. Metadata lives apart from data so that evicting data regions
+/// never throws away the records that describe other objects.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum SlotKind {
+    Data = 1,
+    Meta = 2,
+}
+
+impl SlotKind {
+    fn from_u8(v: u8) -> Option<Self> {
+        match v {
+            1 => Some(SlotKind::Data),
+            2 => Some(SlotKind::Meta),
+            _ => None,
+        }
+    }
+}
+
+/// Written when a free region is given a slot class. `generation` changes on every reuse, and
+/// each slot header repeats it: a stale slot header left from the region's previous class can
+/// sit exactly where a new slot starts, and must not come back to life.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct RegionHeader {
+    pub kind: SlotKind,
+    pub slot_size: u32,
+    pub generation: u32,
+}
+
+impl RegionHeader {
+    pub fn encode(&self) -> [u8; 64] {
+        let mut buf = [0u8; 64];
+        let mut w = Writer {
+            buf: &mut buf,
+            at: 0,
+        };
+        w.put(&REGION_MAGIC.to_le_bytes());
+        w.put(&FORMAT_VERSION.to_le_bytes());
+        w.put(&[self.kind as u8, 0]);
+        w.put(&self.slot_size.to_le_bytes());
+        w.put(&self.generation.to_le_bytes());
+        seal(&mut buf);
+        buf
+    }
+
+    pub fn decode(buf: &[u8; 64]) -> Result<Self, HeaderError> {
+        let mut r = open_sealed(buf, REGION_MAGIC)?;
+        let kind = SlotKind::from_u8(r.u8().unwrap()).ok_or(HeaderError::BadField("kind"))?;
+        r.u8();
+        let slot_size = r.u32().unwrap();
+        if slot_size < MIN_SLOT {
+            return Err(HeaderError::BadField("slot_size"));
+        }
+        Ok(RegionHeader {
+            kind,
+            slot_size,
+            generation: r.u32().unwrap(),
+        })
+    }
+}
+
+/// The header in front of every slot's data; written only after the data is complete and flushed.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct SlotHeader {
+    pub kind: SlotKind,
+    pub region_generation: u32,
+    pub key_hash: u128,
+    /// Block number within the object (0 for metadata).
+    pub block: u32,
+    pub data_len: u32,
+    pub data_crc: u32,
+    /// Hash of the object's validators and length; blocks of another version are not served.
+    pub object_version: u64,
+    /// Store-wide, increasing: the newest of two records for the same thing wins at recovery.
+    pub seq: u64,
+}
+
+impl SlotHeader {
+    pub fn encode(&self) -> [u8; 64] {
+        let mut buf = [0u8; 64];
+        let mut w = Writer {
+            buf: &mut buf,
+            at: 0,
+        };
+        w.put(&SLOT_MAGIC.to_le_bytes());
+        w.put(&FORMAT_VERSION.to_le_bytes());
+        w.put(&[self.kind as u8, 0]);
+        w.put(&self.region_generation.to_le_bytes());
+        w.put(&self.key_hash.to_le_bytes());
+        w.put(&self.block.to_le_bytes());
+        w.put(&self.data_len.to_le_bytes());
+        w.put(&self.data_crc.to_le_bytes());
+        w.put(&self.object_version.to_le_bytes());
+        w.put(&self.seq.to_le_bytes());
+        seal(&mut buf);
+        buf
+    }
+
+    pub fn decode(buf: &[u8; 64]) -> Result<Self, HeaderError> {
+        let mut r = open_sealed(buf, SLOT_MAGIC)?;
+        let kind = SlotKind::from_u8(r.u8().unwrap()).ok_or(HeaderError::BadField("kind"))?;
+        r.u8();
+        Ok(SlotHeader {
+            kind,
+            region_generation: r.u32().unwrap(),
+            key_hash: r.u128().unwrap(),
+            block: r.u32().unwrap(),
+            data_len: r.u32().unwrap(),
+            data_crc: r.u32().unwrap(),
+            object_version: r.u64().unwrap(),
+            seq: r.u64().unwrap(),
+        })
+    }
+}
+
+/// The 128-bit hash that names an object on disk and in the index.
+pub fn key_hash(key: &str) -> u128 {
+    xxhash_rust::xxh3::xxh3_128(key.as_bytes())
+}
+
+/// Everything needed to answer a request for an object without asking the upstream.
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub struct ObjectMeta {
+    /// The full cache key (canonical origin + path [+ query]); checked on lookup against hash
+    /// collisions.
+    pub key: String,
+    pub total_len: u64,
+    pub status: u16,
+    pub etag: Option<String>,
+    pub last_modified: Option<String>,
+    pub content_type: Option<String>,
+    pub cache_control: Option<String>,
+    pub expires: Option<String>,
+    /// The upstream's `Date`, kept for RFC 9111 age calculations.
+    pub date: Option<String>,
+    /// Seconds of `Age` the upstream reported.
+    pub age: u64,
+    /// Unix seconds when the response was received (or last revalidated).
+    pub stored_at: u64,
+    /// Other end-to-end headers worth replaying (Content-Encoding, Content-Disposition, ...).
+    pub extra_headers: Vec<(String, String)>,
+}
+
+impl ObjectMeta {
+    /// Object version: changes whenever the validators or the length change, so blocks written
+    /// for one version are never mixed with another.
+    pub fn version(&self) -> u64 {
+        let mut h = xxhash_rust::xxh3::Xxh3::new();
+        h.update(&self.total_len.to_le_bytes());
+        for v in [&self.etag, &self.last_modified] {
+            match v {
+                Some(s) => {
+                    h.update(&[1]);
+                    h.update(&(s.len() as u64).to_le_bytes());
+                    h.update(s.as_bytes());
+                }
+                None => h.update(&[0]),
+            }
+        }
+        h.digest()
+    }
+
+    pub fn block_count(&self, block_size: u32) -> u64 {
+        self.total_len.div_ceil(u64::from(block_size))
+    }
+
+    /// Length of block `n` (the last one may be short).
+    pub fn block_len(&self, block_size: u32, n: u64) -> u64 {
+        let start = n * u64::from(block_size);
+        self.total_len
+            .saturating_sub(start)
+            .min(u64::from(block_size))
+    }
+
+    pub fn encode(&self) -> Vec<u8> {
+        fn s(out: &mut Vec<u8>, v: &str) {
+            let len = v.len().min(u16::MAX as usize);
+            out.extend_from_slice(&(len as u16).to_le_bytes());
+            out.extend_from_slice(&v.as_bytes()[..len]);
+        }
+        fn opt(out: &mut Vec<u8>, v: &Option<String>) {
+            match v {
+                Some(v) => {
+                    out.push(1);
+                    s(out, v);
+                }
+                None => out.push(0),
+            }
+        }
+        let mut out = Vec::with_capacity(128 + self.key.len());
+        out.push(META_RECORD_VERSION);
+        s(&mut out, &self.key);
+        out.extend_from_slice(&self.total_len.to_le_bytes());
+        out.extend_from_slice(&self.status.to_le_bytes());
+        opt(&mut out, &self.etag);
+        opt(&mut out, &self.last_modified);
+        opt(&mut out, &self.content_type);
+        opt(&mut out, &self.cache_control);
+        opt(&mut out, &self.expires);
+        opt(&mut out, &self.date);
+        out.extend_from_slice(&self.age.to_le_bytes());
+        out.extend_from_slice(&self.stored_at.to_le_bytes());
+        let n = self.extra_headers.len().min(u16::MAX as usize);
+        out.extend_from_slice(&(n as u16).to_le_bytes());
+        for (k, v) in &self.extra_headers[..n] {
+            s(&mut out, k);
+            s(&mut out, v);
+        }
+        out
+    }
+
+    pub fn decode(buf: &[u8]) -> Result<Self, HeaderError> {
+        fn s(r: &mut Reader<'_>) -> Option<String> {
+            let len = r.u16()? as usize;
+            String::from_utf8(r.take(len)?.to_vec()).ok()
+        }
+        fn opt(r: &mut Reader<'_>) -> Option<Option<String>> {
+            match r.u8()? {
+                0 => Some(None),
+                1 => Some(Some(s(r)?)),
+                _ => None,
+            }
+        }
+        let mut r = Reader { buf, at: 0 };
+        let bad = HeaderError::BadField("meta record");
+        if r.u8().ok_or(bad)? != META_RECORD_VERSION {
+            return Err(HeaderError::BadField("meta record version"));
+        }
+        let decode = |r: &mut Reader<'_>| -> Option<ObjectMeta> {
+            let mut m = ObjectMeta {
+                key: s(r)?,
+                total_len: r.u64()?,
+                status: r.u16()?,
+                etag: opt(r)?,
+                last_modified: opt(r)?,
+                content_type: opt(r)?,
+                cache_control: opt(r)?,
+                expires: opt(r)?,
+                date: opt(r)?,
+                age: r.u64()?,
+                stored_at: r.u64()?,
+                extra_headers: Vec::new(),
+            };
+            let n = r.u16()?;
+            for _ in 0..n {
+                m.extra_headers.push((s(r)?, s(r)?));
+            }
+            Some(m)
+        };
+        decode(&mut r).ok_or(bad)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn slot_header() -> SlotHeader {
+        SlotHeader {
+            kind: SlotKind::Data,
+            region_generation: 7,
+            key_hash: 0x0123_4567_89ab_cdef_fedc_ba98_7654_3210,
+            block: 42,
+            data_len: 1 << 20,
+            data_crc: 0xdead_beef,
+            object_version: 99,
+            seq: 1234,
+        }
+    }
+
+    #[test]
+    fn slot_header_round_trips() {
+        let h = slot_header();
+        assert_eq!(SlotHeader::decode(&h.encode()), Ok(h));
+    }
+
+    #[test]
+    fn slot_header_rejects_every_single_bit_flip() {
+        let enc = slot_header().encode();
+        for byte in 0..64 {
+            for bit in 0..8 {
+                let mut b = enc;
+                b[byte] ^= 1 << bit;
+                assert!(
+                    SlotHeader::decode(&b).is_err(),
+                    "flip {byte}:{bit} accepted"
+                );
+            }
+        }
+    }
+
+    #[test]
+    fn zeroed_header_is_empty_not_damage() {
+        assert_eq!(SlotHeader::decode(&[0; 64]), Err(HeaderError::Empty));
+        assert_eq!(RegionHeader::decode(&[0; 64]), Err(HeaderError::Empty));
+    }
+
+    #[test]
+    fn headers_of_other_kinds_are_not_confused() {
+        let r = RegionHeader {
+            kind: SlotKind::Meta,
+            slot_size: 1024,
+            generation: 3,
+        };
+        assert_eq!(RegionHeader::decode(&r.encode()), Ok(r));
+        assert_eq!(SlotHeader::decode(&r.encode()), Err(HeaderError::BadMagic));
+    }
+
+    #[test]
+    fn slab_header_round_trips_and_checks_geometry() {
+        let h = SlabHeader {
+            block_size: 1 << 20,
+            region_len: region_len(1 << 20),
+            regions: 1023,
+            slab_no: 3,
+            store_id: 77,
+        };
+        assert_eq!(SlabHeader::decode(&h.encode()), Ok(h));
+        let bad = SlabHeader { region_len: 5, ..h };
+        assert_eq!(
+            SlabHeader::decode(&bad.encode()),
+            Err(HeaderError::BadField("geometry"))
+        );
+    }
+
+    #[test]
+    fn classes_cover_small_to_full_block() {
+        let c = slot_classes(1 << 20);
+        assert_eq!(c[0], 512);
+        assert_eq!(c[1], 768);
+        assert_eq!(*c.last().unwrap(), (1 << 20) + 64);
+        assert!(c.windows(2).all(|w| w[0] < w[1]));
+        // 10 KiB of data goes to the 12 KiB class.
+        assert_eq!(c[class_for(&c, 10 * 1024).unwrap() as usize], 12 * 1024);
+        assert_eq!(class_for(&c, 1 << 20), Some((c.len() - 1) as u8));
+        assert_eq!(class_for(&c, (1 << 20) + 1), None);
+        // A full block fits exactly one slot per region.
+        assert_eq!(slots_per_region(1 << 20, *c.last().unwrap()), 1);
+        assert_eq!(slots_per_region(1 << 20, 12 * 1024), 85);
+    }
+
+    #[test]
+    fn meta_round_trips() {
+        let m = ObjectMeta {
+            key: "adu/region/inst/guid/file.swu".into(),
+            total_len: 123_456_789,
+            status: 200,
+            etag: Some("\"abc\"".into()),
+            last_modified: Some("Wed, 21 Oct 2015 07:28:00 GMT".into()),
+            content_type: Some("application/octet-stream".into()),
+            cache_control: Some("max-age=3600".into()),
+            expires: None,
+            date: Some("Wed, 21 Oct 2015 07:28:00 GMT".into()),
+            age: 5,
+            stored_at: 1_700_000_000,
+            extra_headers: vec![("content-encoding".into(), "gzip".into())],
+        };
+        let enc = m.encode();
+        assert_eq!(ObjectMeta::decode(&enc), Ok(m.clone()));
+        assert!(ObjectMeta::decode(&enc[..enc.len() - 1]).is_err());
+    }
+
+    #[test]
+    fn version_tracks_validators_and_length() {
+        let a = ObjectMeta {
+            total_len: 10,
+            etag: Some("x".into()),
+            ..Default::default()
+        };
+        let mut b = a.clone();
+        b.stored_at = 99;
+        assert_eq!(a.version(), b.version());
+        b.total_len = 11;
+        assert_ne!(a.version(), b.version());
+        let mut c = a.clone();
+        c.etag = None;
+        c.last_modified = Some("x".into());
+        assert_ne!(a.version(), c.version());
+    }
+
+    #[test]
+    fn block_lengths() {
+        let m = ObjectMeta {
+            total_len: 2 * 1024 + 5,
+            ..Default::default()
+        };
+        assert_eq!(m.block_count(1024), 3);
+        assert_eq!(m.block_len(1024, 0), 1024);
+        assert_eq!(m.block_len(1024, 2), 5);
+        assert_eq!(m.block_len(1024, 3), 0);
+    }
+}

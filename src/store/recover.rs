@@ -1,0 +1,318 @@
+//! Recovery: rebuild what the store holds from slot headers alone, and turn everything that is
+//! damaged, torn, orphaned or stale into free space.
+//!
+//! Only headers are read (one page per full-block region), so recovery time grows with the
+//! number of regions, not bytes. Data crcs of blocks are checked lazily, on a block's first
+//! read after the restart (`crate::cache`), and by `gatecache verify`. Metadata records are
+//! small and are crc-checked here.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use hashbrown::HashMap;
+
+use super::SlotAddr;
+use super::drive::{Drive, SlabOpen};
+use super::format::{
+    self, HeaderError, ObjectMeta, REGION_HEADER_LEN, RegionHeader, SLOT_HEADER_LEN, SlotHeader,
+    SlotKind,
+};
+
+/// A slot with a valid header, found by the scan.
+#[derive(Debug, Clone, Copy)]
+pub struct Found {
+    pub addr: SlotAddr,
+    pub slot_size: u32,
+    pub header: SlotHeader,
+}
+
+/// What recovery kept and why it dropped the rest.
+#[derive(Debug, Default, Clone)]
+pub struct RecoveryReport {
+    pub slabs: usize,
+    pub slabs_reinitialised: usize,
+    pub slabs_truncated: usize,
+    pub objects: usize,
+    pub blocks: usize,
+    pub bytes: u64,
+    /// Region or slot headers whose magic or crc is wrong.
+    pub bad_headers: usize,
+    /// Headers left from a region's previous use, or not matching their region.
+    pub stale_headers: usize,
+    /// Slots whose data lay past the end of a truncated slab.
+    pub truncated_slots: usize,
+    /// Metadata records whose data crc or encoding is wrong.
+    pub bad_meta: usize,
+    /// Blocks with no metadata, of another object version, or of the wrong length.
+    pub orphan_blocks: usize,
+    /// Older copies of a metadata record or block (a crash between writing and freeing).
+    pub superseded: usize,
+    /// Objects whose metadata survived but no block did.
+    pub empty_objects: usize,
+    pub elapsed: Duration,
+}
+
+impl RecoveryReport {
+    pub fn dropped(&self) -> usize {
+        self.bad_headers
+            + self.stale_headers
+            + self.truncated_slots
+            + self.bad_meta
+            + self.orphan_blocks
+            + self.superseded
+            + self.empty_objects
+    }
+
+    pub fn log(&self) {
+        log::info!(
+            "recovered {} objects, {} blocks, {} bytes from {} slabs in {:.1?}",
+            self.objects,
+            self.blocks,
+            self.bytes,
+            self.slabs,
+            self.elapsed
+        );
+        if self.dropped() > 0 || self.slabs_reinitialised > 0 || self.slabs_truncated > 0 {
+            log::warn!(
+                "recovery dropped: {} bad headers, {} stale headers, {} truncated slots, {} bad \
+                 metadata records, {} orphan blocks, {} superseded copies, {} empty objects; \
+                 {} slabs re-initialised, {} truncated",
+                self.bad_headers,
+                self.stale_headers,
+                self.truncated_slots,
+                self.bad_meta,
+                self.orphan_blocks,
+                self.superseded,
+                self.empty_objects,
+                self.slabs_reinitialised,
+                self.slabs_truncated
+            );
+        }
+    }
+}
+
+/// An object as recovered: its metadata record and the blocks that survived.
+#[derive(Debug, Clone)]
+pub struct RecoveredObject {
+    pub meta: ObjectMeta,
+    pub meta_addr: SlotAddr,
+    pub meta_seq: u64,
+    pub blocks: Vec<(u32, SlotAddr)>,
+}
+
+/// Scans every region of a drive's slabs that may be trusted. Restores region assignments in
+/// the drive's allocator; the slots themselves are restored by [`recover`] once judged.
+fn scan_drive(drive: &Drive, opened: &[SlabOpen], report: &mut RecoveryReport) -> Vec<Found> {
+    let classes = format::slot_classes(drive.block_size());
+    let (_, per_slab) = drive.region_geometry();
+    let mut found = Vec::new();
+    for (i, open) in opened.iter().enumerate() {
+        report.slabs += 1;
+        report.slabs_reinitialised += usize::from(open.reinitialised.is_some());
+        let slab = &drive.slabs()[i];
+        if open.valid_regions > 0 && open.original_len < slab.len() {
+            report.slabs_truncated += 1;
+            log::warn!(
+                "{}: slab {i} was truncated to {} bytes; slots past it are dropped",
+                drive.path().display(),
+                open.original_len
+            );
+        }
+        for r in 0..open.valid_regions {
+            let region = i as u32 * per_slab + r;
+            let (slab, off) = drive.region_at(region);
+            let rh = match RegionHeader::decode(&slab.read_header(off)) {
+                Ok(rh) => rh,
+                Err(HeaderError::Empty) => continue,
+                Err(_) => {
+                    report.bad_headers += 1;
+                    slab.write_header(off, &[0u8; 64]);
+                    continue;
+                }
+            };
+            let Some(class) = classes.iter().position(|&c| c == rh.slot_size) else {
+                report.bad_headers += 1;
+                slab.write_header(off, &[0u8; 64]);
+                continue;
+            };
+            drive.with_alloc(|a| a.restore_region(region, rh.kind, class as u8, rh.generation));
+            let n = format::slots_per_region(drive.block_size(), rh.slot_size);
+            for s in 0..n {
+                let addr = SlotAddr::new(drive.id(), region, s as u16);
+                let hoff = off + REGION_HEADER_LEN + u64::from(s) * u64::from(rh.slot_size);
+                let h = match SlotHeader::decode(&slab.read_header(hoff)) {
+                    Ok(h) => h,
+                    Err(HeaderError::Empty) => continue,
+                    Err(_) => {
+                        report.bad_headers += 1;
+                        slab.write_header(hoff, &[0u8; 64]);
+                        continue;
+                    }
+                };
+                let fits = u64::from(h.data_len) + SLOT_HEADER_LEN <= u64::from(rh.slot_size);
+                if h.region_generation != rh.generation || h.kind != rh.kind || !fits {
+                    report.stale_headers += 1;
+                    slab.write_header(hoff, &[0u8; 64]);
+                    continue;
+                }
+                if hoff + SLOT_HEADER_LEN + u64::from(h.data_len) > open.original_len {
+                    report.truncated_slots += 1;
+                    slab.write_header(hoff, &[0u8; 64]);
+                    continue;
+                }
+                found.push(Found {
+                    addr,
+                    slot_size: rh.slot_size,
+                    header: h,
+                });
+            }
+        }
+    }
+    found
+}
+
+/// Reads a metadata record and checks its crc, key hash and version against its header.
+fn read_meta(drive: &Drive, f: &Found) -> Option<ObjectMeta> {
+    if drive.slot_data_crc(f.addr, f.slot_size, f.header.data_len) != f.header.data_crc {
+        return None;
+    }
+    let meta =
+        ObjectMeta::decode(&drive.slot_data_copy(f.addr, f.slot_size, f.header.data_len)).ok()?;
+    (format::key_hash(&meta.key) == f.header.key_hash && meta.version() == f.header.object_version)
+        .then_some(meta)
+}
+
+/// Recovers all drives: returns the surviving objects, the report and the highest sequence seen.
+pub fn recover(
+    drives: &[Arc<Drive>],
+    opened: &[Vec<SlabOpen>],
+) -> (Vec<RecoveredObject>, RecoveryReport, u64) {
+    let mut report = RecoveryReport::default();
+    // Drives are independent disks: scan them in parallel.
+    let scans: Vec<(Vec<Found>, RecoveryReport)> = std::thread::scope(|s| {
+        let handles: Vec<_> = drives
+            .iter()
+            .zip(opened)
+            .map(|(d, o)| {
+                s.spawn(move || {
+                    let mut r = RecoveryReport::default();
+                    let f = scan_drive(d, o, &mut r);
+                    (f, r)
+                })
+            })
+            .collect();
+        handles
+            .into_iter()
+            .map(|h| h.join().expect("scan thread"))
+            .collect()
+    });
+    let mut all = Vec::new();
+    for (found, r) in scans {
+        report.slabs += r.slabs;
+        report.slabs_reinitialised += r.slabs_reinitialised;
+        report.slabs_truncated += r.slabs_truncated;
+        report.bad_headers += r.bad_headers;
+        report.stale_headers += r.stale_headers;
+        report.truncated_slots += r.truncated_slots;
+        all.extend(found);
+    }
+    let max_seq = all.iter().map(|f| f.header.seq).max().unwrap_or(0);
+    let drop_slot =
+        |f: &Found| drives[f.addr.drive() as usize].clear_header_at(f.addr, f.slot_size);
+
+    // The newest valid metadata record of each key wins.
+    let mut metas: HashMap<u128, (Found, ObjectMeta)> = HashMap::new();
+    for f in all.iter().filter(|f| f.header.kind == SlotKind::Meta) {
+        let Some(meta) = read_meta(&drives[f.addr.drive() as usize], f) else {
+            report.bad_meta += 1;
+            drop_slot(f);
+            continue;
+        };
+        match metas.get(&f.header.key_hash) {
+            Some((old, _)) if old.header.seq > f.header.seq => {
+                report.superseded += 1;
+                drop_slot(f);
+            }
+            prev => {
+                if let Some((old, _)) = prev {
+                    report.superseded += 1;
+                    drop_slot(old);
+                }
+                metas.insert(f.header.key_hash, (*f, meta));
+            }
+        }
+    }
+
+    // Blocks survive only under a metadata record of the same version, at the right length.
+    let block_size = drives[0].block_size();
+    let mut blocks: HashMap<(u128, u32), Found> = HashMap::new();
+    for f in all.iter().filter(|f| f.header.kind == SlotKind::Data) {
+        let h = &f.header;
+        let ok = metas.get(&h.key_hash).is_some_and(|(_, m)| {
+            h.object_version == m.version()
+                && u64::from(h.block) < m.block_count(block_size)
+                && u64::from(h.data_len) == m.block_len(block_size, u64::from(h.block))
+        });
+        if !ok {
+            report.orphan_blocks += 1;
+            drop_slot(f);
+            continue;
+        }
+        match blocks.get(&(h.key_hash, h.block)) {
+            Some(old) if old.header.seq > h.seq => {
+                report.superseded += 1;
+                drop_slot(f);
+            }
+            prev => {
+                if let Some(old) = prev {
+                    report.superseded += 1;
+                    drop_slot(old);
+                }
+                blocks.insert((h.key_hash, h.block), *f);
+            }
+        }
+    }
+
+    let mut objects: HashMap<u128, RecoveredObject> = metas
+        .into_iter()
+        .map(|(k, (f, meta))| {
+            (
+                k,
+                RecoveredObject {
+                    meta,
+                    meta_addr: f.addr,
+                    meta_seq: f.header.seq,
+                    blocks: Vec::new(),
+                },
+            )
+        })
+        .collect();
+    for ((k, block), f) in blocks {
+        let o = objects.get_mut(&k).expect("checked above");
+        o.blocks.push((block, f.addr));
+        report.bytes += u64::from(f.header.data_len);
+        drives[f.addr.drive() as usize].with_alloc(|a| a.restore_slot(f.addr));
+    }
+    let mut out = Vec::with_capacity(objects.len());
+    for (_, mut o) in objects {
+        let d = &drives[o.meta_addr.drive() as usize];
+        // A zero-length object is complete with no block; any other needs at least one.
+        if o.blocks.is_empty() && o.meta.total_len > 0 {
+            report.empty_objects += 1;
+            let size = d
+                .with_alloc(|a| a.region_slot_size(o.meta_addr.region()))
+                .unwrap();
+            d.clear_header_at(o.meta_addr, size);
+            continue;
+        }
+        d.with_alloc(|a| a.restore_slot(o.meta_addr));
+        o.blocks.sort_unstable_by_key(|b| b.0);
+        report.blocks += o.blocks.len();
+        out.push(o);
+    }
+    report.objects = out.len();
+    for d in drives {
+        d.with_alloc(|a| a.release_empty_regions());
+    }
+    (out, report, max_seq)
+}

@@ -1,0 +1,429 @@
+//! Slab files and slot memory: the one place where the memory map is turned into byte slices.
+//!
+//! # Safety story
+//!
+//! A slab file is mapped shared and read-write (`memmap2::MmapRaw`, which never hands out a
+//! reference by itself). Rust's aliasing rules then hold by a protocol the rest of the store keeps:
+//!
+//! 1. **Headers** (slab, region and slot headers) are copied in and out with raw pointer copies,
+//!    never through references, and only while the owning drive's allocator lock is held (or
+//!    before the drive is shared, during recovery). So no two threads touch a header at once.
+//! 2. **Slot data** has exactly one writer: the [`SlotWriter`] the allocator handed out for a free
+//!    slot. It writes only at and after its watermark ([`Fill::filled`]); readers get
+//!    [`SlotBuf`]s only below the watermark (published with `Release`, read with `Acquire`), or
+//!    over committed data, which nobody writes again while it is pinned.
+//! 3. **Pins** ([`PinGuard`]) keep a slot from being reused: the allocator never hands out or
+//!    evicts a pinned slot, and a slot freed while pinned is only recycled when the last pin goes.
+//!    Every `SlotBuf` and `SlotWriter` holds a pin, and the pin holds the drive (hence the map)
+//!    alive, so a slice can be given to the kernel (io_uring) and outlive the request.
+//! 4. **Other processes**: the cache directory is locked (`flock`) while a store has it open, so
+//!    no other gatecache writes it. A process that ignores the lock and truncates a slab could make
+//!    a read fault (SIGBUS); like ripgrep's mmap searcher we accept that: the files are ours.
+
+use std::fs::File;
+use std::io;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU8, AtomicUsize, Ordering};
+use std::time::{Duration, Instant};
+
+use memmap2::MmapRaw;
+use parking_lot::{Condvar, Mutex};
+
+use super::drive::PinGuard;
+
+/// Reserves `len` bytes of disk for `file`. `Ok(false)` when the filesystem cannot preallocate.
+pub fn preallocate(file: &File, len: u64) -> io::Result<bool> {
+    use std::os::fd::AsRawFd;
+    // SAFETY: a plain syscall on an open descriptor we own; no memory is passed.
+    let rc = unsafe { libc::fallocate(file.as_raw_fd(), 0, 0, len as libc::off_t) };
+    if rc == 0 {
+        return Ok(true);
+    }
+    let err = io::Error::last_os_error();
+    match err.raw_os_error() {
+        Some(libc::EOPNOTSUPP) | Some(libc::ENOSYS) => Ok(false),
+        _ => Err(err),
+    }
+}
+
+/// Takes an exclusive `flock` without waiting. `Ok(false)` when another process holds it.
+pub fn lock_exclusive(file: &File) -> io::Result<bool> {
+    use std::os::fd::AsRawFd;
+    // SAFETY: a plain syscall on an open descriptor we own; no memory is passed.
+    let rc = unsafe { libc::flock(file.as_raw_fd(), libc::LOCK_EX | libc::LOCK_NB) };
+    if rc == 0 {
+        return Ok(true);
+    }
+    let err = io::Error::last_os_error();
+    if err.raw_os_error() == Some(libc::EWOULDBLOCK) {
+        return Ok(false);
+    }
+    Err(err)
+}
+
+/// One memory-mapped slab file.
+pub struct Slab {
+    map: MmapRaw,
+    len: u64,
+    _file: File,
+}
+
+impl Slab {
+    /// Maps an already sized file.
+    pub fn map(file: File, len: u64) -> io::Result<Slab> {
+        let map = memmap2::MmapOptions::new()
+            .len(usize::try_from(len).map_err(io::Error::other)?)
+            .map_raw(&file)?;
+        Ok(Slab {
+            map,
+            len,
+            _file: file,
+        })
+    }
+
+    /// Maps a file read-only (`verify`); writing through such a slab faults.
+    pub fn map_read_only(file: File, len: u64) -> io::Result<Slab> {
+        let map = memmap2::MmapOptions::new()
+            .len(usize::try_from(len).map_err(io::Error::other)?)
+            .map_raw_read_only(&file)?;
+        Ok(Slab {
+            map,
+            len,
+            _file: file,
+        })
+    }
+
+    pub fn len(&self) -> u64 {
+        self.len
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len == 0
+    }
+
+    fn check(&self, off: u64, len: usize) {
+        assert!(
+            off.checked_add(len as u64)
+                .is_some_and(|end| end <= self.len),
+            "slab access out of bounds: {off}+{len} > {}",
+            self.len
+        );
+    }
+
+    pub(super) fn ptr(&self, off: u64, len: usize) -> *mut u8 {
+        self.check(off, len);
+        self.map.as_mut_ptr().wrapping_add(off as usize)
+    }
+
+    /// Copies a 64-byte header out of the map. Caller holds the drive lock (protocol rule 1).
+    pub fn read_header(&self, off: u64) -> [u8; 64] {
+        let src = self.ptr(off, 64);
+        let mut out = [0u8; 64];
+        // SAFETY: `src..src+64` is inside the mapping (checked above); headers are only accessed
+        // under the drive lock, so nothing writes these bytes concurrently.
+        unsafe { std::ptr::copy_nonoverlapping(src, out.as_mut_ptr(), 64) };
+        out
+    }
+
+    /// Copies a 64-byte header into the map. Caller holds the drive lock (protocol rule 1).
+    pub fn write_header(&self, off: u64, header: &[u8; 64]) {
+        let dst = self.ptr(off, 64);
+        // SAFETY: in bounds (checked); headers are only accessed under the drive lock, and no
+        // reference to these bytes exists (slot data starts after the header).
+        unsafe { std::ptr::copy_nonoverlapping(header.as_ptr(), dst, 64) };
+    }
+
+    /// Copies bytes out (recovery, verify): only for data no writer owns.
+    pub fn read_into(&self, off: u64, out: &mut [u8]) {
+        let src = self.ptr(off, out.len());
+        // SAFETY: in bounds; used before the drive is shared (recovery) or on a store opened by
+        // `verify`, where no writer exists.
+        unsafe { std::ptr::copy_nonoverlapping(src, out.as_mut_ptr(), out.len()) };
+    }
+
+    /// crc32 of a range with no writer (recovery and verify).
+    pub fn crc(&self, off: u64, len: usize) -> u32 {
+        let ptr = self.ptr(off, len);
+        // SAFETY: in bounds; the caller guarantees no writer owns the range (see `read_into`).
+        crc32fast::hash(unsafe { std::slice::from_raw_parts(ptr, len) })
+    }
+
+    /// Writes dirty pages of a range back to disk and waits (msync MS_SYNC).
+    pub fn flush(&self, off: u64, len: usize) -> io::Result<()> {
+        self.check(off, len);
+        self.map.flush_range(off as usize, len)
+    }
+
+    /// Tells the kernel the range will be read soon (a hit on a cold page cache).
+    pub fn will_need(&self, off: u64, len: usize) {
+        self.check(off, len);
+        let _ = self
+            .map
+            .advise_range(memmap2::Advice::WillNeed, off as usize, len);
+    }
+}
+
+/// A pinned, read-only view of slot bytes that may be handed to the kernel with no copy.
+///
+/// Cloning is cheap (the pin is shared). The bytes stay valid and unchanged for as long as any
+/// clone lives (protocol rules 2 and 3).
+#[derive(Clone)]
+pub struct SlotBuf {
+    pin: Arc<PinGuard>,
+    ptr: *const u8,
+    len: usize,
+}
+
+// SAFETY: the view is immutable bytes kept alive and unchanged by the pin (an `Arc` of
+// thread-safe state); sharing or sending it between threads is like sharing `Arc<[u8]>`.
+unsafe impl Send for SlotBuf {}
+// SAFETY: see `Send`: only shared reads are possible through a `SlotBuf`.
+unsafe impl Sync for SlotBuf {}
+
+impl SlotBuf {
+    /// A view of committed data: `data_off..data_off+len` of a slot that is pinned and whose
+    /// writer committed (or, during recovery, a slot with a valid header).
+    pub(super) fn committed(pin: Arc<PinGuard>, len: usize) -> SlotBuf {
+        let ptr = pin.data_ptr(len);
+        SlotBuf { pin, ptr, len }
+    }
+
+    pub fn len(&self) -> usize {
+        self.len
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len == 0
+    }
+
+    /// A sub-view sharing the same pin. Panics if out of range, like slicing.
+    pub fn slice(&self, range: std::ops::Range<usize>) -> SlotBuf {
+        assert!(range.start <= range.end && range.end <= self.len);
+        SlotBuf {
+            pin: self.pin.clone(),
+            ptr: self.ptr.wrapping_add(range.start),
+            len: range.end - range.start,
+        }
+    }
+
+    /// The pin this view holds (its slot address, for logs and tests).
+    pub fn pin(&self) -> &PinGuard {
+        &self.pin
+    }
+}
+
+impl std::ops::Deref for SlotBuf {
+    type Target = [u8];
+    fn deref(&self) -> &[u8] {
+        // SAFETY: `ptr..ptr+len` lies in a live mapping held by `pin`, and by protocol rules 2-3
+        // nothing writes these bytes while the pin exists.
+        unsafe { std::slice::from_raw_parts(self.ptr, self.len) }
+    }
+}
+
+impl AsRef<[u8]> for SlotBuf {
+    fn as_ref(&self) -> &[u8] {
+        self
+    }
+}
+
+impl std::fmt::Debug for SlotBuf {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("SlotBuf")
+            .field("addr", &self.pin.addr())
+            .field("len", &self.len)
+            .finish()
+    }
+}
+
+// SAFETY: `stable_ptr` points into the mapping, which the pin keeps alive and unmoved until the
+// buffer (and so the kernel op that owns it) is dropped; all `len` bytes are initialised.
+unsafe impl tokio_uring::buf::IoBuf for SlotBuf {
+    fn stable_ptr(&self) -> *const u8 {
+        self.ptr
+    }
+    fn bytes_init(&self) -> usize {
+        self.len
+    }
+    fn bytes_total(&self) -> usize {
+        self.len
+    }
+}
+
+/// How a fill ended, as seen by a waiter.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum FillState {
+    Filling,
+    Committed,
+    Aborted,
+}
+
+/// The shared progress of one block being filled: the watermark and the wake-ups.
+///
+/// Async waiters (tokio-uring tasks) use a `tokio::sync::Notify`; plain threads use a condvar.
+pub struct Fill {
+    pin: Arc<PinGuard>,
+    capacity: usize,
+    filled: AtomicUsize,
+    state: AtomicU8,
+    notify: tokio::sync::Notify,
+    lock: Mutex<()>,
+    cond: Condvar,
+}
+
+impl Fill {
+    pub(super) fn new(pin: Arc<PinGuard>, capacity: usize) -> Arc<Fill> {
+        Arc::new(Fill {
+            pin,
+            capacity,
+            filled: AtomicUsize::new(0),
+            state: AtomicU8::new(FillState::Filling as u8),
+            notify: tokio::sync::Notify::new(),
+            lock: Mutex::new(()),
+            cond: Condvar::new(),
+        })
+    }
+
+    /// The slot being filled.
+    pub fn addr(&self) -> super::SlotAddr {
+        self.pin.addr()
+    }
+
+    /// The block's final length.
+    pub fn capacity(&self) -> usize {
+        self.capacity
+    }
+
+    /// Bytes written so far; everything below this may be read.
+    pub fn filled(&self) -> usize {
+        self.filled.load(Ordering::Acquire)
+    }
+
+    pub fn state(&self) -> FillState {
+        match self.state.load(Ordering::Acquire) {
+            0 => FillState::Filling,
+            1 => FillState::Committed,
+            _ => FillState::Aborted,
+        }
+    }
+
+    /// The bytes already written, as a pinned view (empty while nothing arrived).
+    pub fn readable(&self) -> SlotBuf {
+        // Acquire pairs with the writer's Release: the bytes below `filled` are complete.
+        let len = self.filled();
+        SlotBuf {
+            pin: self.pin.clone(),
+            ptr: self.pin.data_ptr(self.capacity),
+            len,
+        }
+    }
+
+    fn wake(&self) {
+        self.notify.notify_waiters();
+        let _g = self.lock.lock();
+        self.cond.notify_all();
+    }
+
+    fn ready(&self, beyond: usize) -> bool {
+        self.filled() > beyond || self.state() != FillState::Filling
+    }
+
+    /// Waits (async) until more than `beyond` bytes are filled or the fill ended.
+    pub async fn wait_async(&self, beyond: usize) -> FillState {
+        loop {
+            let notified = self.notify.notified();
+            tokio::pin!(notified);
+            // Register before checking, so a wake between the check and the await is not lost.
+            notified.as_mut().enable();
+            if self.ready(beyond) {
+                return self.state();
+            }
+            notified.await;
+        }
+    }
+
+    /// Waits (blocking thread) like [`Fill::wait_async`]; `None` on timeout.
+    pub fn wait_blocking(&self, beyond: usize, timeout: Duration) -> Option<FillState> {
+        let deadline = Instant::now() + timeout;
+        let mut g = self.lock.lock();
+        while !self.ready(beyond) {
+            if self.cond.wait_until(&mut g, deadline).timed_out() {
+                return self.ready(beyond).then(|| self.state());
+            }
+        }
+        Some(self.state())
+    }
+
+    pub(crate) fn finish(&self, state: FillState) {
+        self.state.store(state as u8, Ordering::Release);
+        self.wake();
+    }
+}
+
+/// The single writer of one slot's data (protocol rule 2).
+pub struct SlotWriter {
+    fill: Arc<Fill>,
+    ptr: *mut u8,
+}
+
+// SAFETY: the writer is the unique owner of the unwritten part of its slot; moving it to another
+// thread (a fetcher) moves that ownership. The shared part is `Fill`, which is thread-safe.
+unsafe impl Send for SlotWriter {}
+
+impl SlotWriter {
+    pub(super) fn new(fill: Arc<Fill>) -> SlotWriter {
+        let ptr = fill.pin.data_ptr(fill.capacity);
+        SlotWriter { fill, ptr }
+    }
+
+    pub fn fill(&self) -> &Arc<Fill> {
+        &self.fill
+    }
+
+    /// The unwritten rest of the slot, to read upstream bytes straight into.
+    pub fn spare_mut(&mut self) -> &mut [u8] {
+        let filled = self.fill.filled.load(Ordering::Relaxed);
+        // SAFETY: the allocator gave this slot to this writer alone; readers only see bytes
+        // below `filled`, and `&mut self` keeps this the only live mutable view.
+        unsafe { std::slice::from_raw_parts_mut(self.ptr.add(filled), self.fill.capacity - filled) }
+    }
+
+    /// Publishes `n` more bytes (written through `spare_mut`) to waiters.
+    pub fn advance(&mut self, n: usize) {
+        let filled = self.fill.filled.load(Ordering::Relaxed);
+        assert!(n <= self.fill.capacity - filled, "advance past the slot");
+        self.fill.filled.store(filled + n, Ordering::Release);
+        self.fill.wake();
+    }
+
+    /// Copies `data` in and publishes it; returns how much fitted.
+    pub fn write(&mut self, data: &[u8]) -> usize {
+        let spare = self.spare_mut();
+        let n = data.len().min(spare.len());
+        spare[..n].copy_from_slice(&data[..n]);
+        self.advance(n);
+        n
+    }
+
+    pub fn filled(&self) -> usize {
+        self.fill.filled()
+    }
+
+    pub fn capacity(&self) -> usize {
+        self.fill.capacity
+    }
+
+    pub fn is_complete(&self) -> bool {
+        self.filled() == self.capacity()
+    }
+
+    /// The written bytes (for the crc at commit).
+    pub(super) fn written(&self) -> &[u8] {
+        // SAFETY: bytes below the watermark are complete and no longer written by anyone.
+        unsafe { std::slice::from_raw_parts(self.ptr, self.filled()) }
+    }
+
+    pub(super) fn pin(&self) -> &Arc<PinGuard> {
+        &self.fill.pin
+    }
+}
