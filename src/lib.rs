@@ -9,5 +9,11 @@
 //! ```
 #![deny(clippy::undocumented_unsafe_blocks)]
 
+pub mod admin;
 pub mod cache;
+pub mod config;
+pub mod http;
+pub mod route;
+pub mod server;
 pub mod store;
+pub mod upstream;

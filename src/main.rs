@@ -6,9 +6,8 @@ use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};
 
-use gatecache::cache::Cache;
+use gatecache::config::RawConfig;
 use gatecache::store::verify::verify_dir;
-use gatecache::store::{DriveConfig, StoreConfig};
 
 #[derive(Parser)]
 #[command(
@@ -23,88 +22,51 @@ struct Cli {
 
 #[derive(Subcommand)]
 enum Command {
-    /// Open the cache on its embedded defaults and recover it (serving arrives with the
-    /// HTTP front end).
-    Serve {
-        /// Cache directory.
-        #[arg(long, default_value = "gatecache-cache")]
-        storage: PathBuf,
-        /// Size budget of the cache directory, e.g. 2GiB.
-        #[arg(long, default_value = "2GiB", value_parser = parse_size)]
-        size: u64,
-        /// Block size, a power of two from 64KiB to 16MiB.
-        #[arg(long, default_value = "1MiB", value_parser = parse_size)]
-        block_size: u64,
-    },
+    /// Run the cache (the default). Without --config, on embedded defaults: port 80, the
+    /// Device Update and Windows Update hosts, a 2 GiB cache in ./gatecache-cache.
+    Serve(ServeArgs),
     /// Check every header and data crc of a cache directory; exit 1 if anything is damaged.
     Verify { dir: PathBuf },
     /// List the objects a cache directory holds.
     Inspect { dir: PathBuf },
 }
 
-/// Parses sizes like `1048576`, `64KiB`, `1MiB`, `20GiB`, `10GB`.
-fn parse_size(s: &str) -> Result<u64, String> {
-    let s = s.trim();
-    let split = s.find(|c: char| !c.is_ascii_digit()).unwrap_or(s.len());
-    let (num, unit) = s.split_at(split);
-    let n: u64 = num
-        .parse()
-        .map_err(|_| format!("{s:?}: expected a number with an optional unit"))?;
-    let mult: u64 = match unit.trim() {
-        "" | "B" => 1,
-        "KiB" | "K" => 1 << 10,
-        "MiB" | "M" => 1 << 20,
-        "GiB" | "G" => 1 << 30,
-        "TiB" | "T" => 1 << 40,
-        "KB" => 1_000,
-        "MB" => 1_000_000,
-        "GB" => 1_000_000_000,
-        "TB" => 1_000_000_000_000,
-        u => {
-            return Err(format!(
-                "{s:?}: unknown unit {u:?} (KiB, MiB, GiB, TiB, KB, MB, GB, TB)"
-            ));
-        }
-    };
-    n.checked_mul(mult)
-        .ok_or_else(|| format!("{s:?}: too large"))
+#[derive(clap::Args, Default)]
+struct ServeArgs {
+    /// TOML configuration file.
+    #[arg(long)]
+    config: Option<PathBuf>,
+    /// Overrides `listen` (address:port).
+    #[arg(long)]
+    listen: Option<String>,
+    /// Overrides `io_backend` (auto, uring, epoll).
+    #[arg(long)]
+    io_backend: Option<String>,
 }
 
-fn store_config(dirs: Vec<(PathBuf, u64)>, block_size: u64) -> Result<StoreConfig, String> {
-    let mut cfg = StoreConfig::new(
-        dirs.into_iter()
-            .map(|(path, size)| DriveConfig { path, size })
-            .collect(),
-    );
-    cfg.block_size = u32::try_from(block_size).map_err(|_| "block_size: too large".to_string())?;
-    cfg.validate().map_err(|e| e.to_string())?;
-    Ok(cfg)
+fn serve(args: ServeArgs) -> Result<ExitCode, String> {
+    let mut raw = match &args.config {
+        Some(p) => {
+            let text =
+                std::fs::read_to_string(p).map_err(|e| format!("config {}: {e}", p.display()))?;
+            RawConfig::from_toml(&text).map_err(|e| format!("{}: {e}", p.display()))?
+        }
+        None => RawConfig::default(),
+    };
+    if args.listen.is_some() {
+        raw.listen = args.listen;
+    }
+    if args.io_backend.is_some() {
+        raw.io_backend = args.io_backend;
+    }
+    let cfg = raw.validate().map_err(|e| e.to_string())?;
+    gatecache::server::run(cfg)?;
+    Ok(ExitCode::SUCCESS)
 }
 
 fn run(cli: Cli) -> Result<ExitCode, String> {
-    let command = cli.command.unwrap_or(Command::Serve {
-        storage: "gatecache-cache".into(),
-        size: 2 << 30,
-        block_size: 1 << 20,
-    });
-    match command {
-        Command::Serve {
-            storage,
-            size,
-            block_size,
-        } => {
-            let cfg = store_config(vec![(storage, size)], block_size)?;
-            let (cache, report) = Cache::open(&cfg).map_err(|e| e.to_string())?;
-            println!(
-                "cache open: {} objects, {} blocks, {} bytes recovered in {:.1?}; capacity {} bytes",
-                report.objects,
-                report.blocks,
-                report.bytes,
-                report.elapsed,
-                cache.store().capacity_bytes()
-            );
-            Ok(ExitCode::SUCCESS)
-        }
+    match cli.command.unwrap_or(Command::Serve(ServeArgs::default())) {
+        Command::Serve(args) => serve(args),
         Command::Verify { dir } => {
             let report = verify_dir(&dir).map_err(|e| e.to_string())?;
             print!("{}", report.render());
@@ -132,26 +94,5 @@ fn main() -> ExitCode {
             eprintln!("gatecache: {e}");
             ExitCode::from(2)
         }
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::parse_size;
-
-    #[test]
-    fn sizes_parse_with_binary_and_decimal_units() {
-        assert_eq!(parse_size("1MiB"), Ok(1 << 20));
-        assert_eq!(parse_size("64KiB"), Ok(64 << 10));
-        assert_eq!(parse_size("20GiB"), Ok(20 << 30));
-        assert_eq!(parse_size("10GB"), Ok(10_000_000_000));
-        assert_eq!(parse_size("4096"), Ok(4096));
-        assert!(parse_size("1XB").unwrap_err().contains("unknown unit"));
-        assert!(parse_size("MiB").is_err());
-        assert!(
-            parse_size("99999999999TiB")
-                .unwrap_err()
-                .contains("too large")
-        );
     }
 }

@@ -46,6 +46,10 @@ pub enum Claim {
 struct Inner {
     store: Store,
     index: Index,
+    /// Background commits: batched so many blocks share one disk flush.
+    committer: Option<std::sync::mpsc::Sender<BlockWriter>>,
+    pending: parking_lot::Mutex<usize>,
+    drained: parking_lot::Condvar,
 }
 
 #[derive(Clone)]
@@ -84,10 +88,22 @@ impl Cache {
                 },
             );
         }
-        let cache = Cache {
-            inner: Arc::new(Inner { store, index }),
-        };
-        Ok((cache, report))
+        let sync = store.drives().iter().any(|d| d.syncs_data());
+        let (tx, rx) = std::sync::mpsc::channel::<BlockWriter>();
+        let inner = Arc::new(Inner {
+            store,
+            index,
+            committer: sync.then_some(tx),
+            pending: parking_lot::Mutex::new(0),
+            drained: parking_lot::Condvar::new(),
+        });
+        if sync {
+            std::thread::Builder::new()
+                .name("commit".into())
+                .spawn(move || committer(rx))
+                .map_err(|e| StoreError::Config(format!("spawn committer: {e}")))?;
+        }
+        Ok((Cache { inner }, report))
     }
 
     pub fn store(&self) -> &Store {
@@ -120,20 +136,22 @@ impl Cache {
     /// Stores (or replaces) an object's metadata. Same version: the record is updated and the
     /// blocks kept. Another version: the old blocks are dropped (the object changed upstream).
     pub fn put_object(&self, meta: ObjectMeta) -> Result<Object, CacheError> {
+        Ok(self.put_object_claiming(meta, 0..0)?.0)
+    }
+
+    /// [`Cache::put_object`], and claims the missing blocks of `blocks` in the same step: the
+    /// object never becomes visible with those blocks unclaimed, so a request arriving right
+    /// after cannot start a second fetch for them.
+    pub fn put_object_claiming(
+        &self,
+        meta: ObjectMeta,
+        blocks: std::ops::Range<u32>,
+    ) -> Result<(Object, Vec<BlockWriter>), CacheError> {
         let inner = &self.inner;
         let h = key_hash(&meta.key);
         let version = meta.version();
-        {
-            let shard = inner.index.shard(h);
-            if let Some(e) = shard.objects.get(&h)
-                && *e.meta == meta
-            {
-                return Ok(Object {
-                    meta: e.meta.clone(),
-                    version,
-                });
-            }
-        }
+        let bs = inner.store.block_size();
+        let blocks = blocks.start..blocks.end.min(meta.block_count(bs) as u32);
         let record = meta.encode();
         let drive = inner.store.drive_for(h, u32::MAX);
         let mut w = drive.alloc(SlotKind::Meta, record.len() as u32, &**inner)?;
@@ -150,24 +168,42 @@ impl Cache {
             seq,
         };
         let meta_addr = w.fill().addr();
-        if let Err(e) = drive.commit(&w, header) {
+        if let Err(e) = drive.commit(&w, header, true) {
             drive.free(meta_addr);
             return Err(e.into());
         }
         drop(w);
+        // Slots for the blocks to claim, allocated before the shard lock (allocation may evict,
+        // which locks shards).
+        let mut slots = Vec::with_capacity(blocks.len());
+        for b in blocks.clone() {
+            let len = meta.block_len(bs, u64::from(b)) as u32;
+            match inner
+                .store
+                .drive_for(h, b)
+                .alloc(SlotKind::Data, len, &**inner)
+            {
+                Ok(w) => slots.push((b, w)),
+                Err(e) => {
+                    log::warn!("{}: block {b} not claimed: {e}", meta.key);
+                    break;
+                }
+            }
+        }
         let meta = Arc::new(meta);
         let mut to_free = Vec::new();
+        let mut writers = Vec::new();
         let result = {
             let mut shard = inner.index.shard(h);
-            let nblocks = meta.block_count(inner.store.block_size()) as usize;
-            match shard.objects.get_mut(&h) {
+            let nblocks = meta.block_count(bs) as usize;
+            let installed = match shard.objects.get_mut(&h) {
                 Some(e) if e.meta_seq > seq => {
                     // A newer record was installed while ours was being written.
                     to_free.push(meta_addr);
-                    Object {
+                    (e.version == version).then(|| Object {
                         meta: e.meta.clone(),
                         version: e.version,
-                    }
+                    })
                 }
                 Some(e) => {
                     to_free.push(e.meta_addr);
@@ -184,7 +220,10 @@ impl Cache {
                     e.version = version;
                     e.meta_addr = meta_addr;
                     e.meta_seq = seq;
-                    Object { meta, version }
+                    Some(Object {
+                        meta: meta.clone(),
+                        version,
+                    })
                 }
                 None => {
                     shard.objects.insert(
@@ -197,14 +236,46 @@ impl Cache {
                             blocks: vec![BlockState::EMPTY; nblocks].into_boxed_slice(),
                         },
                     );
-                    Object { meta, version }
+                    Some(Object {
+                        meta: meta.clone(),
+                        version,
+                    })
+                }
+            };
+            for (b, w) in slots {
+                let addr = w.fill().addr();
+                let claimed = installed.is_some()
+                    && shard.objects.get_mut(&h).is_some_and(|e| {
+                        let s = &mut e.blocks[b as usize];
+                        let free = *s == BlockState::EMPTY;
+                        if free {
+                            *s = BlockState::filling(addr);
+                        }
+                        free
+                    });
+                if claimed {
+                    shard.fills.insert((h, b), w.fill().clone());
+                    writers.push(BlockWriter {
+                        inner: inner.clone(),
+                        key_hash: h,
+                        block: b,
+                        version,
+                        writer: Some(w),
+                    });
+                } else {
+                    to_free.push(addr);
+                    drop(w);
                 }
             }
+            installed
         };
         for addr in to_free {
             inner.store.drive(addr.drive()).free(addr);
         }
-        Ok(result)
+        match result {
+            Some(o) => Ok((o, writers)),
+            None => Err(CacheError::VersionChanged),
+        }
     }
 
     /// Drops an object and frees its slots (each when its last reader is done).
@@ -326,6 +397,14 @@ impl Cache {
             if verified || inner.verify(h, block, &buf) {
                 return Ok(Some(Claim::Ready(buf)));
             }
+        }
+    }
+
+    /// Waits until every background commit has been written.
+    pub fn flush(&self) {
+        let mut p = self.inner.pending.lock();
+        while *p > 0 {
+            self.inner.drained.wait(&mut p);
         }
     }
 
@@ -469,6 +548,31 @@ impl BlockWriter {
     /// Seals the block and makes it a hit for everyone. Fails if the block is incomplete or the
     /// object changed meanwhile (then nothing is cached and the waiters are told it aborted).
     pub fn commit(mut self) -> Result<SlotBuf, CacheError> {
+        self.seal(true)
+    }
+
+    /// Like [`BlockWriter::commit`], done by the committer thread: the data is already readable
+    /// by waiters, and a batch of blocks shares one disk flush. Errors are logged there.
+    pub fn commit_background(self) {
+        let inner = self.inner.clone();
+        match &inner.committer {
+            Some(tx) if self.is_complete() => {
+                *inner.pending.lock() += 1;
+                if let Err(std::sync::mpsc::SendError(mut w)) = tx.send(self) {
+                    *inner.pending.lock() -= 1;
+                    let _ = w.seal(true);
+                }
+            }
+            _ => {
+                let mut w = self;
+                if let Err(e) = w.seal(true) {
+                    log::warn!("block {} not committed: {e}", w.block);
+                }
+            }
+        }
+    }
+
+    fn seal(&mut self, flush: bool) -> Result<SlotBuf, CacheError> {
         let w = self.writer.take().expect("commit twice");
         let inner = self.inner.clone();
         let fill = w.fill().clone();
@@ -490,7 +594,7 @@ impl BlockWriter {
             object_version: self.version,
             seq: inner.store.next_seq(),
         };
-        let buf = match drive.commit(&w, header) {
+        let buf = match drive.commit(&w, header, flush) {
             Ok(buf) => buf,
             Err(e) => {
                 self.writer = Some(w);
@@ -557,6 +661,48 @@ impl BlockWriter {
         }
         fill.finish(FillState::Aborted);
         drop(w);
+    }
+}
+
+/// The committer thread: flushes each drive once per batch, then seals the batch's blocks.
+fn committer(rx: std::sync::mpsc::Receiver<BlockWriter>) {
+    while let Ok(first) = rx.recv() {
+        let mut batch = vec![first];
+        while batch.len() < 512 {
+            match rx.try_recv() {
+                Ok(w) => batch.push(w),
+                Err(_) => break,
+            }
+        }
+        let inner = batch[0].inner.clone();
+        let mut drives: Vec<u8> = batch
+            .iter()
+            .filter_map(|w| w.fill().map(|f| f.addr().drive()))
+            .collect();
+        drives.sort_unstable();
+        drives.dedup();
+        let mut failed = Vec::new();
+        for d in drives {
+            if let Err(e) = inner.store.drive(d).sync_data() {
+                log::error!("flush failed, blocks not committed: {e}");
+                failed.push(d);
+            }
+        }
+        let n = batch.len();
+        for mut w in batch {
+            let flushed = w
+                .fill()
+                .is_some_and(|f| !failed.contains(&f.addr().drive()));
+            if flushed && let Err(e) = w.seal(false) {
+                log::debug!("block {} not committed: {e}", w.block);
+            }
+            // An unflushed writer is dropped here, which aborts it.
+        }
+        let mut p = inner.pending.lock();
+        *p -= n;
+        if *p == 0 {
+            inner.drained.notify_all();
+        }
     }
 }
 

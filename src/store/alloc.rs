@@ -220,9 +220,9 @@ impl Allocator {
         }
     }
 
-    /// Recovery: a region found with a valid header.
+    /// Recovery: a region found with a valid header. The free pool is rebuilt afterwards by
+    /// [`Allocator::finish_restore`].
     pub fn restore_region(&mut self, region: u32, kind: SlotKind, class: u8, generation: u32) {
-        self.free_regions.retain(|&r| r != region);
         self.assign(region, kind, class, generation);
         self.next_generation = self.next_generation.max(generation.wrapping_add(1)).max(1);
     }
@@ -235,11 +235,15 @@ impl Allocator {
         r.used += 1;
     }
 
-    /// Recovery: assigned regions that ended up with no live slot go back to the free pool.
-    pub fn release_empty_regions(&mut self) {
-        for region in 0..self.regions.len() as u32 {
+    /// Recovery: rebuilds the free pool from the unassigned regions, and returns assigned
+    /// regions that ended up with no live slot to it.
+    pub fn finish_restore(&mut self) {
+        self.free_regions.clear();
+        for region in (0..self.regions.len() as u32).rev() {
             let r = &self.regions[region as usize];
-            if r.class != UNASSIGNED && r.used == 0 {
+            if r.class == UNASSIGNED {
+                self.free_regions.push(region);
+            } else if r.used == 0 {
                 self.unassign(region);
             }
         }
@@ -283,7 +287,9 @@ impl Allocator {
         }
     }
 
-    pub fn pin(&mut self, addr: SlotAddr) {
+    /// Pins a slot; `hit` marks its region as recently used for eviction (a writer's own pin
+    /// does not, so blocks read once are evicted first, as SIEVE intends).
+    pub fn pin(&mut self, addr: SlotAddr, hit: bool) {
         let p = self.pins.entry(addr).or_insert(PinCount {
             n: 0,
             doomed: false,
@@ -291,7 +297,7 @@ impl Allocator {
         p.n += 1;
         let r = &mut self.regions[addr.region() as usize];
         r.pins += 1;
-        if r.kind == SlotKind::Data {
+        if hit && r.kind == SlotKind::Data {
             self.sieve.touch(addr.region());
         }
     }
@@ -432,8 +438,8 @@ mod tests {
         let mut a = alloc(1);
         let c = large(&a);
         let t = a.take(SlotKind::Data, c).unwrap();
-        a.pin(t.addr);
-        a.pin(t.addr);
+        a.pin(t.addr, true);
+        a.pin(t.addr, false);
         assert!(!a.release(t.addr));
         assert_eq!(a.take(SlotKind::Data, c), None);
         assert!(!a.unpin(t.addr));
@@ -448,7 +454,7 @@ mod tests {
         let c = large(&a);
         let t0 = a.take(SlotKind::Data, c).unwrap();
         let t1 = a.take(SlotKind::Data, c).unwrap();
-        a.pin(t0.addr);
+        a.pin(t0.addr, true);
         let (victim, used) = a.begin_eviction().unwrap();
         assert_eq!(victim, t1.addr.region());
         assert_eq!(used, vec![0]);
@@ -465,6 +471,8 @@ mod tests {
         let mut a = alloc(2);
         a.restore_region(1, SlotKind::Meta, 0, 9);
         a.restore_slot(SlotAddr::new(0, 1, 5));
+        a.finish_restore();
+        assert_eq!(a.free_region_count(), 1);
         let t = a.take(SlotKind::Meta, 0).unwrap();
         assert_eq!(t.addr, SlotAddr::new(0, 1, 0));
         assert!(a.take(SlotKind::Data, 0).unwrap().new_region.unwrap().2 > 9);

@@ -301,11 +301,16 @@ impl Drive {
     }
 
     /// Pins a slot; the allocator lock is held by the caller.
-    fn pin_locked(self: &Arc<Self>, st: &mut Allocator, addr: SlotAddr) -> Arc<PinGuard> {
+    fn pin_locked(
+        self: &Arc<Self>,
+        st: &mut Allocator,
+        addr: SlotAddr,
+        hit: bool,
+    ) -> Arc<PinGuard> {
         let size = st
             .region_slot_size(addr.region())
             .expect("pin of a slot in an unassigned region");
-        st.pin(addr);
+        st.pin(addr, hit);
         let (_, header_off) = self.slot_at(addr, size);
         Arc::new(PinGuard {
             drive: self.clone(),
@@ -319,7 +324,7 @@ impl Drive {
     /// makes it reachable), so the slot cannot be freed between the lookup and the pin.
     pub fn pin(self: &Arc<Self>, addr: SlotAddr) -> Arc<PinGuard> {
         let mut st = self.state.lock();
-        self.pin_locked(&mut st, addr)
+        self.pin_locked(&mut st, addr, true)
     }
 
     /// A pinned view of `len` committed data bytes of a live slot (see [`Drive::pin`]).
@@ -361,7 +366,7 @@ impl Drive {
                     // A stale header from the slot's last life must not describe new bytes.
                     let (slab, off) = self.slot_at(t.addr, size);
                     slab.write_header(off, &[0u8; 64]);
-                    let pin = self.pin_locked(&mut st, t.addr);
+                    let pin = self.pin_locked(&mut st, t.addr, false);
                     drop(st);
                     return Ok(SlotWriter::new(Fill::new(pin, data_len as usize)));
                 }
@@ -403,14 +408,21 @@ impl Drive {
 
     /// Seals a complete slot: crc of the data, flush, then the header (that order, so a header
     /// on disk always describes complete data). Returns a pinned view of the data.
-    pub fn commit(&self, w: &SlotWriter, mut header: SlotHeader) -> Result<SlotBuf, StoreError> {
+    ///
+    /// With `flush` false the caller has already flushed the data (see [`Drive::sync_data`]).
+    pub fn commit(
+        &self,
+        w: &SlotWriter,
+        mut header: SlotHeader,
+        flush: bool,
+    ) -> Result<SlotBuf, StoreError> {
         assert!(w.is_complete(), "commit of an incomplete slot");
         let pin = w.pin();
         let addr = pin.addr();
         header.data_len = w.capacity() as u32;
         header.data_crc = crc32fast::hash(w.written());
         let slab = self.slab_of(addr);
-        if self.sync_data && w.capacity() > 0 {
+        if flush && self.sync_data && w.capacity() > 0 {
             slab.flush(pin.header_off + SLOT_HEADER_LEN, w.capacity())
                 .map_err(io_err(&self.path, "flush slot data"))?;
         }
@@ -421,6 +433,21 @@ impl Drive {
             slab.write_header(pin.header_off, &header.encode());
         }
         Ok(SlotBuf::committed(w.pin().clone(), w.capacity()))
+    }
+
+    /// Flushes all data written to this drive so far (a batch of commits shares one flush).
+    pub fn sync_data(&self) -> Result<(), StoreError> {
+        if !self.sync_data {
+            return Ok(());
+        }
+        for s in &self.slabs {
+            s.sync_data().map_err(io_err(&self.path, "flush slab"))?;
+        }
+        Ok(())
+    }
+
+    pub fn syncs_data(&self) -> bool {
+        self.sync_data
     }
 
     /// Frees a slot (now, or when its last pin drops) and clears its header.

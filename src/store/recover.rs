@@ -312,7 +312,7 @@ pub fn recover(
     }
     report.objects = out.len();
     for d in drives {
-        d.with_alloc(|a| a.release_empty_regions());
+        d.with_alloc(|a| a.finish_restore());
     }
     (out, report, max_seq)
 }

@@ -1,0 +1,581 @@
+//! Configuration: the TOML file (or embedded defaults), then flags, validated once into a
+//! typed [`Config`]. Every rejected value names its key, the value and what is allowed.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::time::Duration;
+
+use serde::Deserialize;
+
+use crate::store::{DriveConfig, StoreConfig};
+
+/// The file as written, before validation.
+#[derive(Debug, Deserialize, Default)]
+#[serde(deny_unknown_fields, default)]
+pub struct RawConfig {
+    pub listen: Option<String>,
+    pub admin_listen: Option<String>,
+    pub workers: Option<usize>,
+    pub io_backend: Option<String>,
+    pub block_size: Option<String>,
+    pub slab_size: Option<String>,
+    pub sync_data: Option<bool>,
+    pub storage: Vec<RawStorage>,
+    pub origin: Vec<RawOrigin>,
+    pub route: Vec<RawRoute>,
+    pub upstream: RawUpstream,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawStorage {
+    pub path: PathBuf,
+    pub size: String,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawOrigin {
+    pub host: String,
+    pub canonical: Option<String>,
+    pub connect: Option<String>,
+    pub scheme: Option<String>,
+    /// Keep the query string in the cache key (default true).
+    pub key_query: Option<bool>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawRoute {
+    pub prefix: String,
+    pub origin: String,
+}
+
+#[derive(Debug, Deserialize, Default)]
+#[serde(deny_unknown_fields, default)]
+pub struct RawUpstream {
+    pub window: Option<String>,
+    pub fetchers: Option<usize>,
+    pub connect_timeout: Option<String>,
+    pub read_timeout: Option<String>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum IoBackend {
+    Auto,
+    Uring,
+    Epoll,
+}
+
+/// An allowed origin host (`example.org` or `*.example.org`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Origin {
+    pub host: String,
+    pub canonical: Option<String>,
+    pub connect: Option<SocketAddr>,
+    pub https: bool,
+    pub key_query: bool,
+}
+
+impl Origin {
+    /// Does `host` (no port, lower case) match this entry?
+    pub fn matches(&self, host: &str) -> bool {
+        match self.host.strip_prefix("*.") {
+            Some(suffix) => {
+                host.len() > suffix.len() + 1 && host.ends_with(suffix) && {
+                    host.as_bytes()[host.len() - suffix.len() - 1] == b'.'
+                }
+            }
+            None => self.host == host,
+        }
+    }
+}
+
+/// A path prefix served from a fixed origin (reverse-proxy mode).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Route {
+    pub prefix: String,
+    /// Origin host (and port, if any), e.g. `origin.test` or `origin.test:8080`.
+    pub host: String,
+    pub https: bool,
+    /// Path on the origin that `prefix` maps to.
+    pub path: String,
+}
+
+#[derive(Debug, Clone)]
+pub struct Upstream {
+    pub window: u64,
+    pub fetchers: usize,
+    pub connect_timeout: Duration,
+    pub read_timeout: Duration,
+}
+
+#[derive(Debug, Clone)]
+pub struct Config {
+    pub listen: SocketAddr,
+    pub admin_listen: SocketAddr,
+    pub workers: usize,
+    pub io_backend: IoBackend,
+    pub store: StoreConfig,
+    pub origins: Vec<Origin>,
+    pub routes: Vec<Route>,
+    pub upstream: Upstream,
+}
+
+/// A rejected value: which key, what was given, what is allowed.
+#[derive(Debug, thiserror::Error, PartialEq, Eq)]
+#[error("config: {key} = {value:?}: {reason}")]
+pub struct ConfigError {
+    pub key: String,
+    pub value: String,
+    pub reason: String,
+}
+
+fn bad(key: impl Into<String>, value: impl Into<String>, reason: impl Into<String>) -> ConfigError {
+    ConfigError {
+        key: key.into(),
+        value: value.into(),
+        reason: reason.into(),
+    }
+}
+
+/// Parses sizes like `1048576`, `64KiB`, `1MiB`, `20GiB`, `10GB`.
+pub fn parse_size(s: &str) -> Result<u64, String> {
+    let s = s.trim();
+    let split = s.find(|c: char| !c.is_ascii_digit()).unwrap_or(s.len());
+    let (num, unit) = s.split_at(split);
+    let n: u64 = num.parse().map_err(|_| {
+        "expected a number with an optional unit (KiB, MiB, GiB, TiB, KB, MB, GB, TB)".to_string()
+    })?;
+    let mult: u64 = match unit.trim() {
+        "" | "B" => 1,
+        "KiB" | "K" => 1 << 10,
+        "MiB" | "M" => 1 << 20,
+        "GiB" | "G" => 1 << 30,
+        "TiB" | "T" => 1 << 40,
+        "KB" => 1_000,
+        "MB" => 1_000_000,
+        "GB" => 1_000_000_000,
+        "TB" => 1_000_000_000_000,
+        u => {
+            return Err(format!(
+                "unknown unit {u:?} (KiB, MiB, GiB, TiB, KB, MB, GB, TB)"
+            ));
+        }
+    };
+    n.checked_mul(mult).ok_or_else(|| "too large".to_string())
+}
+
+/// Parses durations like `500ms`, `10s`, `2m`.
+pub fn parse_duration(s: &str) -> Result<Duration, String> {
+    let s = s.trim();
+    let split = s.find(|c: char| !c.is_ascii_digit()).unwrap_or(s.len());
+    let (num, unit) = s.split_at(split);
+    let n: u64 = num
+        .parse()
+        .map_err(|_| "expected a number with a unit (ms, s, m)".to_string())?;
+    match unit {
+        "ms" => Ok(Duration::from_millis(n)),
+        "s" | "" => Ok(Duration::from_secs(n)),
+        "m" => Ok(Duration::from_secs(n * 60)),
+        u => Err(format!("unknown unit {u:?} (ms, s, m)")),
+    }
+}
+
+/// The hosts served with no configuration: Device Update and Windows Update content.
+pub const DEFAULT_ORIGINS: &[&str] = &[
+    "*.dl.adu.microsoft.com",
+    "*.dl.delivery.mp.microsoft.com",
+    "*.download.windowsupdate.com",
+];
+
+fn host_ok(h: &str) -> bool {
+    let h = h.strip_prefix("*.").unwrap_or(h);
+    !h.is_empty()
+        && h.split('.').all(|l| {
+            !l.is_empty()
+                && l.len() <= 63
+                && l.bytes()
+                    .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_')
+        })
+}
+
+fn scheme_https(key: &str, s: Option<&str>) -> Result<bool, ConfigError> {
+    match s {
+        None | Some("http") => Ok(false),
+        Some("https") => Ok(true),
+        Some(other) => Err(bad(key, other, "must be \"http\" or \"https\"")),
+    }
+}
+
+/// Splits `http://host[:port][/path]` into (https, host, path).
+fn parse_origin_url(key: &str, url: &str) -> Result<(bool, String, String), ConfigError> {
+    let (https, rest) = if let Some(r) = url.strip_prefix("http://") {
+        (false, r)
+    } else if let Some(r) = url.strip_prefix("https://") {
+        (true, r)
+    } else {
+        return Err(bad(key, url, "must start with http:// or https://"));
+    };
+    let (host, path) = match rest.find('/') {
+        Some(i) => (&rest[..i], &rest[i..]),
+        None => (rest, "/"),
+    };
+    let name = host.rsplit_once(':').map_or(
+        host,
+        |(h, p)| {
+            if p.parse::<u16>().is_ok() { h } else { host }
+        },
+    );
+    if !host_ok(name) || name.starts_with("*.") {
+        return Err(bad(key, url, "needs a host name"));
+    }
+    Ok((https, host.to_ascii_lowercase(), path.to_string()))
+}
+
+impl RawConfig {
+    pub fn from_toml(text: &str) -> Result<RawConfig, ConfigError> {
+        toml::from_str(text).map_err(|e| {
+            let span = e
+                .span()
+                .map(|s| format!(" at bytes {}..{}", s.start, s.end))
+                .unwrap_or_default();
+            bad("file", "", format!("{}{span}", e.message()))
+        })
+    }
+
+    /// Validates into a [`Config`]; the first bad value stops it.
+    pub fn validate(self) -> Result<Config, ConfigError> {
+        let addr =
+            |key: &str, v: Option<String>, default: &str| -> Result<SocketAddr, ConfigError> {
+                let v = v.unwrap_or_else(|| default.to_string());
+                v.parse()
+                    .map_err(|_| bad(key, v.clone(), "must be an address:port such as 0.0.0.0:80"))
+            };
+        let listen = addr("listen", self.listen, "0.0.0.0:80")?;
+        let admin_listen = addr("admin_listen", self.admin_listen, "127.0.0.1:9180")?;
+        let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
+        let workers = match self.workers {
+            None | Some(0) => cores,
+            Some(n) if n <= 1024 => n,
+            Some(n) => {
+                return Err(bad(
+                    "workers",
+                    n.to_string(),
+                    "must be 0 (one per core) to 1024",
+                ));
+            }
+        };
+        let io_backend = match self.io_backend.as_deref() {
+            None | Some("auto") => IoBackend::Auto,
+            Some("uring") => IoBackend::Uring,
+            Some("epoll") => IoBackend::Epoll,
+            Some(v) => return Err(bad("io_backend", v, "must be auto, uring or epoll")),
+        };
+        let size = |key: &str, v: &str| parse_size(v).map_err(|r| bad(key, v, r));
+        let block_size = match &self.block_size {
+            None => 1 << 20,
+            Some(v) => {
+                let n = size("block_size", v)?;
+                if !n.is_power_of_two() || !(64 * 1024..=16 << 20).contains(&n) {
+                    return Err(bad(
+                        "block_size",
+                        v,
+                        "must be a power of two from 64KiB to 16MiB",
+                    ));
+                }
+                n as u32
+            }
+        };
+        let mut drives = Vec::new();
+        if self.storage.is_empty() {
+            drives.push(DriveConfig {
+                path: PathBuf::from("gatecache-cache"),
+                size: 2 << 30,
+            });
+        }
+        for (i, s) in self.storage.iter().enumerate() {
+            let key = format!("storage[{i}].size");
+            let n = size(&key, &s.size)?;
+            if n < 4 * (u64::from(block_size) + 4096) {
+                return Err(bad(key, &s.size, "must hold at least 4 blocks"));
+            }
+            if s.path.as_os_str().is_empty() {
+                return Err(bad(format!("storage[{i}].path"), "", "must not be empty"));
+            }
+            if drives.iter().any(|d: &DriveConfig| d.path == s.path) {
+                return Err(bad(
+                    format!("storage[{i}].path"),
+                    s.path.display().to_string(),
+                    "listed twice",
+                ));
+            }
+            drives.push(DriveConfig {
+                path: s.path.clone(),
+                size: n,
+            });
+        }
+        let mut store = StoreConfig::new(drives);
+        store.block_size = block_size;
+        if let Some(v) = &self.slab_size {
+            store.slab_size = size("slab_size", v)?;
+            if store.slab_size < u64::from(block_size) * 2 {
+                return Err(bad("slab_size", v, "must hold at least one block"));
+            }
+        }
+        if let Some(s) = self.sync_data {
+            store.sync_data = s;
+        }
+        let mut origins = Vec::new();
+        if self.origin.is_empty() && self.route.is_empty() {
+            origins.extend(DEFAULT_ORIGINS.iter().map(|h| Origin {
+                host: h.to_string(),
+                canonical: None,
+                connect: None,
+                https: false,
+                key_query: true,
+            }));
+        }
+        for (i, o) in self.origin.into_iter().enumerate() {
+            let host = o.host.to_ascii_lowercase();
+            if !host_ok(&host) {
+                return Err(bad(
+                    format!("origin[{i}].host"),
+                    o.host,
+                    "must be a host name or *.suffix",
+                ));
+            }
+            let connect = match o.connect {
+                None => None,
+                Some(c) => Some(c.parse().map_err(|_| {
+                    bad(
+                        format!("origin[{i}].connect"),
+                        c.clone(),
+                        "must be an address:port such as 127.0.0.1:9000",
+                    )
+                })?),
+            };
+            if let Some(c) = &o.canonical
+                && !host_ok(c)
+            {
+                return Err(bad(
+                    format!("origin[{i}].canonical"),
+                    c,
+                    "must be a name (letters, digits, '.', '-')",
+                ));
+            }
+            origins.push(Origin {
+                host,
+                canonical: o.canonical.map(|c| c.to_ascii_lowercase()),
+                connect,
+                https: scheme_https(&format!("origin[{i}].scheme"), o.scheme.as_deref())?,
+                key_query: o.key_query.unwrap_or(true),
+            });
+        }
+        let mut routes = Vec::new();
+        for (i, r) in self.route.into_iter().enumerate() {
+            if !r.prefix.starts_with('/') {
+                return Err(bad(
+                    format!("route[{i}].prefix"),
+                    r.prefix,
+                    "must start with /",
+                ));
+            }
+            let (https, host, path) = parse_origin_url(&format!("route[{i}].origin"), &r.origin)?;
+            routes.push(Route {
+                prefix: r.prefix,
+                host,
+                https,
+                path,
+            });
+        }
+        // Longest prefix first, so /debian/security/ wins over /debian/.
+        routes.sort_by_key(|r| std::cmp::Reverse(r.prefix.len()));
+        let u = self.upstream;
+        let window = match &u.window {
+            None => 64 << 20,
+            Some(v) => {
+                let n = size("upstream.window", v)?;
+                if n < u64::from(block_size) {
+                    return Err(bad("upstream.window", v, "must be at least one block"));
+                }
+                n
+            }
+        };
+        let fetchers = match u.fetchers {
+            None => (workers * 8).max(16),
+            Some(n) if (1..=4096).contains(&n) => n,
+            Some(n) => return Err(bad("upstream.fetchers", n.to_string(), "must be 1 to 4096")),
+        };
+        let dur = |key: &str, v: &Option<String>, default: Duration| match v {
+            None => Ok(default),
+            Some(v) => parse_duration(v).map_err(|r| bad(key, v, r)),
+        };
+        Ok(Config {
+            listen,
+            admin_listen,
+            workers,
+            io_backend,
+            store,
+            origins,
+            routes,
+            upstream: Upstream {
+                window,
+                fetchers,
+                connect_timeout: dur(
+                    "upstream.connect_timeout",
+                    &u.connect_timeout,
+                    Duration::from_secs(5),
+                )?,
+                read_timeout: dur(
+                    "upstream.read_timeout",
+                    &u.read_timeout,
+                    Duration::from_secs(15),
+                )?,
+            },
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn cfg(t: &str) -> Result<Config, ConfigError> {
+        RawConfig::from_toml(t)?.validate()
+    }
+
+    #[test]
+    fn embedded_defaults() {
+        let c = cfg("").unwrap();
+        assert_eq!(c.listen, "0.0.0.0:80".parse().unwrap());
+        assert_eq!(c.admin_listen, "127.0.0.1:9180".parse().unwrap());
+        assert_eq!(c.io_backend, IoBackend::Auto);
+        assert_eq!(c.store.block_size, 1 << 20);
+        assert_eq!(c.store.drives[0].path, PathBuf::from("gatecache-cache"));
+        assert!(
+            c.origins
+                .iter()
+                .any(|o| o.matches("x--y.b.nlu.dl.adu.microsoft.com"))
+        );
+        assert!(
+            c.origins
+                .iter()
+                .any(|o| o.matches("au.download.windowsupdate.com"))
+        );
+    }
+
+    #[test]
+    fn full_file() {
+        let c = cfg(r#"
+            listen = "127.0.0.1:8080"
+            workers = 2
+            io_backend = "epoll"
+            block_size = "64KiB"
+            [[storage]]
+            path = "/tmp/gc"
+            size = "1GiB"
+            [[origin]]
+            host = "*.example.org"
+            canonical = "ex"
+            connect = "127.0.0.1:9000"
+            [[route]]
+            prefix = "/"
+            origin = "http://origin.test:8081"
+            [[route]]
+            prefix = "/debian/"
+            origin = "https://mirror.example.org/debian/"
+            [upstream]
+            window = "16MiB"
+        "#)
+        .unwrap();
+        assert_eq!(c.workers, 2);
+        assert_eq!(c.io_backend, IoBackend::Epoll);
+        assert_eq!(c.store.block_size, 64 * 1024);
+        assert_eq!(c.origins.len(), 1);
+        assert_eq!(
+            c.origins[0].connect,
+            Some("127.0.0.1:9000".parse().unwrap())
+        );
+        assert_eq!(c.routes[0].prefix, "/debian/");
+        assert!(c.routes[0].https);
+        assert_eq!(c.routes[1].host, "origin.test:8081");
+        assert_eq!(c.upstream.window, 16 << 20);
+    }
+
+    #[test]
+    fn wildcard_matching() {
+        let o = Origin {
+            host: "*.example.org".into(),
+            canonical: None,
+            connect: None,
+            https: false,
+            key_query: true,
+        };
+        assert!(o.matches("a.example.org"));
+        assert!(o.matches("a.b.example.org"));
+        assert!(!o.matches("example.org"));
+        assert!(!o.matches("badexample.org"));
+        assert!(!o.matches("a.example.org.evil.test"));
+    }
+
+    #[test]
+    fn each_bad_value_names_its_key() {
+        for (text, key) in [
+            ("listen = \"nope\"", "listen"),
+            ("admin_listen = \"1.2.3.4\"", "admin_listen"),
+            ("workers = 5000", "workers"),
+            ("io_backend = \"kqueue\"", "io_backend"),
+            ("block_size = \"1000\"", "block_size"),
+            ("block_size = \"32MiB\"", "block_size"),
+            ("block_size = \"1XB\"", "block_size"),
+            ("slab_size = \"1KiB\"", "slab_size"),
+            (
+                "[[storage]]\npath = \"/x\"\nsize = \"1MiB\"",
+                "storage[0].size",
+            ),
+            (
+                "[[storage]]\npath = \"/x\"\nsize = \"1GiB\"\n[[storage]]\npath = \"/x\"\nsize = \"1GiB\"",
+                "storage[1].path",
+            ),
+            ("[[origin]]\nhost = \"bad host\"", "origin[0].host"),
+            (
+                "[[origin]]\nhost = \"a.test\"\nconnect = \"x\"",
+                "origin[0].connect",
+            ),
+            (
+                "[[origin]]\nhost = \"a.test\"\nscheme = \"ftp\"",
+                "origin[0].scheme",
+            ),
+            (
+                "[[route]]\nprefix = \"x\"\norigin = \"http://a.test\"",
+                "route[0].prefix",
+            ),
+            (
+                "[[route]]\nprefix = \"/\"\norigin = \"a.test\"",
+                "route[0].origin",
+            ),
+            ("[upstream]\nwindow = \"1KiB\"", "upstream.window"),
+            ("[upstream]\nfetchers = 0", "upstream.fetchers"),
+            (
+                "[upstream]\nread_timeout = \"5 parsecs\"",
+                "upstream.read_timeout",
+            ),
+            ("unknown_key = 1", "file"),
+        ] {
+            let e = cfg(text).unwrap_err();
+            assert_eq!(e.key, key, "{text}: {e}");
+            assert!(!e.reason.is_empty());
+        }
+    }
+
+    #[test]
+    fn sizes_and_durations() {
+        assert_eq!(parse_size("1MiB"), Ok(1 << 20));
+        assert_eq!(parse_size("10GB"), Ok(10_000_000_000));
+        assert!(parse_size("99999999999TiB").is_err());
+        assert_eq!(parse_duration("500ms"), Ok(Duration::from_millis(500)));
+        assert_eq!(parse_duration("2m"), Ok(Duration::from_secs(120)));
+        assert!(parse_duration("2h").is_err());
+    }
+}

@@ -1,0 +1,6 @@
+//! HTTP/1.1 pieces that do no I/O: request heads, ranges, conditionals, response heads.
+
+pub mod conditional;
+pub mod range;
+pub mod request;
+pub mod response;

@@ -1,0 +1,321 @@
+//! Request heads: httparse for the syntax, then our own framing and limit rules.
+//!
+//! Framing is strict on purpose (request smuggling): `Transfer-Encoding` in a request, a repeated
+//! or malformed `Content-Length`, obs-fold and a missing or repeated `Host` on HTTP/1.1 are all
+//! 400, and the connection is closed after the answer.
+
+/// Limits on what a client may send in a request head.
+#[derive(Debug, Clone, Copy)]
+pub struct Limits {
+    pub max_head: usize,
+    pub max_headers: usize,
+    pub max_target: usize,
+}
+
+impl Default for Limits {
+    fn default() -> Limits {
+        Limits {
+            max_head: 16 * 1024,
+            max_headers: 64,
+            max_target: 8 * 1024,
+        }
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Method {
+    Get,
+    Head,
+    Other,
+}
+
+/// Why a head was refused; each maps to one status code.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum HeadError {
+    Bad(&'static str),
+    HeadTooLarge,
+    TooManyHeaders,
+    UriTooLong,
+    Version,
+}
+
+impl HeadError {
+    pub fn status(&self) -> u16 {
+        match self {
+            HeadError::Bad(_) => 400,
+            HeadError::HeadTooLarge | HeadError::TooManyHeaders => 431,
+            HeadError::UriTooLong => 414,
+            HeadError::Version => 505,
+        }
+    }
+
+    pub fn reason(&self) -> &'static str {
+        match self {
+            HeadError::Bad(why) => why,
+            HeadError::HeadTooLarge => "request head too large",
+            HeadError::TooManyHeaders => "too many header fields",
+            HeadError::UriTooLong => "request target too long",
+            HeadError::Version => "HTTP version not supported",
+        }
+    }
+}
+
+/// The parts of a request head that gatecache acts on.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Request {
+    pub method: Option<Method>,
+    pub method_name: String,
+    pub target: String,
+    pub http10: bool,
+    pub host: Option<String>,
+    /// The **last** `Range` header: real Delivery Optimization clients send several, oldest first.
+    pub range: Option<String>,
+    pub if_range: Option<String>,
+    pub if_none_match: Option<String>,
+    pub if_modified_since: Option<String>,
+    pub cache_control: Option<String>,
+    pub via: Option<String>,
+    pub user_agent: Option<String>,
+    pub keep_alive: bool,
+    /// Bytes of body that follow the head (to be skipped).
+    pub body_len: u64,
+}
+
+impl Request {
+    pub fn method(&self) -> Method {
+        self.method.unwrap_or(Method::Other)
+    }
+}
+
+fn join(slot: &mut Option<String>, v: &str) {
+    match slot {
+        Some(s) => {
+            s.push_str(", ");
+            s.push_str(v);
+        }
+        None => *slot = Some(v.to_string()),
+    }
+}
+
+/// Parses one request head from the front of `buf`. `Ok(None)`: incomplete, read more.
+/// `Ok(Some((req, n)))`: the head took `n` bytes.
+pub fn parse(buf: &[u8], limits: &Limits) -> Result<Option<(Request, usize)>, HeadError> {
+    let mut headers = vec![httparse::EMPTY_HEADER; limits.max_headers];
+    let mut raw = httparse::Request::new(&mut headers);
+    let n = match raw.parse(buf) {
+        Ok(httparse::Status::Complete(n)) => n,
+        Ok(httparse::Status::Partial) => {
+            if buf.len() >= limits.max_head {
+                let line_done = buf.contains(&b'\n');
+                return Err(if line_done {
+                    HeadError::HeadTooLarge
+                } else {
+                    HeadError::UriTooLong
+                });
+            }
+            return Ok(None);
+        }
+        Err(httparse::Error::TooManyHeaders) => return Err(HeadError::TooManyHeaders),
+        Err(httparse::Error::Version) => return Err(HeadError::Version),
+        Err(httparse::Error::HeaderName) | Err(httparse::Error::HeaderValue) => {
+            return Err(HeadError::Bad("malformed header field"));
+        }
+        Err(_) => return Err(HeadError::Bad("malformed request line")),
+    };
+    if n > limits.max_head {
+        return Err(HeadError::HeadTooLarge);
+    }
+    let target = raw.path.unwrap_or_default();
+    if target.len() > limits.max_target {
+        return Err(HeadError::UriTooLong);
+    }
+    let method_name = raw.method.unwrap_or_default();
+    let mut req = Request {
+        method: Some(match method_name {
+            "GET" => Method::Get,
+            "HEAD" => Method::Head,
+            _ => Method::Other,
+        }),
+        method_name: method_name.to_string(),
+        target: target.to_string(),
+        http10: raw.version == Some(0),
+        ..Request::default()
+    };
+    let mut conn_close = false;
+    let mut conn_keep_alive = false;
+    let mut content_length: Option<u64> = None;
+    let mut hosts = 0;
+    for h in raw.headers.iter() {
+        let value = std::str::from_utf8(h.value)
+            .map_err(|_| HeadError::Bad("header value is not UTF-8"))?
+            .trim_matches([' ', '\t']);
+        let name = h.name;
+        if name.eq_ignore_ascii_case("host") {
+            hosts += 1;
+            req.host = Some(value.to_string());
+        } else if name.eq_ignore_ascii_case("range") {
+            req.range = Some(value.to_string());
+        } else if name.eq_ignore_ascii_case("content-length") {
+            if content_length.is_some() {
+                return Err(HeadError::Bad("repeated Content-Length"));
+            }
+            if value.is_empty() || !value.bytes().all(|b| b.is_ascii_digit()) {
+                return Err(HeadError::Bad("malformed Content-Length"));
+            }
+            content_length = Some(
+                value
+                    .parse()
+                    .map_err(|_| HeadError::Bad("malformed Content-Length"))?,
+            );
+        } else if name.eq_ignore_ascii_case("transfer-encoding") {
+            return Err(HeadError::Bad(
+                "request bodies with Transfer-Encoding are refused",
+            ));
+        } else if name.eq_ignore_ascii_case("connection") {
+            for t in value.split(',') {
+                let t = t.trim();
+                conn_close |= t.eq_ignore_ascii_case("close");
+                conn_keep_alive |= t.eq_ignore_ascii_case("keep-alive");
+            }
+        } else if name.eq_ignore_ascii_case("if-range") {
+            req.if_range = Some(value.to_string());
+        } else if name.eq_ignore_ascii_case("if-none-match") {
+            join(&mut req.if_none_match, value);
+        } else if name.eq_ignore_ascii_case("if-modified-since") {
+            req.if_modified_since = Some(value.to_string());
+        } else if name.eq_ignore_ascii_case("cache-control") {
+            join(&mut req.cache_control, value);
+        } else if name.eq_ignore_ascii_case("via") {
+            join(&mut req.via, value);
+        } else if name.eq_ignore_ascii_case("user-agent") {
+            req.user_agent = Some(value.to_string());
+        }
+    }
+    if !req.http10 && hosts != 1 {
+        return Err(HeadError::Bad(if hosts == 0 {
+            "missing Host"
+        } else {
+            "repeated Host"
+        }));
+    }
+    if hosts > 1 {
+        return Err(HeadError::Bad("repeated Host"));
+    }
+    req.body_len = content_length.unwrap_or(0);
+    req.keep_alive = if req.http10 {
+        conn_keep_alive && !conn_close
+    } else {
+        !conn_close
+    };
+    Ok(Some((req, n)))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn p(s: &str) -> Result<Option<(Request, usize)>, HeadError> {
+        parse(s.as_bytes(), &Limits::default())
+    }
+
+    fn ok(s: &str) -> Request {
+        p(s).unwrap().unwrap().0
+    }
+
+    #[test]
+    fn do_client_request_with_several_ranges_keeps_the_last() {
+        let r = ok(
+            "GET /mscomtest/wuidt.gif?cacheHostOrigin=au.download.windowsupdate.com HTTP/1.1\r\n\
+                    Host: cache.example.org\r\nRange: bytes=0-99\r\nUser-Agent: Microsoft-Delivery-Optimization-Lite/10.0.0.1\r\n\
+                    Range: bytes=100-199\r\n\r\n",
+        );
+        assert_eq!(r.method(), Method::Get);
+        assert_eq!(r.range.as_deref(), Some("bytes=100-199"));
+        assert!(r.keep_alive);
+        assert_eq!(
+            r.user_agent.as_deref(),
+            Some("Microsoft-Delivery-Optimization-Lite/10.0.0.1")
+        );
+    }
+
+    #[test]
+    fn incomplete_head_asks_for_more() {
+        assert_eq!(p("GET / HTTP/1.1\r\nHost: a\r\n"), Ok(None));
+    }
+
+    #[test]
+    fn keep_alive_rules() {
+        assert!(!ok("GET / HTTP/1.0\r\n\r\n").keep_alive);
+        assert!(ok("GET / HTTP/1.0\r\nConnection: keep-alive\r\n\r\n").keep_alive);
+        assert!(!ok("GET / HTTP/1.1\r\nHost: a\r\nConnection: close\r\n\r\n").keep_alive);
+        assert!(!ok("GET / HTTP/1.1\r\nHost: a\r\nConnection: foo, Close\r\n\r\n").keep_alive);
+    }
+
+    #[test]
+    fn smuggling_vectors_are_refused() {
+        for head in [
+            "GET / HTTP/1.1\r\nHost: a\r\nContent-Length: 5\r\nTransfer-Encoding: chunked\r\n\r\n",
+            "GET / HTTP/1.1\r\nHost: a\r\nTransfer-Encoding: chunked\r\n\r\n",
+            "GET / HTTP/1.1\r\nHost: a\r\nContent-Length: 5\r\nContent-Length: 5\r\n\r\n",
+            "GET / HTTP/1.1\r\nHost: a\r\nContent-Length: 5, 6\r\n\r\n",
+            "GET / HTTP/1.1\r\nHost: a\r\nContent-Length: -1\r\n\r\n",
+            "GET / HTTP/1.1\r\nHost: a\r\nContent-Length: +5\r\n\r\n",
+            "GET / HTTP/1.1\r\nHost: a\r\nX-A: b\r\n  folded\r\n\r\n",
+            "GET / HTTP/1.1\r\nHost : a\r\n\r\n",
+            "GET / HTTP/1.1\r\n\r\n",
+            "GET / HTTP/1.1\r\nHost: a\r\nHost: b\r\n\r\n",
+            "GET  / HTTP/1.1\r\nHost: a\r\n\r\n",
+            "GET / HTTP/1.1 extra\r\nHost: a\r\n\r\n",
+        ] {
+            let e = p(head).unwrap_err();
+            assert_eq!(e.status(), 400, "{head:?}: {e:?}");
+        }
+    }
+
+    #[test]
+    fn limits_map_to_their_status() {
+        let l = Limits::default();
+        let long = format!(
+            "GET /{} HTTP/1.1\r\nHost: a\r\n\r\n",
+            "a".repeat(l.max_target)
+        );
+        assert_eq!(p(&long).unwrap_err(), HeadError::UriTooLong);
+        let endless_line = format!("GET /{}", "a".repeat(l.max_head));
+        assert_eq!(p(&endless_line).unwrap_err(), HeadError::UriTooLong);
+        let many: String = (0..l.max_headers + 1)
+            .map(|i| format!("X-{i}: v\r\n"))
+            .collect();
+        let h = format!("GET / HTTP/1.1\r\nHost: a\r\n{many}\r\n");
+        assert_eq!(p(&h).unwrap_err(), HeadError::TooManyHeaders);
+        let big = format!(
+            "GET / HTTP/1.1\r\nHost: a\r\nX-Big: {}\r\n\r\n",
+            "b".repeat(l.max_head)
+        );
+        assert_eq!(p(&big).unwrap_err(), HeadError::HeadTooLarge);
+        assert_eq!(p("GET / HTTP/2.0\r\n\r\n").unwrap_err().status(), 505);
+    }
+
+    #[test]
+    fn body_length_and_conditionals_are_kept() {
+        let r = ok(
+            "GET /x HTTP/1.1\r\nHost: a\r\nContent-Length: 3\r\nIf-None-Match: \"a\"\r\n\
+                    If-None-Match: \"b\"\r\nIf-Modified-Since: Wed, 21 Oct 2015 07:28:00 GMT\r\n\
+                    If-Range: \"a\"\r\nVia: 1.1 gw1\r\n\r\n",
+        );
+        assert_eq!(r.body_len, 3);
+        assert_eq!(r.if_none_match.as_deref(), Some("\"a\", \"b\""));
+        assert_eq!(r.if_range.as_deref(), Some("\"a\""));
+        assert_eq!(r.via.as_deref(), Some("1.1 gw1"));
+    }
+
+    #[test]
+    fn absolute_form_and_other_methods() {
+        let r = ok(
+            "GET http://mirror.example.org/debian/dists/x HTTP/1.1\r\nHost: mirror.example.org\r\n\r\n",
+        );
+        assert_eq!(r.target, "http://mirror.example.org/debian/dists/x");
+        let r = ok("DELETE / HTTP/1.1\r\nHost: a\r\n\r\n");
+        assert_eq!(r.method(), Method::Other);
+        assert_eq!(r.method_name, "DELETE");
+    }
+}

@@ -1,0 +1,133 @@
+//! Response heads, written straight into a byte buffer.
+
+use std::cell::RefCell;
+use std::fmt::Write as _;
+use std::time::{SystemTime, UNIX_EPOCH};
+
+pub fn reason(status: u16) -> &'static str {
+    match status {
+        200 => "OK",
+        204 => "No Content",
+        206 => "Partial Content",
+        304 => "Not Modified",
+        400 => "Bad Request",
+        403 => "Forbidden",
+        404 => "Not Found",
+        405 => "Method Not Allowed",
+        408 => "Request Timeout",
+        412 => "Precondition Failed",
+        413 => "Content Too Large",
+        414 => "URI Too Long",
+        416 => "Range Not Satisfiable",
+        431 => "Request Header Fields Too Large",
+        500 => "Internal Server Error",
+        502 => "Bad Gateway",
+        503 => "Service Unavailable",
+        504 => "Gateway Timeout",
+        505 => "HTTP Version Not Supported",
+        508 => "Loop Detected",
+        _ => "Unknown",
+    }
+}
+
+thread_local! {
+    static DATE: RefCell<(u64, String)> = const { RefCell::new((u64::MAX, String::new())) };
+}
+
+/// The current `Date` value, formatted once per second per thread.
+pub fn date_now() -> String {
+    let now = SystemTime::now();
+    let secs = now.duration_since(UNIX_EPOCH).map_or(0, |d| d.as_secs());
+    DATE.with(|d| {
+        let mut d = d.borrow_mut();
+        if d.0 != secs {
+            *d = (secs, httpdate::fmt_http_date(now));
+        }
+        d.1.clone()
+    })
+}
+
+/// A response head being built.
+pub struct Head {
+    buf: Vec<u8>,
+}
+
+impl Head {
+    pub fn new(status: u16) -> Head {
+        let mut buf = Vec::with_capacity(512);
+        let _ = write!(
+            Writer(&mut buf),
+            "HTTP/1.1 {status} {}\r\nDate: {}\r\n",
+            reason(status),
+            date_now()
+        );
+        Head { buf }
+    }
+
+    pub fn header(&mut self, name: &str, value: impl std::fmt::Display) -> &mut Head {
+        let _ = write!(Writer(&mut self.buf), "{name}: {value}\r\n");
+        self
+    }
+
+    /// Ends the head; `keep_alive` decides the `Connection` header.
+    pub fn finish(&mut self, keep_alive: bool) -> Vec<u8> {
+        if !keep_alive {
+            self.buf.extend_from_slice(b"Connection: close\r\n");
+        }
+        self.buf.extend_from_slice(b"\r\n");
+        std::mem::take(&mut self.buf)
+    }
+}
+
+struct Writer<'a>(&'a mut Vec<u8>);
+
+impl std::fmt::Write for Writer<'_> {
+    fn write_str(&mut self, s: &str) -> std::fmt::Result {
+        self.0.extend_from_slice(s.as_bytes());
+        Ok(())
+    }
+}
+
+/// A complete short response with a one-line text body (errors, 403, 405, ...).
+pub fn simple(status: u16, body: &str, keep_alive: bool, extra: &[(&str, &str)]) -> Vec<u8> {
+    let mut h = Head::new(status);
+    h.header("Server", "gatecache")
+        .header("Content-Type", "text/plain; charset=utf-8")
+        .header("Content-Length", body.len() + 1)
+        .header("Cache-Status", "gatecache; fwd=bypass");
+    for (k, v) in extra {
+        h.header(k, v);
+    }
+    let mut out = h.finish(keep_alive);
+    out.extend_from_slice(body.as_bytes());
+    out.push(b'\n');
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn head_has_status_date_and_framing() {
+        let mut h = Head::new(206);
+        h.header("Content-Length", 10);
+        let s = String::from_utf8(h.finish(false)).unwrap();
+        assert!(
+            s.starts_with("HTTP/1.1 206 Partial Content\r\nDate: "),
+            "{s}"
+        );
+        assert!(s.contains("\r\nContent-Length: 10\r\n"));
+        assert!(s.ends_with("Connection: close\r\n\r\n"));
+        let date = s.lines().nth(1).unwrap().trim_start_matches("Date: ");
+        assert!(httpdate::parse_http_date(date).is_ok(), "{date}");
+    }
+
+    #[test]
+    fn simple_response_body_matches_length() {
+        let r = String::from_utf8(simple(403, "origin not allowed: x.test", true, &[])).unwrap();
+        let (head, body) = r.split_once("\r\n\r\n").unwrap();
+        assert!(head.contains(&format!("Content-Length: {}", body.len())));
+        assert_eq!(body, "origin not allowed: x.test\n");
+    }
+}

@@ -1,0 +1,165 @@
+//! The server: one worker thread per core, each with its own runtime and SO_REUSEPORT listener,
+//! on io_uring (tokio-uring) or, where that is not allowed, epoll (tokio).
+
+pub mod conn;
+pub mod epoll;
+pub mod respond;
+pub mod stream;
+pub mod transport;
+pub mod uring;
+
+use std::net::{SocketAddr, TcpListener};
+use std::sync::Arc;
+
+use crate::cache::Cache;
+use crate::config::{Config, IoBackend};
+use crate::http::request::Limits;
+use crate::upstream::Upstream;
+
+/// What every connection of every worker shares.
+pub struct Shared {
+    pub cfg: Config,
+    pub upstream: Arc<Upstream>,
+    pub limits: Limits,
+}
+
+/// The backend that will run, and why.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Backend {
+    Uring,
+    Epoll,
+}
+
+/// Chooses the backend: io_uring unless configured otherwise or unavailable (the probe sets up
+/// a real ring, which is what seccomp or `kernel.io_uring_disabled` refuse).
+pub fn choose_backend(want: IoBackend) -> Result<(Backend, String), String> {
+    let probe = || tokio_uring::Runtime::new(&tokio_uring::builder()).map(drop);
+    match want {
+        IoBackend::Epoll => Ok((Backend::Epoll, "io_backend = epoll".into())),
+        IoBackend::Uring => match probe() {
+            Ok(()) => Ok((Backend::Uring, "io_backend = uring".into())),
+            Err(e) => Err(format!(
+                "io_backend = \"uring\" but io_uring is unavailable: {e}"
+            )),
+        },
+        IoBackend::Auto => match probe() {
+            Ok(()) => Ok((Backend::Uring, "io_uring is available".into())),
+            Err(e) => Ok((
+                Backend::Epoll,
+                format!(
+                    "io_uring is unavailable ({e}); allow it (see deploy/) for better performance"
+                ),
+            )),
+        },
+    }
+}
+
+/// A listening socket with SO_REUSEPORT, so each worker accepts on its own.
+pub fn listener(addr: SocketAddr) -> std::io::Result<TcpListener> {
+    use socket2::{Domain, Protocol, Socket, Type};
+    let s = Socket::new(Domain::for_address(addr), Type::STREAM, Some(Protocol::TCP))?;
+    s.set_reuse_address(true)?;
+    s.set_reuse_port(true)?;
+    s.set_nonblocking(true)?;
+    s.bind(&addr.into())?;
+    s.listen(1024)?;
+    Ok(s.into())
+}
+
+/// Opens the cache, starts fetchers, admin and workers; returns when the workers end.
+pub fn run(cfg: Config) -> Result<(), String> {
+    let (backend, why) = choose_backend(cfg.io_backend)?;
+    let (cache, report) = Cache::open(&cfg.store).map_err(|e| e.to_string())?;
+    log::info!(
+        "cache: {} objects, {} bytes in {} drive(s); capacity {} bytes",
+        report.objects,
+        report.bytes,
+        cfg.store.drives.len(),
+        cache.store().capacity_bytes()
+    );
+    let upstream = Upstream::start(cache, &cfg);
+    // Bind every listener before reporting ready, so a bad address fails start-up.
+    let listeners = (0..cfg.workers)
+        .map(|_| listener(cfg.listen))
+        .collect::<Result<Vec<_>, _>>()
+        .map_err(|e| format!("listen {}: {e}", cfg.listen))?;
+    let admin = crate::admin::start(cfg.admin_listen, upstream.clone())
+        .map_err(|e| format!("admin_listen {}: {e}", cfg.admin_listen))?;
+    log::info!(
+        "serving on {} with {} {:?} workers ({why}); admin on {}",
+        cfg.listen,
+        cfg.workers,
+        backend,
+        admin
+    );
+    let shared = Arc::new(Shared {
+        cfg,
+        upstream,
+        limits: Limits::default(),
+    });
+    let workers: Vec<_> = listeners
+        .into_iter()
+        .enumerate()
+        .map(|(i, l)| {
+            let sh = shared.clone();
+            std::thread::Builder::new()
+                .name(format!("worker-{i}"))
+                .spawn(move || match backend {
+                    Backend::Uring => run_uring(l, sh),
+                    Backend::Epoll => run_epoll(l, sh),
+                })
+                .map_err(|e| format!("spawn worker: {e}"))
+        })
+        .collect::<Result<_, _>>()?;
+    for w in workers {
+        match w.join() {
+            Ok(Ok(())) => {}
+            Ok(Err(e)) => return Err(e),
+            Err(_) => return Err("a worker panicked".into()),
+        }
+    }
+    Ok(())
+}
+
+fn run_uring(l: TcpListener, sh: Arc<Shared>) -> Result<(), String> {
+    tokio_uring::start(async move {
+        let listener = tokio_uring::net::TcpListener::from_std(l);
+        loop {
+            match listener.accept().await {
+                Ok((s, peer)) => {
+                    tokio_uring::spawn(conn::serve(uring::UringConn::new(s), peer, sh.clone()));
+                }
+                Err(e) => {
+                    log::warn!("accept: {e}");
+                    tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+                }
+            }
+        }
+    })
+}
+
+fn run_epoll(l: TcpListener, sh: Arc<Shared>) -> Result<(), String> {
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .map_err(|e| format!("runtime: {e}"))?;
+    let local = tokio::task::LocalSet::new();
+    local.block_on(&rt, async move {
+        let listener = tokio::net::TcpListener::from_std(l).map_err(|e| e.to_string())?;
+        loop {
+            match listener.accept().await {
+                Ok((s, peer)) => {
+                    tokio::task::spawn_local(conn::serve(
+                        epoll::EpollConn::new(s),
+                        peer,
+                        sh.clone(),
+                    ));
+                }
+                Err(e) => {
+                    log::warn!("accept: {e}");
+                    tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+                }
+            }
+        }
+    })
+}

@@ -1,0 +1,375 @@
+//! One request to one response: route, find or fetch the object, apply conditionals and ranges,
+//! send the head and the body.
+
+use std::ops::Range;
+
+use super::Shared;
+use super::stream::{BlockStream, StreamError};
+use super::transport::{Out, Transport};
+use crate::cache::{BlockStatus, Object};
+use crate::http::conditional;
+use crate::http::range::{self, Resolved, Spec};
+use crate::http::request::{Method, Request};
+use crate::http::response::{self, Head};
+use crate::route::{self, Refusal, Target};
+use crate::upstream::FetchError;
+
+/// What happened, for the access log and the connection.
+pub struct Outcome {
+    pub keep_alive: bool,
+    pub status: u16,
+    pub bytes: u64,
+    pub cache: &'static str,
+}
+
+impl Outcome {
+    fn new(status: u16, keep_alive: bool, cache: &'static str) -> Outcome {
+        Outcome {
+            keep_alive,
+            status,
+            bytes: 0,
+            cache,
+        }
+    }
+}
+
+/// RFC 9211 `Cache-Status` values, also used as the access log's cache field.
+const HIT: &str = "gatecache; hit";
+const MISS: &str = "gatecache; fwd=miss; stored";
+const PARTIAL: &str = "gatecache; fwd=partial; stored";
+
+fn log_name(cache_status: &'static str) -> &'static str {
+    match cache_status {
+        HIT => "HIT",
+        MISS => "MISS",
+        PARTIAL => "PARTIAL",
+        _ => "BYPASS",
+    }
+}
+
+async fn simple<T: Transport>(
+    t: &mut T,
+    status: u16,
+    body: &str,
+    keep: bool,
+    extra: &[(&str, &str)],
+) -> Outcome {
+    let out = response::simple(status, body, keep, extra);
+    let ok = t.write(Out::Bytes(out)).await.is_ok();
+    Outcome::new(status, keep && ok, "BYPASS")
+}
+
+pub async fn respond<T: Transport>(t: &mut T, req: &Request, sh: &Shared, keep: bool) -> Outcome {
+    let head_only = match req.method() {
+        Method::Get => false,
+        Method::Head => true,
+        Method::Other => {
+            return simple(
+                t,
+                405,
+                &format!("method {} not allowed", req.method_name),
+                false,
+                &[("Allow", "GET, HEAD")],
+            )
+            .await;
+        }
+    };
+    let target = match route::route(req, &sh.cfg) {
+        Ok(t) => t,
+        Err(Refusal::NotAllowed(host)) => {
+            return simple(t, 403, &format!("origin not allowed: {host}"), keep, &[]).await;
+        }
+        Err(Refusal::BadTarget(why)) => return simple(t, 400, why, false, &[]).await,
+    };
+    let specs = req.range.as_deref().and_then(range::parse);
+    let bs = u64::from(sh.upstream.cache().block_size());
+    let mut cold = false;
+    let obj = match sh.upstream.cache().lookup(&target.key) {
+        Some(o) => o,
+        None => {
+            cold = true;
+            let (first, count) = cold_window(specs.as_deref(), bs, head_only);
+            let fetch = sh.upstream.fetch_cold(&target, first, count);
+            match fetch.wait().await {
+                Ok(o) => o,
+                Err(e) => return upstream_error(t, &e, keep).await,
+            }
+        }
+    };
+    let meta = &obj.meta;
+    let etag = meta.etag.as_deref();
+    let lm = meta.last_modified.as_deref();
+    if conditional::not_modified(req, etag, lm) {
+        let mut h = Head::new(304);
+        h.header("Server", "gatecache")
+            .header("Cache-Status", if cold { MISS } else { HIT });
+        validators(&mut h, &obj);
+        let ok = t.write(Out::Bytes(h.finish(keep))).await.is_ok();
+        return Outcome::new(304, keep && ok, if cold { "MISS" } else { "HIT" });
+    }
+    let total = meta.total_len;
+    let resolved = match &specs {
+        Some(s) if conditional::if_range_allows(req, etag, lm) => range::resolve(s, total),
+        _ => Resolved::Full,
+    };
+    let (ranges, partial): (Vec<Range<u64>>, bool) = match resolved {
+        Resolved::Full => (std::iter::once(0..total).collect(), false),
+        Resolved::Partial(r) => (r, true),
+        Resolved::Unsatisfiable => {
+            let cr = format!("bytes */{total}");
+            return simple(
+                t,
+                416,
+                "range not satisfiable",
+                keep,
+                &[("Content-Range", &cr)],
+            )
+            .await;
+        }
+    };
+    let cache_status = if cold {
+        MISS
+    } else {
+        cache_status_for(sh, &target, &ranges, bs)
+    };
+    if ranges.len() > 1 {
+        return multipart(t, sh, &target, &obj, &ranges, head_only, keep, cache_status).await;
+    }
+    let r = ranges[0].clone();
+    let status = if partial { 206 } else { 200 };
+    let mut h = Head::new(status);
+    h.header("Server", "gatecache")
+        .header("Content-Length", r.end - r.start)
+        .header("Accept-Ranges", "bytes")
+        .header("Cache-Status", cache_status);
+    if partial {
+        h.header("Content-Range", range::content_range(&r, total));
+    }
+    validators(&mut h, &obj);
+    entity_headers(&mut h, &obj);
+    if head_only || r.is_empty() {
+        let ok = t.write(Out::Bytes(h.finish(keep))).await.is_ok();
+        return Outcome::new(status, keep && ok, log_name(cache_status));
+    }
+    let mut stream = BlockStream::new(&sh.upstream, &target, &obj, r);
+    // The first bytes are in hand before the head goes out, so an upstream failure can still
+    // be a clean 502/504 rather than a cut connection.
+    let first = match stream.next().await {
+        Ok(Some(c)) => c,
+        Ok(None) => unreachable!("non-empty range"),
+        Err(e) => return stream_error_before_head(t, &e, keep).await,
+    };
+    let mut out = Outcome::new(status, keep, log_name(cache_status));
+    out.bytes = first.len() as u64;
+    if t.write(Out::HeadAndSlot(h.finish(keep), first))
+        .await
+        .is_err()
+    {
+        out.keep_alive = false;
+        return out;
+    }
+    send_rest(t, &mut stream, &mut out).await;
+    out
+}
+
+/// Sends the rest of a stream; on any failure the connection is marked for abort.
+async fn send_rest<T: Transport>(t: &mut T, stream: &mut BlockStream<'_>, out: &mut Outcome) {
+    loop {
+        match stream.next().await {
+            Ok(Some(c)) => {
+                out.bytes += c.len() as u64;
+                if t.write(Out::Slot(c)).await.is_err() {
+                    out.keep_alive = false;
+                    return;
+                }
+            }
+            Ok(None) => return,
+            Err(e) => {
+                log::warn!("response cut after {} bytes: {e:?}", out.bytes);
+                out.keep_alive = false;
+                return;
+            }
+        }
+    }
+}
+
+#[allow(clippy::too_many_arguments)]
+async fn multipart<T: Transport>(
+    t: &mut T,
+    sh: &Shared,
+    target: &Target,
+    obj: &Object,
+    ranges: &[Range<u64>],
+    head_only: bool,
+    keep: bool,
+    cache_status: &'static str,
+) -> Outcome {
+    let total = obj.meta.total_len;
+    let boundary = format!("gatecache-{:016x}", obj.version ^ total.rotate_left(17));
+    let ctype = obj
+        .meta
+        .content_type
+        .as_deref()
+        .unwrap_or("application/octet-stream");
+    let part_heads: Vec<String> = ranges
+        .iter()
+        .map(|r| {
+            format!(
+                "\r\n--{boundary}\r\nContent-Type: {ctype}\r\nContent-Range: {}\r\n\r\n",
+                range::content_range(r, total)
+            )
+        })
+        .collect();
+    let closing = format!("\r\n--{boundary}--\r\n");
+    let len: u64 = ranges
+        .iter()
+        .zip(&part_heads)
+        .map(|(r, h)| h.len() as u64 + r.end - r.start)
+        .sum::<u64>()
+        + closing.len() as u64;
+    let mut h = Head::new(206);
+    h.header("Server", "gatecache")
+        .header(
+            "Content-Type",
+            format!("multipart/byteranges; boundary={boundary}"),
+        )
+        .header("Content-Length", len)
+        .header("Accept-Ranges", "bytes")
+        .header("Cache-Status", cache_status);
+    validators(&mut h, obj);
+    let mut out = Outcome::new(206, keep, log_name(cache_status));
+    if head_only {
+        out.keep_alive &= t.write(Out::Bytes(h.finish(keep))).await.is_ok();
+        return out;
+    }
+    let mut first_stream = BlockStream::new(&sh.upstream, target, obj, ranges[0].clone());
+    let first = match first_stream.next().await {
+        Ok(Some(c)) => c,
+        Ok(None) => unreachable!("satisfiable ranges are not empty"),
+        Err(e) => return stream_error_before_head(t, &e, keep).await,
+    };
+    let mut head = h.finish(keep);
+    head.extend_from_slice(part_heads[0].as_bytes());
+    out.bytes = first.len() as u64;
+    if t.write(Out::HeadAndSlot(head, first)).await.is_err() {
+        out.keep_alive = false;
+        return out;
+    }
+    send_rest(t, &mut first_stream, &mut out).await;
+    drop(first_stream);
+    for (r, ph) in ranges.iter().zip(&part_heads).skip(1) {
+        if !out.keep_alive || t.write(Out::Bytes(ph.as_bytes().to_vec())).await.is_err() {
+            out.keep_alive = false;
+            return out;
+        }
+        let mut s = BlockStream::new(&sh.upstream, target, obj, r.clone());
+        send_rest(t, &mut s, &mut out).await;
+    }
+    if out.keep_alive && t.write(Out::Bytes(closing.into_bytes())).await.is_err() {
+        out.keep_alive = false;
+    }
+    out
+}
+
+/// Blocks to fetch for an object not cached at all: from the block the client's range starts
+/// in, as many as it asks for (up to the upstream window).
+fn cold_window(specs: Option<&[Spec]>, bs: u64, head_only: bool) -> (u32, u32) {
+    if head_only {
+        return (0, 1);
+    }
+    match specs {
+        Some([Spec::FromTo(a, b)]) => ((a / bs) as u32, (b / bs - a / bs + 1) as u32),
+        Some([Spec::From(a)]) => ((a / bs) as u32, u32::MAX),
+        // A suffix needs the length first; several ranges start from the first one.
+        Some([Spec::Suffix(_)]) => (0, 1),
+        Some(specs) => match specs.iter().find_map(|s| match s {
+            Spec::FromTo(a, _) | Spec::From(a) => Some(*a),
+            Spec::Suffix(_) => None,
+        }) {
+            Some(a) => ((a / bs) as u32, 1),
+            None => (0, 1),
+        },
+        None => (0, u32::MAX),
+    }
+}
+
+fn cache_status_for(sh: &Shared, target: &Target, ranges: &[Range<u64>], bs: u64) -> &'static str {
+    let Some(st) = sh.upstream.cache().block_statuses(&target.key) else {
+        return MISS;
+    };
+    let mut any_ready = false;
+    let mut all_ready = true;
+    for r in ranges.iter().filter(|r| !r.is_empty()) {
+        for b in r.start / bs..=(r.end - 1) / bs {
+            let ready = st.get(b as usize) == Some(&BlockStatus::Ready);
+            any_ready |= ready;
+            all_ready &= ready;
+        }
+    }
+    match (all_ready, any_ready) {
+        (true, _) => HIT,
+        (false, true) => PARTIAL,
+        _ => MISS,
+    }
+}
+
+fn validators(h: &mut Head, obj: &Object) {
+    if let Some(e) = &obj.meta.etag {
+        h.header("ETag", e);
+    }
+    if let Some(lm) = &obj.meta.last_modified {
+        h.header("Last-Modified", lm);
+    }
+}
+
+fn entity_headers(h: &mut Head, obj: &Object) {
+    if let Some(ct) = &obj.meta.content_type {
+        h.header("Content-Type", ct);
+    }
+    if let Some(cc) = &obj.meta.cache_control {
+        h.header("Cache-Control", cc);
+    }
+    if let Some(x) = &obj.meta.expires {
+        h.header("Expires", x);
+    }
+    for (k, v) in &obj.meta.extra_headers {
+        h.header(k, v);
+    }
+}
+
+async fn upstream_error<T: Transport>(t: &mut T, e: &FetchError, keep: bool) -> Outcome {
+    match e {
+        FetchError::Status { status, body } => {
+            let text = String::from_utf8_lossy(body);
+            let line = text.lines().next().unwrap_or("").trim();
+            let msg = if line.is_empty() {
+                format!("upstream answered {status}")
+            } else {
+                line.to_string()
+            };
+            simple(t, *status, &msg, keep, &[]).await
+        }
+        FetchError::Unsatisfiable(Some(total)) => {
+            let cr = format!("bytes */{total}");
+            simple(
+                t,
+                416,
+                "range not satisfiable",
+                keep,
+                &[("Content-Range", &cr)],
+            )
+            .await
+        }
+        e => simple(t, e.status(), &e.message(), keep, &[]).await,
+    }
+}
+
+async fn stream_error_before_head<T: Transport>(t: &mut T, e: &StreamError, keep: bool) -> Outcome {
+    let msg = match e {
+        StreamError::Aborted => "upstream fetch failed",
+        StreamError::Stalled => "upstream stalled",
+        StreamError::Changed => "object changed during the request; retry",
+        StreamError::Store(_) => "cache storage error",
+    };
+    simple(t, e.status(), msg, keep, &[]).await
+}

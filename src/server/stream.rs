@@ -1,0 +1,191 @@
+//! The bytes of one range of an object, block by block: hits come from pinned slots, missing
+//! blocks are claimed in runs and fetched with one upstream request per run, and blocks that
+//! other requests are filling are streamed from their watermark as they land.
+
+use std::collections::VecDeque;
+use std::ops::Range;
+use std::sync::Arc;
+
+use crate::cache::{CacheError, Claim, Object};
+use crate::route::Target;
+use crate::store::{Fill, FillState, SlotBuf};
+use crate::upstream::{FILL_STALL, Upstream};
+
+/// Why a stream could not go on. Before the response head is sent this becomes a 502/504;
+/// after it, the connection is cut (never a short or mixed body).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum StreamError {
+    /// The fill of a block failed (upstream error, short body, object changed).
+    Aborted,
+    /// A block being filled made no progress for too long.
+    Stalled,
+    /// The object was replaced by another version meanwhile.
+    Changed,
+    Store(String),
+}
+
+impl StreamError {
+    pub fn status(&self) -> u16 {
+        match self {
+            StreamError::Stalled => 504,
+            _ => 502,
+        }
+    }
+}
+
+enum Source {
+    Ready(SlotBuf),
+    Fill(Arc<Fill>),
+}
+
+pub struct BlockStream<'a> {
+    up: &'a Upstream,
+    target: &'a Target,
+    obj: &'a Object,
+    bs: u64,
+    pos: u64,
+    end: u64,
+    last_block: u32,
+    /// Block number of `pending[0]`; `pending` covers consecutive blocks from there.
+    front: u32,
+    pending: VecDeque<Source>,
+    retries: u32,
+}
+
+impl<'a> BlockStream<'a> {
+    pub fn new(up: &'a Upstream, target: &'a Target, obj: &'a Object, range: Range<u64>) -> Self {
+        let bs = u64::from(up.cache().block_size());
+        BlockStream {
+            up,
+            target,
+            obj,
+            bs,
+            pos: range.start,
+            end: range.end,
+            last_block: (range.end.max(1) - 1).div_euclid(bs) as u32,
+            front: (range.start / bs) as u32,
+            pending: VecDeque::new(),
+            retries: 0,
+        }
+    }
+
+    fn scheduled_to(&self) -> u32 {
+        self.front + self.pending.len() as u32
+    }
+
+    fn claim_err(e: CacheError) -> StreamError {
+        match e {
+            CacheError::NoObject | CacheError::VersionChanged => StreamError::Changed,
+            e => StreamError::Store(e.to_string()),
+        }
+    }
+
+    /// Claims the next block after what is scheduled; a missing one starts a run of missing
+    /// blocks (up to the upstream window or the end of the range) fetched by one request.
+    fn extend(&mut self) -> Result<(), StreamError> {
+        let cache = self.up.cache();
+        let key = &self.target.key;
+        let b = self.scheduled_to();
+        match cache
+            .claim(key, b, self.obj.version)
+            .map_err(Self::claim_err)?
+        {
+            Claim::Ready(buf) => self.pending.push_back(Source::Ready(buf)),
+            Claim::Wait(f) => self.pending.push_back(Source::Fill(f)),
+            Claim::Write(w) => {
+                let run_end = (b + self.up.window_blocks()).min(self.last_block + 1);
+                let mut writers = vec![w];
+                let mut after = None;
+                for c in b + 1..run_end {
+                    match cache.claim(key, c, self.obj.version) {
+                        Ok(Claim::Write(w)) => writers.push(w),
+                        Ok(Claim::Ready(buf)) => {
+                            after = Some(Source::Ready(buf));
+                            break;
+                        }
+                        Ok(Claim::Wait(f)) => {
+                            after = Some(Source::Fill(f));
+                            break;
+                        }
+                        Err(_) => break,
+                    }
+                }
+                for w in &writers {
+                    let fill = w.fill().expect("fresh writer").clone();
+                    self.pending.push_back(Source::Fill(fill));
+                }
+                self.pending.extend(after);
+                self.up.fill(self.target, self.obj.clone(), writers);
+            }
+        }
+        Ok(())
+    }
+
+    /// The next chunk of bytes, or `None` at the end of the range.
+    pub async fn next(&mut self) -> Result<Option<SlotBuf>, StreamError> {
+        loop {
+            if self.pos >= self.end {
+                return Ok(None);
+            }
+            let b = (self.pos / self.bs) as u32;
+            while self.scheduled_to() <= b {
+                self.extend()?;
+            }
+            // Read ahead: keep the next run requested before this one is used up, so a long
+            // download never waits a round trip between upstream windows.
+            let ahead = (self.up.window_blocks() / 2).max(1);
+            while self.scheduled_to() <= self.last_block && self.scheduled_to() - b < ahead {
+                self.extend()?;
+            }
+            let off = (self.pos - u64::from(b) * self.bs) as usize;
+            let in_block_end = (self.end - u64::from(b) * self.bs) as usize;
+            match self.pending.front().expect("scheduled") {
+                Source::Ready(buf) => {
+                    let stop = in_block_end.min(buf.len());
+                    let chunk = buf.slice(off..stop);
+                    self.advance(stop, buf.len());
+                    return Ok(Some(chunk));
+                }
+                Source::Fill(f) => {
+                    let f = f.clone();
+                    let stop_max = in_block_end.min(f.capacity());
+                    let filled = f.filled();
+                    if filled > off {
+                        let stop = filled.min(stop_max);
+                        let chunk = f.readable().slice(off..stop);
+                        self.advance(stop, f.capacity());
+                        return Ok(Some(chunk));
+                    }
+                    match f.state() {
+                        FillState::Filling => {
+                            match tokio::time::timeout(FILL_STALL, f.wait_async(off)).await {
+                                Ok(_) => continue,
+                                Err(_) => return Err(StreamError::Stalled),
+                            }
+                        }
+                        FillState::Committed => continue,
+                        FillState::Aborted => {
+                            // Claim the block again (once or twice): a failed fetch by someone
+                            // else, or a parent that went away, need not fail this request.
+                            if self.retries >= 2 {
+                                return Err(StreamError::Aborted);
+                            }
+                            self.retries += 1;
+                            self.pending.clear();
+                            self.front = b;
+                        }
+                    }
+                }
+            }
+        }
+    }
+
+    fn advance(&mut self, stop: usize, block_len: usize) {
+        let b = self.pos / self.bs;
+        self.pos = b * self.bs + stop as u64;
+        if stop == block_len {
+            self.pending.pop_front();
+            self.front += 1;
+        }
+    }
+}

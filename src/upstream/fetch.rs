@@ -1,0 +1,215 @@
+//! One upstream request: send a (range) GET, then check the response head against what was
+//! asked and what is cached, before a single byte of it is stored.
+
+use std::time::{SystemTime, UNIX_EPOCH};
+
+use ureq::Agent;
+use ureq::http::HeaderMap;
+
+use crate::route::Target;
+use crate::store::ObjectMeta;
+
+/// Why an upstream fetch gave nothing to store. Each maps to what the client is told.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum FetchError {
+    /// Could not connect or the connection failed (502).
+    Connect(String),
+    /// The upstream did not answer in time (504).
+    Timeout,
+    /// The upstream answered something we will not store (502).
+    Invalid(String),
+    /// A final answer that is not content (404, 410, 403, ...): relayed as is, never stored.
+    Status { status: u16, body: Vec<u8> },
+    /// The range starts past the end of the object; the total length if known (416).
+    Unsatisfiable(Option<u64>),
+}
+
+impl FetchError {
+    /// Status code to give a client that has not been sent a head yet.
+    pub fn status(&self) -> u16 {
+        match self {
+            FetchError::Connect(_) | FetchError::Invalid(_) => 502,
+            FetchError::Timeout => 504,
+            FetchError::Status { status, .. } => *status,
+            FetchError::Unsatisfiable(_) => 416,
+        }
+    }
+
+    pub fn message(&self) -> String {
+        match self {
+            FetchError::Connect(e) => format!("upstream connection failed: {e}"),
+            FetchError::Timeout => "upstream timed out".into(),
+            FetchError::Invalid(e) => format!("upstream response refused: {e}"),
+            FetchError::Status { status, .. } => format!("upstream answered {status}"),
+            FetchError::Unsatisfiable(_) => "range not satisfiable".into(),
+        }
+    }
+}
+
+/// A checked upstream response, ready to be streamed into blocks.
+pub struct Fetched {
+    pub meta: ObjectMeta,
+    /// Offset of the first body byte within the object.
+    pub start: u64,
+    /// Offset one past the last body byte.
+    pub end: u64,
+    pub body: ureq::BodyReader<'static>,
+}
+
+fn header<'a>(h: &'a HeaderMap, name: &str) -> Option<&'a str> {
+    h.get(name).and_then(|v| v.to_str().ok())
+}
+
+/// Parses `bytes a-b/total` (total must be known).
+pub fn parse_content_range(v: &str) -> Option<(u64, u64, u64)> {
+    let rest = v.trim().strip_prefix("bytes ")?;
+    let (range, total) = rest.split_once('/')?;
+    let (a, b) = range.split_once('-')?;
+    let (a, b, total): (u64, u64, u64) = (a.parse().ok()?, b.parse().ok()?, total.parse().ok()?);
+    (a <= b && b < total).then_some((a, b, total))
+}
+
+fn now_secs() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs())
+}
+
+/// End-to-end headers worth storing and replaying beside the ones with their own fields.
+const EXTRA: &[&str] = &[
+    "content-encoding",
+    "content-disposition",
+    "content-language",
+];
+
+fn meta_from(key: &str, h: &HeaderMap, total_len: u64) -> ObjectMeta {
+    let s = |n: &str| header(h, n).map(str::to_string);
+    ObjectMeta {
+        key: key.to_string(),
+        total_len,
+        status: 200,
+        etag: s("etag"),
+        last_modified: s("last-modified"),
+        content_type: s("content-type"),
+        cache_control: s("cache-control"),
+        expires: s("expires"),
+        date: s("date"),
+        age: header(h, "age")
+            .and_then(|v| v.trim().parse().ok())
+            .unwrap_or(0),
+        stored_at: now_secs(),
+        extra_headers: EXTRA
+            .iter()
+            .filter_map(|n| header(h, n).map(|v| (n.to_string(), v.to_string())))
+            .collect(),
+    }
+}
+
+fn map_err(e: ureq::Error) -> FetchError {
+    match e {
+        ureq::Error::Timeout(_) => FetchError::Timeout,
+        ureq::Error::Io(e) if e.kind() == std::io::ErrorKind::TimedOut => FetchError::Timeout,
+        e => FetchError::Connect(e.to_string()),
+    }
+}
+
+/// Sends `GET` for `range` (inclusive; `None` = whole object) and checks the answer.
+pub fn fetch(
+    agent: &Agent,
+    target: &Target,
+    range: Option<(u64, u64)>,
+) -> Result<Fetched, FetchError> {
+    // With a connect override the URL names the address and Host names the origin.
+    let url = match target.connect {
+        Some(addr) if !target.https => format!("http://{addr}{}", target.path),
+        _ => target.url(),
+    };
+    let mut req = agent.get(&url).header("Host", &target.host).header(
+        "User-Agent",
+        concat!("gatecache/", env!("CARGO_PKG_VERSION")),
+    );
+    if let Some((a, b)) = range {
+        req = req.header("Range", format!("bytes={a}-{b}"));
+    }
+    let resp = req.call().map_err(map_err)?;
+    let status = resp.status().as_u16();
+    let (parts, body) = resp.into_parts();
+    let h = &parts.headers;
+    let content_length = header(h, "content-length").and_then(|v| v.trim().parse::<u64>().ok());
+    match status {
+        206 => {
+            let cr = header(h, "content-range")
+                .ok_or_else(|| FetchError::Invalid("206 without Content-Range".into()))?;
+            let (a, b, total) = parse_content_range(cr)
+                .ok_or_else(|| FetchError::Invalid(format!("bad Content-Range {cr:?}")))?;
+            if let Some((ra, rb)) = range
+                && (a != ra || b != rb.min(total - 1))
+            {
+                return Err(FetchError::Invalid(format!(
+                    "asked bytes {ra}-{rb}, got Content-Range {cr:?}"
+                )));
+            }
+            if content_length.is_some_and(|n| n != b - a + 1) {
+                return Err(FetchError::Invalid(
+                    "Content-Length does not match Content-Range".into(),
+                ));
+            }
+            Ok(Fetched {
+                meta: meta_from(&target.key, h, total),
+                start: a,
+                end: b + 1,
+                body: body.into_reader(),
+            })
+        }
+        200 => {
+            let total = content_length.ok_or_else(|| {
+                FetchError::Invalid("200 without Content-Length cannot be cached by range".into())
+            })?;
+            if let Some((ra, _)) = range
+                && ra >= total
+                && total > 0
+            {
+                return Err(FetchError::Unsatisfiable(Some(total)));
+            }
+            Ok(Fetched {
+                meta: meta_from(&target.key, h, total),
+                start: 0,
+                end: total,
+                body: body.into_reader(),
+            })
+        }
+        416 => Err(FetchError::Unsatisfiable(
+            header(h, "content-range")
+                .and_then(|v| v.trim().strip_prefix("bytes */"))
+                .and_then(|t| t.parse().ok()),
+        )),
+        s if (400..500).contains(&s) => {
+            let mut body = body;
+            let bytes = body
+                .with_config()
+                .limit(64 * 1024)
+                .read_to_vec()
+                .unwrap_or_default();
+            Err(FetchError::Status {
+                status: s,
+                body: bytes,
+            })
+        }
+        s => Err(FetchError::Invalid(format!("upstream status {s}"))),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn content_range_parsing() {
+        assert_eq!(parse_content_range("bytes 0-99/1000"), Some((0, 99, 1000)));
+        assert_eq!(parse_content_range("bytes 5-5/6"), Some((5, 5, 6)));
+        assert_eq!(parse_content_range("bytes 5-4/6"), None);
+        assert_eq!(parse_content_range("bytes 0-99/*"), None);
+        assert_eq!(parse_content_range("bytes 0-1000/1000"), None);
+        assert_eq!(parse_content_range("items 0-1/2"), None);
+    }
+}

@@ -1,0 +1,372 @@
+//! Upstream fetching: a pool of blocking fetcher threads (ureq) that stream upstream bodies
+//! straight into claimed slots, and the collapsing of concurrent cold misses for one key.
+//!
+//! A fill job is one upstream request for a run of blocks. Its writers are claimed before the
+//! request goes out (warm object) or right after the response head arrived (cold object), so
+//! every other request for those blocks waits on the job's watermark instead of fetching again.
+
+pub mod fetch;
+
+use std::collections::BTreeMap;
+use std::io::Read;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::mpsc::{Receiver, Sender, channel};
+use std::sync::{Arc, Mutex as StdMutex};
+use std::time::Duration;
+
+use hashbrown::HashMap;
+use parking_lot::{Condvar, Mutex};
+
+use crate::cache::{BlockWriter, Cache, Claim, Object};
+use crate::config::Config;
+use crate::route::Target;
+pub use fetch::FetchError;
+
+/// The outcome of a cold fetch, shared by every request that joined it.
+pub struct ColdFetch {
+    result: Mutex<Option<Result<Object, FetchError>>>,
+    notify: tokio::sync::Notify,
+    cond: Condvar,
+}
+
+impl ColdFetch {
+    fn new() -> Arc<ColdFetch> {
+        Arc::new(ColdFetch {
+            result: Mutex::new(None),
+            notify: tokio::sync::Notify::new(),
+            cond: Condvar::new(),
+        })
+    }
+
+    fn finish(&self, r: Result<Object, FetchError>) {
+        let mut g = self.result.lock();
+        if g.is_none() {
+            *g = Some(r);
+        }
+        self.cond.notify_all();
+        drop(g);
+        self.notify.notify_waiters();
+    }
+
+    /// Waits (async) for the object's metadata, or the reason there is none.
+    pub async fn wait(&self) -> Result<Object, FetchError> {
+        loop {
+            let notified = self.notify.notified();
+            tokio::pin!(notified);
+            notified.as_mut().enable();
+            if let Some(r) = self.result.lock().clone() {
+                return r;
+            }
+            notified.await;
+        }
+    }
+
+    /// Waits from a plain thread.
+    pub fn wait_blocking(&self) -> Result<Object, FetchError> {
+        let mut g = self.result.lock();
+        loop {
+            if let Some(r) = g.clone() {
+                return r;
+            }
+            self.cond.wait(&mut g);
+        }
+    }
+}
+
+struct Job {
+    target: Target,
+    first: u32,
+    count: u32,
+    known: Option<Object>,
+    writers: Vec<BlockWriter>,
+    cold: Option<Arc<ColdFetch>>,
+}
+
+/// Counters for tests and the summary.
+#[derive(Default)]
+pub struct Stats {
+    pub requests: AtomicU64,
+    pub bytes: AtomicU64,
+    pub errors: AtomicU64,
+}
+
+pub struct Upstream {
+    cache: Cache,
+    agent: ureq::Agent,
+    window: u64,
+    jobs: Sender<Job>,
+    cold: Mutex<HashMap<String, Arc<ColdFetch>>>,
+    pub stats: Stats,
+}
+
+impl Upstream {
+    /// Starts the fetcher threads.
+    pub fn start(cache: Cache, cfg: &Config) -> Arc<Upstream> {
+        let agent: ureq::Agent = ureq::Agent::config_builder()
+            .http_status_as_error(false)
+            .max_redirects(5)
+            .timeout_connect(Some(cfg.upstream.connect_timeout))
+            .timeout_recv_response(Some(cfg.upstream.read_timeout))
+            .timeout_per_read(Some(cfg.upstream.read_timeout))
+            .user_agent(concat!("gatecache/", env!("CARGO_PKG_VERSION")))
+            .max_idle_connections_per_host(64)
+            .build()
+            .into();
+        let (tx, rx) = channel::<Job>();
+        let up = Arc::new(Upstream {
+            cache,
+            agent,
+            window: cfg.upstream.window,
+            jobs: tx,
+            cold: Mutex::new(HashMap::new()),
+            stats: Stats::default(),
+        });
+        let rx = Arc::new(StdMutex::new(rx));
+        for i in 0..cfg.upstream.fetchers {
+            let up = Arc::downgrade(&up);
+            let rx: Arc<StdMutex<Receiver<Job>>> = rx.clone();
+            std::thread::Builder::new()
+                .name(format!("fetch-{i}"))
+                .spawn(move || {
+                    loop {
+                        let job = match rx.lock().expect("job queue").recv() {
+                            Ok(j) => j,
+                            Err(_) => return,
+                        };
+                        let Some(up) = up.upgrade() else { return };
+                        up.run(job);
+                    }
+                })
+                .expect("spawn fetcher");
+        }
+        up
+    }
+
+    pub fn cache(&self) -> &Cache {
+        &self.cache
+    }
+
+    /// Blocks per upstream request.
+    pub fn window_blocks(&self) -> u32 {
+        (self.window / u64::from(self.cache.block_size())).max(1) as u32
+    }
+
+    /// Fetches the head (and the first `count` blocks from `first`) of an object that is not
+    /// cached; joins the fetch already under way for the same key.
+    pub fn fetch_cold(&self, target: &Target, first: u32, count: u32) -> Arc<ColdFetch> {
+        let mut cold = self.cold.lock();
+        if let Some(c) = cold.get(&target.key) {
+            return c.clone();
+        }
+        let c = ColdFetch::new();
+        if let Some(o) = self.cache.lookup(&target.key) {
+            // Cached since the caller looked: nothing to fetch here.
+            c.finish(Ok(o));
+            return c;
+        }
+        cold.insert(target.key.clone(), c.clone());
+        drop(cold);
+        self.submit(Job {
+            target: target.clone(),
+            first,
+            count: count.clamp(1, self.window_blocks()),
+            known: None,
+            writers: Vec::new(),
+            cold: Some(c.clone()),
+        });
+        c
+    }
+
+    /// Fills the run of blocks the caller claimed (consecutive, from `writers[0].block()`).
+    pub fn fill(&self, target: &Target, known: Object, writers: Vec<BlockWriter>) {
+        let Some(first) = writers.first().map(|w| w.block()) else {
+            return;
+        };
+        self.submit(Job {
+            target: target.clone(),
+            first,
+            count: writers.len() as u32,
+            known: Some(known),
+            writers,
+            cold: None,
+        });
+    }
+
+    fn submit(&self, job: Job) {
+        if let Err(e) = self.jobs.send(job) {
+            // Only when shutting down: the job (and its writers) is dropped, which aborts.
+            log::warn!("fetch job dropped: {e}");
+        }
+    }
+
+    fn end_cold(&self, job: &Job, r: Result<Object, FetchError>) {
+        if let Some(c) = &job.cold {
+            c.finish(r);
+            let mut cold = self.cold.lock();
+            if cold.get(&job.target.key).is_some_and(|x| Arc::ptr_eq(x, c)) {
+                cold.remove(&job.target.key);
+            }
+        }
+    }
+
+    fn run(&self, mut job: Job) {
+        let bs = u64::from(self.cache.block_size());
+        let start = u64::from(job.first) * bs;
+        let mut end = (u64::from(job.first) + u64::from(job.count)) * bs;
+        if let Some(k) = &job.known {
+            end = end.min(k.meta.total_len);
+        }
+        self.stats.requests.fetch_add(1, Ordering::Relaxed);
+        let started = std::time::Instant::now();
+        let fetched = match fetch::fetch(
+            &self.agent,
+            &job.target,
+            Some((start, end.max(start + 1) - 1)),
+        ) {
+            Ok(f) => f,
+            Err(e) => {
+                self.stats.errors.fetch_add(1, Ordering::Relaxed);
+                log::warn!("{}: {}", job.target.url(), e.message());
+                self.end_cold(&job, Err(e));
+                return;
+            }
+        };
+        let bs32 = self.cache.block_size();
+        let window = job.first..job.first + job.count;
+        let mut writers: BTreeMap<u32, BlockWriter> = BTreeMap::new();
+        let obj = match &job.known {
+            Some(k) if k.version == fetched.meta.version() => {
+                writers.extend(job.writers.drain(..).map(|w| (w.block(), w)));
+                k.clone()
+            }
+            known => {
+                if known.is_some() {
+                    // The object changed upstream: the old version's writers abort (their
+                    // readers are cut off), and the blocks are claimed for the new version.
+                    log::info!("{}: changed upstream; refetching", job.target.key);
+                    job.writers.clear();
+                }
+                match self
+                    .cache
+                    .put_object_claiming(fetched.meta.clone(), window.clone())
+                {
+                    Ok((o, ws)) => {
+                        writers.extend(ws.into_iter().map(|w| (w.block(), w)));
+                        o
+                    }
+                    Err(e) => {
+                        log::error!("{}: cannot store metadata: {e}", job.target.key);
+                        self.end_cold(&job, Err(FetchError::Invalid(format!("store: {e}"))));
+                        return;
+                    }
+                }
+            }
+        };
+        let nblocks = obj.meta.block_count(bs32) as u32;
+        let window_end = window.end.min(nblocks);
+        self.end_cold(&job, Ok(obj.clone()));
+        // A whole-object answer (an origin that ignores ranges, or a window that covers it all):
+        // keep everything that arrives rather than asking again for the rest.
+        let claim_beyond = fetched.start == 0 && fetched.end == obj.meta.total_len;
+        let got = self.stream(
+            fetched,
+            &job.target.key,
+            &obj,
+            writers,
+            window_end,
+            claim_beyond,
+        );
+        self.stats.bytes.fetch_add(got, Ordering::Relaxed);
+        log::debug!(
+            "{}: fetched {got} bytes from {start} in {:.1?}",
+            job.target.key,
+            started.elapsed()
+        );
+    }
+
+    fn claim_into(
+        &self,
+        key: &str,
+        b: u32,
+        obj: &Object,
+        writers: &mut BTreeMap<u32, BlockWriter>,
+    ) {
+        match self.cache.claim(key, b, obj.version) {
+            Ok(Claim::Write(w)) => {
+                writers.insert(b, w);
+            }
+            Ok(_) => {}
+            Err(e) => log::warn!("{key}: block {b} not claimed: {e}"),
+        }
+    }
+
+    /// Streams the body into the writers; bytes of blocks others hold are read and dropped.
+    /// Returns bytes received. Writers left incomplete are dropped, which aborts them.
+    fn stream(
+        &self,
+        mut f: fetch::Fetched,
+        key: &str,
+        obj: &Object,
+        mut writers: BTreeMap<u32, BlockWriter>,
+        mut claimed_to: u32,
+        claim_beyond: bool,
+    ) -> u64 {
+        let bs = u64::from(self.cache.block_size());
+        let mut pos = f.start;
+        let mut scratch = vec![0u8; 64 * 1024];
+        while pos < f.end {
+            let b = (pos / bs) as u32;
+            if claim_beyond && b >= claimed_to {
+                self.claim_into(key, b, obj, &mut writers);
+                claimed_to = b + 1;
+            }
+            if writers.is_empty()
+                && !(claim_beyond && claimed_to < obj.meta.block_count(bs as u32) as u32)
+            {
+                break;
+            }
+            let want = (f.end - pos).min(bs - pos % bs);
+            let r = match writers.get_mut(&b) {
+                Some(w) if w.filled() as u64 == pos % bs => {
+                    let spare = w.spare_mut();
+                    let n = spare.len().min(want as usize);
+                    match f.body.read(&mut spare[..n]) {
+                        Ok(0) => Err("short body".to_string()),
+                        Ok(n) => {
+                            w.advance(n);
+                            if w.is_complete() {
+                                writers.remove(&b).expect("present").commit_background();
+                            }
+                            Ok(n)
+                        }
+                        Err(e) => Err(e.to_string()),
+                    }
+                }
+                _ => {
+                    let n = scratch.len().min(want as usize);
+                    match f.body.read(&mut scratch[..n]) {
+                        Ok(0) => Err("short body".to_string()),
+                        Ok(n) => Ok(n),
+                        Err(e) => Err(e.to_string()),
+                    }
+                }
+            };
+            match r {
+                Ok(n) => pos += n as u64,
+                Err(e) => {
+                    self.stats.errors.fetch_add(1, Ordering::Relaxed);
+                    log::warn!(
+                        "{key}: upstream body failed at byte {pos} of {}..{}: {e}",
+                        f.start,
+                        f.end
+                    );
+                    break;
+                }
+            }
+        }
+        pos - f.start
+    }
+}
+
+/// How long a request waits for a block that someone else is filling before giving up.
+pub const FILL_STALL: Duration = Duration::from_secs(30);
