@@ -133,6 +133,20 @@ impl Cache {
         Some(e.blocks.iter().map(|b| b.status()).collect())
     }
 
+    /// Whether all, and whether any, of the blocks in `blocks` are cached (`None`: no object).
+    pub fn ready_in(&self, key: &str, blocks: std::ops::Range<u32>) -> Option<(bool, bool)> {
+        let h = key_hash(key);
+        let shard = self.inner.index.shard(h);
+        let e = shard.objects.get(&h).filter(|e| e.meta.key == key)?;
+        let (mut all, mut any) = (true, false);
+        for b in blocks {
+            let ready = e.blocks.get(b as usize).map(|s| s.status()) == Some(BlockStatus::Ready);
+            all &= ready;
+            any |= ready;
+        }
+        Some((all, any))
+    }
+
     /// Stores (or replaces) an object's metadata. Same version: the record is updated and the
     /// blocks kept. Another version: the old blocks are dropped (the object changed upstream).
     pub fn put_object(&self, meta: ObjectMeta) -> Result<Object, CacheError> {

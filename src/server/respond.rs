@@ -6,7 +6,7 @@ use std::ops::Range;
 use super::Shared;
 use super::stream::{BlockStream, StreamError};
 use super::transport::{Out, Transport};
-use crate::cache::{BlockStatus, Object};
+use crate::cache::Object;
 use crate::http::conditional;
 use crate::http::range::{self, Resolved, Spec};
 use crate::http::request::{Method, Request};
@@ -294,19 +294,18 @@ fn cold_window(specs: Option<&[Spec]>, bs: u64, head_only: bool) -> (u32, u32) {
 }
 
 fn cache_status_for(sh: &Shared, target: &Target, ranges: &[Range<u64>], bs: u64) -> &'static str {
-    let Some(st) = sh.upstream.cache().block_statuses(&target.key) else {
-        return MISS;
-    };
-    let mut any_ready = false;
-    let mut all_ready = true;
+    let (mut all, mut any) = (true, false);
     for r in ranges.iter().filter(|r| !r.is_empty()) {
-        for b in r.start / bs..=(r.end - 1) / bs {
-            let ready = st.get(b as usize) == Some(&BlockStatus::Ready);
-            any_ready |= ready;
-            all_ready &= ready;
+        let blocks = (r.start / bs) as u32..((r.end - 1) / bs) as u32 + 1;
+        match sh.upstream.cache().ready_in(&target.key, blocks) {
+            Some((a, y)) => {
+                all &= a;
+                any |= y;
+            }
+            None => return MISS,
         }
     }
-    match (all_ready, any_ready) {
+    match (all, any) {
         (true, _) => HIT,
         (false, true) => PARTIAL,
         _ => MISS,

@@ -356,6 +356,14 @@ impl Drive {
                     let size = st.classes()[class as usize];
                     if let Some((kind, slot_size, generation)) = t.new_region {
                         let (slab, off) = self.region_at(t.addr.region());
+                        // The region's last use left bytes where this class puts slot headers:
+                        // clear them all (before the region header, in case of a crash), or
+                        // unused slots read as damaged headers.
+                        let n = format::slots_per_region(self.block_size, slot_size);
+                        for s in 0..u64::from(n) {
+                            let hoff = off + REGION_HEADER_LEN + s * u64::from(slot_size);
+                            slab.write_header(hoff, &[0u8; 64]);
+                        }
                         let h = RegionHeader {
                             kind,
                             slot_size,

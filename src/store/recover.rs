@@ -104,7 +104,7 @@ pub struct RecoveredObject {
 /// the drive's allocator; the slots themselves are restored by [`recover`] once judged.
 fn scan_drive(drive: &Drive, opened: &[SlabOpen], report: &mut RecoveryReport) -> Vec<Found> {
     let classes = format::slot_classes(drive.block_size());
-    let (_, per_slab) = drive.region_geometry();
+    let (region_len, per_slab) = drive.region_geometry();
     let mut found = Vec::new();
     for (i, open) in opened.iter().enumerate() {
         report.slabs += 1;
@@ -126,13 +126,13 @@ fn scan_drive(drive: &Drive, opened: &[SlabOpen], report: &mut RecoveryReport) -
                 Err(HeaderError::Empty) => continue,
                 Err(_) => {
                     report.bad_headers += 1;
-                    slab.write_header(off, &[0u8; 64]);
+                    wipe_region(slab, off, region_len);
                     continue;
                 }
             };
             let Some(class) = classes.iter().position(|&c| c == rh.slot_size) else {
                 report.bad_headers += 1;
-                slab.write_header(off, &[0u8; 64]);
+                wipe_region(slab, off, region_len);
                 continue;
             };
             drive.with_alloc(|a| a.restore_region(region, rh.kind, class as u8, rh.generation));
@@ -169,6 +169,15 @@ fn scan_drive(drive: &Drive, opened: &[SlabOpen], report: &mut RecoveryReport) -
         }
     }
     found
+}
+
+/// Zeroes a region whose header cannot be trusted. Where its slot headers are is unknown, and
+/// the generation they carry may be handed out again (it was the region header that recorded
+/// it): left in place, they would come back to life the next time the region is assigned.
+fn wipe_region(slab: &super::slab::Slab, off: u64, region_len: u64) {
+    for pos in (off..off + region_len).step_by(SLOT_HEADER_LEN as usize) {
+        slab.write_header(pos, &[0u8; 64]);
+    }
 }
 
 /// Reads a metadata record and checks its crc, key hash and version against its header.

@@ -74,13 +74,27 @@ pub fn verify_dir(dir: &Path) -> Result<VerifyReport, StoreError> {
         let path = path.to_path_buf();
         move |source| StoreError::Io { path, what, source }
     };
+    // A mistyped path is an error, not an empty (clean) cache.
+    if !std::fs::metadata(dir)
+        .map_err(io("open cache directory", dir))?
+        .is_dir()
+    {
+        return Err(StoreError::Config(format!(
+            "{}: not a directory",
+            dir.display()
+        )));
+    }
     let lock_path = dir.join("lock");
-    if lock_path.exists() {
+    // Held until the scan is done, so no cache opens (and resizes slabs) meanwhile.
+    let _lock = if lock_path.exists() {
         let f = File::open(&lock_path).map_err(io("open lock file", &lock_path))?;
         if !slab::lock_exclusive(&f).map_err(io("lock cache directory", &lock_path))? {
             return Err(StoreError::Locked(dir.to_path_buf()));
         }
-    }
+        Some(f)
+    } else {
+        None
+    };
     let mut report = VerifyReport::default();
     let mut keys: HashMap<u128, (String, u64)> = HashMap::new();
     let mut blocks: Vec<(u128, u32, u64)> = Vec::new();
@@ -185,7 +199,11 @@ pub fn verify_dir(dir: &Path) -> Result<VerifyReport, StoreError> {
         report.bytes += len;
     }
     report.blocks = blocks.len();
-    report.objects = per_object.keys().filter(|k| keys.contains_key(*k)).count();
+    // As recovery counts them: a zero-length object is complete with no block.
+    report.objects = keys
+        .iter()
+        .filter(|(k, (_, len))| *len == 0 || per_object.contains_key(*k))
+        .count();
     for (k, mut d) in pending {
         d.object = Some(
             keys.get(&k)
