@@ -1,0 +1,154 @@
+#!/usr/bin/env bash
+# Side-by-side hit benchmark: gatecache vs the anchor (nginx proxy_cache + slice 1m), same
+# origin, same machine, one run. Each target is pinned to CPU 0 with one worker, the load
+# generator (wrk) to CPU 1. Prints one table with both figures and the ratio.
+#
+#   perf/compare.sh            # W1 W2 W3 (10 s each) and W4
+#   DURATION=5 perf/compare.sh
+#
+# Every server binds 127.0.0.1 and is stopped by PID on exit; every run is bounded in time.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+DURATION=${DURATION:-10}
+WORK=${WORK:-$(mktemp -d /var/tmp/gc-perf.XXXXXX)}
+ORIGIN_PORT=19000 ANCHOR_PORT=19001 GC_PORT=19002 GC_ADMIN=19003
+PIDS=()
+cleanup() {
+  for p in "${PIDS[@]}"; do kill "$p" 2>/dev/null || true; done
+  wait 2>/dev/null || true
+}
+trap cleanup EXIT
+
+need=()
+command -v nginx >/dev/null || need+=(nginx)
+command -v wrk >/dev/null || need+=(wrk)
+command -v taskset >/dev/null || need+=(util-linux)
+if [ ${#need[@]} -gt 0 ]; then
+  printf '#!/bin/sh\nexit 101\n' > /usr/sbin/policy-rc.d && chmod +x /usr/sbin/policy-rc.d
+  apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${need[@]}"
+  rm -f /usr/sbin/policy-rc.d
+fi
+cargo build --release -q
+BIN=target/release/gatecache
+
+mkdir -p "$WORK/www" "$WORK/anchor-cache" "$WORK/gc-cache"
+for spec in 1m:1 16m:16 256m:256; do
+  name=${spec%%:*} mib=${spec##*:}
+  [ -f "$WORK/www/$name.bin" ] || head -c $((mib << 20)) /dev/urandom > "$WORK/www/$name.bin"
+done
+
+cat > "$WORK/origin.conf" <<EOF
+user root; worker_processes 1; daemon off; pid $WORK/origin.pid; error_log $WORK/origin.err;
+events {}
+http { access_log off; sendfile on; server { listen 127.0.0.1:$ORIGIN_PORT; root $WORK/www; } }
+EOF
+cat > "$WORK/anchor.conf" <<EOF
+user root; worker_processes 1; daemon off; pid $WORK/anchor.pid; error_log $WORK/anchor.err;
+events { worker_connections 4096; }
+http {
+  access_log off; sendfile on;
+  proxy_cache_path $WORK/anchor-cache levels=1:2 keys_zone=c:64m max_size=4g inactive=1d;
+  server {
+    listen 127.0.0.1:$ANCHOR_PORT;
+    location / {
+      slice 1m;
+      proxy_cache c;
+      proxy_cache_key \$uri\$slice_range;
+      proxy_set_header Range \$slice_range;
+      proxy_cache_valid 200 206 1d;
+      proxy_cache_lock on;
+      proxy_http_version 1.1;
+      proxy_set_header Connection "";
+      proxy_pass http://127.0.0.1:$ORIGIN_PORT;
+    }
+  }
+}
+EOF
+cat > "$WORK/gc.toml" <<EOF
+listen = "127.0.0.1:$GC_PORT"
+admin_listen = "127.0.0.1:$GC_ADMIN"
+workers = 1
+[[storage]]
+path = "$WORK/gc-cache"
+size = "4GiB"
+[[route]]
+prefix = "/"
+origin = "http://127.0.0.1:$ORIGIN_PORT"
+EOF
+
+nginx -c "$WORK/origin.conf" & PIDS+=($!)
+taskset -c 0 nginx -c "$WORK/anchor.conf" & ANCHOR_PID=$!; PIDS+=($ANCHOR_PID)
+RUST_LOG=warn taskset -c 0 "$BIN" serve --config "$WORK/gc.toml" & GC_PID=$!; PIDS+=($GC_PID)
+for i in $(seq 1 50); do
+  curl -sf "http://127.0.0.1:$GC_ADMIN/healthz" >/dev/null && curl -sf -o /dev/null "http://127.0.0.1:$ANCHOR_PORT/1m.bin" && break
+  sleep 0.2
+done
+
+# Warm both caches with every object, whole.
+for port in $ANCHOR_PORT $GC_PORT; do
+  for f in 1m 16m 256m; do curl -sf -o /dev/null "http://127.0.0.1:$port/$f.bin"; done
+done
+
+# The server process whose CPU we count: nginx's single worker, gatecache itself.
+anchor_worker() { pgrep -P "$ANCHOR_PID" | head -n1 || echo "$ANCHOR_PID"; }
+cpu_ticks() { awk '{print $14 + $15}' "/proc/$1/stat"; }
+HZ=$(getconf CLK_TCK)
+
+cat > "$WORK/w1.lua" <<'EOF'
+math.randomseed(os.time())
+request = function()
+  local i = math.random(0, 255)
+  return wrk.format("GET", "/256m.bin", { Range = "bytes=" .. (i * 1048576) .. "-" .. (i * 1048576 + 1048575) })
+end
+EOF
+cat > "$WORK/w3.lua" <<'EOF'
+math.randomseed(os.time())
+request = function()
+  local o = math.random(0, 4095) * 4096
+  return wrk.format("GET", "/16m.bin", { Range = "bytes=" .. o .. "-" .. (o + 4095) })
+end
+EOF
+
+# run_wrk PORT PID PATH SCRIPT CONNS -> "req/s MB/s cpu_s p99_ms"
+run_wrk() {
+  local port=$1 pid=$2 path=$3 script=$4 conns=$5 before after out
+  before=$(cpu_ticks "$pid")
+  out=$(taskset -c 1 wrk -t1 -c"$conns" -d"${DURATION}s" --latency ${script:+-s "$script"} "http://127.0.0.1:$port$path")
+  after=$(cpu_ticks "$pid")
+  local rps mbs p99 cpu
+  rps=$(awk '/Requests\/sec/ {print $2}' <<<"$out")
+  mbs=$(awk '/Transfer\/sec/ {v=$2; if (v ~ /GB/) {sub("GB","",v); v*=1024} else if (v ~ /MB/) {sub("MB","",v)} else if (v ~ /KB/) {sub("KB","",v); v/=1024}; print v}' <<<"$out")
+  p99=$(awk '/ 99%/ {v=$2; if (v ~ /us/) {sub("us","",v); v/=1000} else if (v ~ /ms/) {sub("ms","",v)} else if (v ~ /s/) {sub("s","",v); v*=1000}; print v}' <<<"$out")
+  cpu=$(awk -v a="$before" -v b="$after" -v hz="$HZ" 'BEGIN {print (b - a) / hz}')
+  echo "$rps $mbs $cpu $p99"
+}
+
+row() { # name unit anchor-figure gc-figure
+  awk -v n="$1" -v u="$2" -v a="$3" -v g="$4" 'BEGIN {printf "%-4s %-22s %12.1f %12.1f %7.2fx\n", n, u, a, g, (a > 0 ? g / a : 0)}'
+}
+
+echo "date: $(date -u +%FT%TZ)  commit: $(git rev-parse --short HEAD)  kernel: $(uname -r)"
+echo "cpu: $(awk -F: '/model name/ {print $2; exit}' /proc/cpuinfo)"
+printf '%-4s %-22s %12s %12s %8s\n' id figure nginx gatecache ratio
+AW=$(anchor_worker)
+for w in W1 W2 W3; do
+  case $w in
+    W1) path=/256m.bin script=$WORK/w1.lua conns=8 ;;
+    W2) path=/1m.bin script= conns=8 ;;
+    W3) path=/16m.bin script=$WORK/w3.lua conns=32 ;;
+  esac
+  read -r a_rps a_mbs a_cpu a_p99 <<<"$(run_wrk $ANCHOR_PORT "$AW" $path "$script" $conns)"
+  read -r g_rps g_mbs g_cpu g_p99 <<<"$(run_wrk $GC_PORT "$GC_PID" $path "$script" $conns)"
+  if [ $w = W3 ]; then
+    row $w "req/s" "$a_rps" "$g_rps"
+    row $w "req per CPU-second" "$(awk -v r="$a_rps" -v c="$a_cpu" -v d="$DURATION" 'BEGIN {print r * d / c}')" \
+      "$(awk -v r="$g_rps" -v c="$g_cpu" -v d="$DURATION" 'BEGIN {print r * d / c}')"
+    printf '%-4s %-22s %12.2f %12.2f   (lower is better)\n' $w "p99 latency ms" "$a_p99" "$g_p99"
+  else
+    row $w "MB/s" "$a_mbs" "$g_mbs"
+    row $w "MB per CPU-second" "$(awk -v r="$a_mbs" -v c="$a_cpu" -v d="$DURATION" 'BEGIN {print r * d / c}')" \
+      "$(awk -v r="$g_mbs" -v c="$g_cpu" -v d="$DURATION" 'BEGIN {print r * d / c}')"
+  fi
+done
+w4() { taskset -c 1 curl -s -o /dev/null -w '%{speed_download}' "http://127.0.0.1:$1/256m.bin" | awk '{print $1 / 1048576}'; }
+row W4 "MB/s one stream" "$(w4 $ANCHOR_PORT)" "$(w4 $GC_PORT)"
