@@ -155,7 +155,8 @@ impl Cache {
 
     /// [`Cache::put_object`], and claims the missing blocks of `blocks` in the same step: the
     /// object never becomes visible with those blocks unclaimed, so a request arriving right
-    /// after cannot start a second fetch for them.
+    /// after cannot start a second fetch for them. Fails with `VersionChanged` when a newer
+    /// record of another version was installed concurrently (that one wins).
     pub fn put_object_claiming(
         &self,
         meta: ObjectMeta,

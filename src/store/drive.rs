@@ -364,6 +364,14 @@ impl Drive {
                             let hoff = off + REGION_HEADER_LEN + s * u64::from(slot_size);
                             slab.write_header(hoff, &[0u8; 64]);
                         }
+                        // A mapping's write-back order is the kernel's: the cleared headers
+                        // must be on disk before a region header could make old bytes (cached
+                        // content, possibly crafted) read as headers again. A full-block
+                        // region has only the one slot header, cleared below: nothing to order.
+                        if n > 1 && self.sync_data {
+                            slab.flush(off, self.region_len as usize)
+                                .map_err(io_err(&self.path, "flush region"))?;
+                        }
                         let h = RegionHeader {
                             kind,
                             slot_size,
