@@ -50,6 +50,10 @@ pub struct BlockStream<'a> {
     front: u32,
     pending: VecDeque<Source>,
     retries: u32,
+    /// Position of the last abort: aborts further on (progress was made) start a new budget.
+    aborted_at: Option<u64>,
+    /// Aborts in all, capped whatever the progress (an origin cutting every answer short).
+    aborts: u32,
 }
 
 impl<'a> BlockStream<'a> {
@@ -66,6 +70,8 @@ impl<'a> BlockStream<'a> {
             front: (range.start / bs) as u32,
             pending: VecDeque::new(),
             retries: 0,
+            aborted_at: None,
+            aborts: 0,
         }
     }
 
@@ -165,14 +171,24 @@ impl<'a> BlockStream<'a> {
                         }
                         FillState::Committed => continue,
                         FillState::Aborted => {
-                            // Claim the block again (once or twice): a failed fetch by someone
-                            // else, or a parent that went away, need not fail this request.
-                            if self.retries >= 2 {
+                            // Claim the block again: a failed fetch by someone else, or a
+                            // parent that went away, need not fail this request. One upstream
+                            // failure aborts every block of its run, so only aborts with no
+                            // progress since the last one use up the budget.
+                            if self.aborted_at.is_some_and(|p| p < self.pos) {
+                                self.retries = 0;
+                            }
+                            if self.retries >= 2 || self.aborts >= 8 {
                                 return Err(StreamError::Aborted);
                             }
                             self.retries += 1;
+                            self.aborts += 1;
+                            self.aborted_at = Some(self.pos);
                             self.pending.clear();
                             self.front = b;
+                            // The run's other writers are being dropped right now: let them
+                            // go before claiming, or we would wait on their aborted fills.
+                            tokio::task::yield_now().await;
                         }
                     }
                 }

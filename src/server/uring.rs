@@ -48,8 +48,16 @@ unsafe impl IoBuf for Buf {
 }
 
 impl Transport for UringConn {
-    async fn read(&mut self, buf: Vec<u8>) -> (io::Result<usize>, Vec<u8>) {
-        self.stream.read(buf).await
+    async fn read(&mut self, mut buf: Vec<u8>) -> (io::Result<usize>, Vec<u8>) {
+        // tokio-uring reads into the start of a Vec: read into its spare capacity instead, or
+        // the bytes already buffered (a partial head, pipelined requests) are overwritten.
+        if buf.len() == buf.capacity() {
+            buf.reserve(4096);
+        }
+        let len = buf.len();
+        let spare = tokio_uring::buf::BoundedBuf::slice(buf, len..);
+        let (r, slice) = self.stream.read(spare).await;
+        (r, slice.into_inner())
     }
 
     async fn write(&mut self, out: Out) -> io::Result<()> {

@@ -201,11 +201,15 @@ impl Upstream {
 
     fn end_cold(&self, job: &Job, r: Result<Object, FetchError>) {
         if let Some(c) = &job.cold {
-            c.finish(r);
-            let mut cold = self.cold.lock();
-            if cold.get(&job.target.key).is_some_and(|x| Arc::ptr_eq(x, c)) {
-                cold.remove(&job.target.key);
+            // Out of the map first: a request arriving after the result is out must start
+            // its own fetch, not join this finished one (and be handed a stale error).
+            {
+                let mut cold = self.cold.lock();
+                if cold.get(&job.target.key).is_some_and(|x| Arc::ptr_eq(x, c)) {
+                    cold.remove(&job.target.key);
+                }
             }
+            c.finish(r);
         }
     }
 

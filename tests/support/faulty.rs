@@ -1,0 +1,400 @@
+//! A small origin of our own (std threads, HTTP/1.1 keep-alive, single `Range`s) whose objects
+//! can be told to misbehave: reset or cut the body half way, answer the wrong Content-Range,
+//! trickle, fail with a status, or change content and ETag between requests. It records each
+//! request and the body bytes it sent.
+
+use std::collections::HashMap;
+use std::io::{Read, Write};
+use std::net::{Shutdown, SocketAddr, TcpListener, TcpStream};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+/// What to do wrong.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Fault {
+    None,
+    /// Send the head and half the body, then reset the connection (RST).
+    ResetMidBody,
+    /// Send the head and half the body, then close cleanly (FIN): a short body.
+    ShortBody,
+    /// Answer 206 for a range that is not the one asked for (off by one byte).
+    WrongContentRange,
+    /// Send the body in `chunk`-byte pieces with `pause` between them.
+    Slow {
+        chunk: usize,
+        pause: Duration,
+    },
+    /// Answer this status with a one-line body.
+    Status(u16),
+}
+
+#[derive(Clone, Debug)]
+pub struct Obj {
+    pub data: Arc<Vec<u8>>,
+    pub etag: String,
+    pub last_modified: String,
+    pub fault: Fault,
+    /// The fault applies to this many more requests, then the object behaves.
+    pub fault_left: usize,
+}
+
+impl Obj {
+    pub fn new(data: Vec<u8>, etag: &str) -> Obj {
+        Obj {
+            data: Arc::new(data),
+            etag: etag.into(),
+            last_modified: "Wed, 21 Oct 2015 07:28:00 GMT".into(),
+            fault: Fault::None,
+            fault_left: 0,
+        }
+    }
+
+    /// The fault, for every request.
+    pub fn with_fault(mut self, f: Fault) -> Obj {
+        self.fault = f;
+        self.fault_left = usize::MAX;
+        self
+    }
+
+    /// The fault, for the next `n` requests only.
+    pub fn with_fault_times(mut self, f: Fault, n: usize) -> Obj {
+        self.fault = f;
+        self.fault_left = n;
+        self
+    }
+}
+
+/// One request as the origin saw it.
+#[derive(Clone, Debug)]
+pub struct Seen {
+    pub method: String,
+    /// Path and query.
+    pub target: String,
+    pub host: Option<String>,
+    pub range: Option<String>,
+    pub status: u16,
+    /// Body bytes written (as far as the socket accepted them).
+    pub body_sent: u64,
+    pub fault: Fault,
+}
+
+#[derive(Default)]
+struct State {
+    objs: Mutex<HashMap<String, Obj>>,
+    seen: Mutex<Vec<Seen>>,
+}
+
+pub struct FaultOrigin {
+    pub port: u16,
+    state: Arc<State>,
+    stop: Arc<AtomicBool>,
+}
+
+impl FaultOrigin {
+    pub fn start() -> FaultOrigin {
+        let l = TcpListener::bind("127.0.0.1:0").expect("bind fault origin");
+        let port = l.local_addr().unwrap().port();
+        let state = Arc::new(State::default());
+        let stop = Arc::new(AtomicBool::new(false));
+        let (st, sp) = (state.clone(), stop.clone());
+        std::thread::Builder::new()
+            .name("fault-origin".into())
+            .spawn(move || {
+                for s in l.incoming() {
+                    if sp.load(Ordering::Relaxed) {
+                        return;
+                    }
+                    let Ok(s) = s else { continue };
+                    let st = st.clone();
+                    let sp = sp.clone();
+                    std::thread::spawn(move || serve(s, &st, &sp));
+                }
+            })
+            .unwrap();
+        FaultOrigin { port, state, stop }
+    }
+
+    pub fn origin_url(&self) -> String {
+        format!("http://127.0.0.1:{}", self.port)
+    }
+
+    pub fn addr(&self) -> SocketAddr {
+        SocketAddr::from(([127, 0, 0, 1], self.port))
+    }
+
+    /// Serves `obj` at `path` (replacing what was there).
+    pub fn put(&self, path: &str, obj: Obj) {
+        self.state.objs.lock().unwrap().insert(path.into(), obj);
+    }
+
+    /// Changes only the fault of `path` (for every following request).
+    pub fn set_fault(&self, path: &str, f: Fault) {
+        let mut objs = self.state.objs.lock().unwrap();
+        let o = objs.get_mut(path).expect("no such object");
+        o.fault = f;
+        o.fault_left = usize::MAX;
+    }
+
+    pub fn seen(&self) -> Vec<Seen> {
+        self.state.seen.lock().unwrap().clone()
+    }
+
+    /// Requests for `path` (query ignored).
+    pub fn seen_for(&self, path: &str) -> Vec<Seen> {
+        self.seen()
+            .into_iter()
+            .filter(|s| s.target.split('?').next() == Some(path))
+            .collect()
+    }
+
+    pub fn requests(&self, path: &str) -> usize {
+        self.seen_for(path).len()
+    }
+
+    pub fn bytes(&self, path: &str) -> u64 {
+        self.seen_for(path).iter().map(|s| s.body_sent).sum()
+    }
+}
+
+impl Drop for FaultOrigin {
+    fn drop(&mut self) {
+        self.stop.store(true, Ordering::Relaxed);
+        // Wake the accept loop so it sees the flag.
+        let _ = TcpStream::connect_timeout(&self.addr(), Duration::from_millis(200));
+    }
+}
+
+struct ReqHead {
+    method: String,
+    target: String,
+    host: Option<String>,
+    range: Option<String>,
+    close: bool,
+}
+
+fn read_head(s: &mut TcpStream, buf: &mut Vec<u8>) -> Option<ReqHead> {
+    loop {
+        let mut hs = [httparse::EMPTY_HEADER; 64];
+        let mut r = httparse::Request::new(&mut hs);
+        if let Ok(httparse::Status::Complete(n)) = r.parse(buf) {
+            let h = |name: &str| {
+                r.headers
+                    .iter()
+                    .find(|h| h.name.eq_ignore_ascii_case(name))
+                    .map(|h| String::from_utf8_lossy(h.value).into_owned())
+            };
+            let head = ReqHead {
+                method: r.method.unwrap_or("").to_string(),
+                target: r.path.unwrap_or("").to_string(),
+                host: h("host"),
+                range: h("range"),
+                close: h("connection").is_some_and(|v| v.eq_ignore_ascii_case("close"))
+                    || r.version == Some(0),
+            };
+            buf.drain(..n);
+            return Some(head);
+        }
+        let mut tmp = [0u8; 8192];
+        match s.read(&mut tmp) {
+            Ok(0) | Err(_) => return None,
+            Ok(n) => buf.extend_from_slice(&tmp[..n]),
+        }
+    }
+}
+
+/// A single `bytes=` range resolved against `len`: Ok(Some(range)), Ok(None) = whole,
+/// Err(()) = unsatisfiable.
+fn resolve(range: Option<&str>, len: u64) -> Result<Option<(u64, u64)>, ()> {
+    let Some(v) = range.and_then(|r| r.trim().strip_prefix("bytes=")) else {
+        return Ok(None);
+    };
+    if v.contains(',') {
+        return Ok(None);
+    }
+    let Some((a, b)) = v.split_once('-') else {
+        return Ok(None);
+    };
+    let (a, b) = (a.trim(), b.trim());
+    let r = if a.is_empty() {
+        let n: u64 = b.parse().map_err(|_| ())?;
+        if n == 0 || len == 0 {
+            return Err(());
+        }
+        (len - n.min(len), len - 1)
+    } else {
+        let a: u64 = a.parse().map_err(|_| ())?;
+        let b: u64 = if b.is_empty() {
+            len.saturating_sub(1)
+        } else {
+            b.parse::<u64>().map_err(|_| ())?.min(len.saturating_sub(1))
+        };
+        if a >= len {
+            return Err(());
+        }
+        (a, b)
+    };
+    Ok(Some(r))
+}
+
+fn serve(mut s: TcpStream, st: &State, stop: &AtomicBool) {
+    let _ = s.set_read_timeout(Some(Duration::from_secs(60)));
+    let _ = s.set_nodelay(true);
+    let mut buf = Vec::new();
+    while !stop.load(Ordering::Relaxed) {
+        let Some(req) = read_head(&mut s, &mut buf) else {
+            return;
+        };
+        let path = req.target.split('?').next().unwrap_or("").to_string();
+        let obj = {
+            let mut objs = st.objs.lock().unwrap();
+            objs.get_mut(&path).map(|o| {
+                let snapshot = o.clone();
+                if o.fault_left > 0 && o.fault_left != usize::MAX {
+                    o.fault_left -= 1;
+                }
+                if o.fault_left == 0 {
+                    o.fault = Fault::None;
+                }
+                snapshot
+            })
+        };
+        let mut seen = Seen {
+            method: req.method.clone(),
+            target: req.target.clone(),
+            host: req.host.clone(),
+            range: req.range.clone(),
+            status: 0,
+            body_sent: 0,
+            fault: obj.as_ref().map_or(Fault::None, |o| o.fault.clone()),
+        };
+        // Recorded as soon as it arrives (counts are right while a slow body is still going
+        // out); status and bytes are filled in when the response ends.
+        let idx = {
+            let mut v = st.seen.lock().unwrap();
+            v.push(seen.clone());
+            v.len() - 1
+        };
+        let keep = answer(&mut s, &req, obj.as_ref(), &mut seen);
+        let reset = seen.fault == Fault::ResetMidBody && seen.status / 100 == 2;
+        st.seen.lock().unwrap()[idx] = seen;
+        if !keep || req.close {
+            if reset {
+                // SO_LINGER 0 is set: dropping the socket sends a reset, not a FIN.
+                return;
+            }
+            let _ = s.shutdown(Shutdown::Both);
+            return;
+        }
+    }
+}
+
+fn write_head(s: &mut TcpStream, status: u16, headers: &[(String, String)]) -> bool {
+    let reason = match status {
+        200 => "OK",
+        206 => "Partial Content",
+        404 => "Not Found",
+        416 => "Range Not Satisfiable",
+        500 => "Internal Server Error",
+        _ => "Whatever",
+    };
+    let mut h = format!("HTTP/1.1 {status} {reason}\r\nServer: fault-origin\r\n");
+    for (k, v) in headers {
+        h.push_str(&format!("{k}: {v}\r\n"));
+    }
+    h.push_str("\r\n");
+    s.write_all(h.as_bytes()).is_ok()
+}
+
+/// Writes the response; returns whether the connection may be reused.
+fn answer(s: &mut TcpStream, req: &ReqHead, obj: Option<&Obj>, seen: &mut Seen) -> bool {
+    let Some(obj) = obj else {
+        seen.status = 404;
+        let body = b"no such object\n";
+        return write_head(s, 404, &[("Content-Length".into(), body.len().to_string())])
+            && s.write_all(body).is_ok();
+    };
+    if let Fault::Status(code) = obj.fault {
+        seen.status = code;
+        let body = format!("fault-origin says {code}\n");
+        return write_head(
+            s,
+            code,
+            &[("Content-Length".into(), body.len().to_string())],
+        ) && s.write_all(body.as_bytes()).is_ok();
+    }
+    let len = obj.data.len() as u64;
+    let mut headers = vec![
+        ("ETag".to_string(), obj.etag.clone()),
+        ("Last-Modified".to_string(), obj.last_modified.clone()),
+        (
+            "Content-Type".to_string(),
+            "application/octet-stream".to_string(),
+        ),
+        ("Accept-Ranges".to_string(), "bytes".to_string()),
+    ];
+    let (status, mut a, mut b) = match resolve(req.range.as_deref(), len) {
+        Err(()) => {
+            seen.status = 416;
+            headers.push(("Content-Range".into(), format!("bytes */{len}")));
+            headers.push(("Content-Length".into(), "0".into()));
+            return write_head(s, 416, &headers);
+        }
+        Ok(None) => (200, 0, len.saturating_sub(1)),
+        Ok(Some((a, b))) => (206, a, b),
+    };
+    if obj.fault == Fault::WrongContentRange && status == 206 {
+        // A valid Content-Range, just not the one asked for: shifted down a byte, or (from
+        // byte 0) starting one byte late.
+        if a > 0 {
+            a -= 1;
+            b -= 1;
+        } else if b > a {
+            a += 1;
+        }
+    }
+    let body_len = if len == 0 { 0 } else { b - a + 1 };
+    if status == 206 {
+        headers.push(("Content-Range".into(), format!("bytes {a}-{b}/{len}")));
+    }
+    headers.push(("Content-Length".into(), body_len.to_string()));
+    seen.status = status;
+    if !write_head(s, status, &headers) || req.method == "HEAD" {
+        return req.method == "HEAD";
+    }
+    let body = &obj.data[a as usize..(a + body_len) as usize];
+    match &obj.fault {
+        Fault::ResetMidBody | Fault::ShortBody => {
+            let half = body.len() / 2;
+            if s.write_all(&body[..half]).is_ok() {
+                seen.body_sent = half as u64;
+            }
+            let _ = s.flush();
+            // Let the half arrive before the connection goes away.
+            std::thread::sleep(Duration::from_millis(50));
+            if obj.fault == Fault::ResetMidBody {
+                let _ = socket2::SockRef::from(&*s).set_linger(Some(Duration::ZERO));
+            } else {
+                let _ = s.shutdown(Shutdown::Write);
+            }
+            false
+        }
+        Fault::Slow { chunk, pause } => {
+            for c in body.chunks(*chunk) {
+                if s.write_all(c).is_err() {
+                    return false;
+                }
+                seen.body_sent += c.len() as u64;
+                std::thread::sleep(*pause);
+            }
+            true
+        }
+        _ => {
+            let ok = s.write_all(body).is_ok();
+            if ok {
+                seen.body_sent = body.len() as u64;
+            }
+            ok
+        }
+    }
+}
