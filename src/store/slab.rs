@@ -160,6 +160,17 @@ impl Slab {
         self._file.sync_data()
     }
 
+    /// Recovery: until [`Slab::end_scan`], a page fault reads just its page. By default the
+    /// kernel reads a whole readahead window around each fault (`read_ahead_kb`, often 128 KiB
+    /// to 8 MiB), so a scan of one header per region would read most of the slab.
+    pub fn begin_scan(&self) {
+        let _ = self.map.advise(memmap2::Advice::Random);
+    }
+
+    pub fn end_scan(&self) {
+        let _ = self.map.advise(memmap2::Advice::Normal);
+    }
+
     /// Tells the kernel the range will be read soon (a hit on a cold page cache).
     pub fn will_need(&self, off: u64, len: usize) {
         self.check(off, len);
