@@ -20,6 +20,8 @@ pub struct RawConfig {
     pub block_size: Option<String>,
     pub slab_size: Option<String>,
     pub sync_data: Option<bool>,
+    pub head_timeout: Option<String>,
+    pub idle_timeout: Option<String>,
     pub storage: Vec<RawStorage>,
     pub origin: Vec<RawOrigin>,
     pub route: Vec<RawRoute>,
@@ -115,6 +117,10 @@ pub struct Config {
     pub listen: SocketAddr,
     pub admin_listen: SocketAddr,
     pub workers: usize,
+    /// How long a client may take to send a whole request head.
+    pub head_timeout: Duration,
+    /// How long an idle keep-alive connection is kept.
+    pub idle_timeout: Duration,
     pub io_backend: IoBackend,
     pub store: StoreConfig,
     pub origins: Vec<Origin>,
@@ -409,12 +415,18 @@ impl RawConfig {
         };
         let dur = |key: &str, v: &Option<String>, default: Duration| match v {
             None => Ok(default),
-            Some(v) => parse_duration(v).map_err(|r| bad(key, v, r)),
+            Some(v) => match parse_duration(v) {
+                Ok(d) if d.is_zero() => Err(bad(key, v, "must be more than zero")),
+                Ok(d) => Ok(d),
+                Err(r) => Err(bad(key, v, r)),
+            },
         };
         Ok(Config {
             listen,
             admin_listen,
             workers,
+            head_timeout: dur("head_timeout", &self.head_timeout, Duration::from_secs(10))?,
+            idle_timeout: dur("idle_timeout", &self.idle_timeout, Duration::from_secs(60))?,
             io_backend,
             store,
             origins,

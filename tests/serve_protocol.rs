@@ -193,9 +193,10 @@ both_backends! {
 both_backends! {
     /// Heads that take several reads: one sent in pieces with pauses, a 12 KiB head (under
     /// the 16 KiB limit), a pipeline of 40 requests (14 KB) in one write — all answered, in
-    /// order. A client trickling its head a byte at a time is closed by the 10 s head timeout.
+    /// order. A client trickling its head a byte at a time is closed by the head timeout
+    /// (2 s here).
     fn heads_across_reads(backend) {
-        let (_n, g) = nginx_and_gate(backend);
+        let (_n, g) = nginx_and_gate_with(backend, &["head_timeout = \"2s\""]);
         let mut c = Conn::open(g.addr());
         for piece in ["GET /1k.b", "in HTTP/1.1\r\nHo", "st: a\r\nRange: bytes=0-9\r\n", "\r\n"] {
             c.send(piece);
@@ -228,7 +229,7 @@ both_backends! {
             assert_same(&r.body, &data::content(F100K)[i..i + 10], &format!("pipelined #{i}"));
         }
 
-        // Trickling: one byte every 300 ms never completes a head within 10 s.
+        // Trickling: one byte every 300 ms never completes a head within 2 s.
         let mut c = Conn::open(g.addr());
         let head = format!("GET /1k.bin HTTP/1.1\r\nHost: a\r\nX-Slow: {}", "a".repeat(100));
         let t = Instant::now();
@@ -241,7 +242,7 @@ both_backends! {
         }
         let after = closed.expect("trickling connection never closed");
         assert!(
-            (Duration::from_millis(9500)..Duration::from_secs(15)).contains(&after),
+            (Duration::from_millis(1800)..Duration::from_secs(5)).contains(&after),
             "trickling client closed after {after:?}"
         );
     }
@@ -293,7 +294,7 @@ both_backends! {
     /// other clients are served normally the whole time. (Trickling clients: see
     /// `heads_across_reads`.)
     fn slow_heads_are_timed_out(backend) {
-        let (_n, g) = nginx_and_gate(backend);
+        let (_n, g) = nginx_and_gate_with(backend, &["head_timeout = \"2s\""]);
         let t0 = Instant::now();
         let mut idle: Vec<Conn> = (0..8)
             .map(|_| {
@@ -306,21 +307,50 @@ both_backends! {
         for _ in 0..5 {
             let r = http::get(g.addr(), "/1k.bin", &[]);
             assert_eq!(r.status, 200);
-            std::thread::sleep(Duration::from_millis(500));
+            std::thread::sleep(Duration::from_millis(100));
         }
         for (i, c) in idle.iter_mut().enumerate() {
             assert!(
-                c.closed_within(Duration::from_secs(15).saturating_sub(t0.elapsed())),
+                c.closed_within(Duration::from_secs(5).saturating_sub(t0.elapsed())),
                 "half head {i} still open after {:?}",
                 t0.elapsed()
             );
             if i == 0 {
                 let at = t0.elapsed();
-                assert!(at >= Duration::from_millis(9500), "closed too early: {at:?}");
+                assert!(at >= Duration::from_millis(1900), "closed too early: {at:?}");
             }
         }
         let r = http::get(g.addr(), "/1k.bin", &[]);
         assert_eq!(r.status, 200);
         assert!(r.is_hit());
+    }
+}
+
+both_backends! {
+    /// An idle keep-alive connection is closed after `idle_timeout` (1 s here), not before, and
+    /// one in use is not: the timer starts when the last response was sent.
+    fn idle_keep_alive_is_closed(backend) {
+        let (_n, g) = nginx_and_gate_with(backend, &["idle_timeout = \"1s\""]);
+        let mut busy = Conn::open(g.addr());
+        let mut idle = Conn::open(g.addr());
+        idle.send(http::get_req("/1k.bin", &[]));
+        assert_eq!(idle.read_response(false).unwrap().status, 200);
+        let t0 = Instant::now();
+        // The busy connection sends a request every 400 ms: it must survive past 1 s.
+        for _ in 0..5 {
+            busy.send(http::get_req("/1k.bin", &[]));
+            assert_eq!(busy.read_response(false).unwrap().status, 200);
+            std::thread::sleep(Duration::from_millis(400));
+        }
+        assert!(
+            idle.closed_within(Duration::from_secs(3).saturating_sub(t0.elapsed())),
+            "idle connection still open after {:?}",
+            t0.elapsed()
+        );
+        busy.send(http::get_req("/1k.bin", &[]));
+        assert_eq!(busy.read_response(false).unwrap().status, 200, "busy connection survived");
+        let quiet = Instant::now();
+        assert!(busy.closed_within(Duration::from_secs(3)), "busy connection never idled out");
+        assert!(quiet.elapsed() >= Duration::from_millis(900), "closed before idle_timeout");
     }
 }

@@ -10,10 +10,6 @@ use super::transport::{Out, Transport};
 use crate::http::request::{self, HeadError};
 use crate::http::response;
 
-/// How long a client may take to send a whole request head.
-pub const HEAD_TIMEOUT: Duration = Duration::from_secs(10);
-/// How long an idle keep-alive connection is kept.
-pub const IDLE_TIMEOUT: Duration = Duration::from_secs(60);
 /// Request bodies (allowed on GET by HTTP, never used by our clients) are skipped up to this.
 const MAX_SKIPPED_BODY: u64 = 64 * 1024;
 
@@ -32,7 +28,9 @@ pub async fn serve<T: Transport>(mut t: T, peer: std::net::SocketAddr, sh: Arc<S
                         if req.body_len > MAX_SKIPPED_BODY {
                             keep = false;
                         } else {
-                            match skip_body(&mut t, &mut buf, req.body_len).await {
+                            match skip_body(&mut t, &mut buf, req.body_len, sh.cfg.head_timeout)
+                                .await
+                            {
                                 Some(b) => buf = b,
                                 None => return t.shutdown(),
                             }
@@ -68,11 +66,11 @@ pub async fn serve<T: Transport>(mut t: T, peer: std::net::SocketAddr, sh: Arc<S
             buf.reserve(8 * 1024);
         }
         let timeout = match head_started {
-            Some(t0) => HEAD_TIMEOUT.saturating_sub(t0.elapsed()),
-            None if buf.is_empty() => IDLE_TIMEOUT,
+            Some(t0) => sh.cfg.head_timeout.saturating_sub(t0.elapsed()),
+            None if buf.is_empty() => sh.cfg.idle_timeout,
             None => {
                 head_started = Some(Instant::now());
-                HEAD_TIMEOUT
+                sh.cfg.head_timeout
             }
         };
         match tokio::time::timeout(timeout, t.read(buf)).await {
@@ -102,7 +100,12 @@ async fn bad_request<T: Transport>(t: &mut T, e: &HeadError) {
 }
 
 /// Reads and drops `len` body bytes; returns the buffer with what follows them.
-async fn skip_body<T: Transport>(t: &mut T, buf: &mut Vec<u8>, len: u64) -> Option<Vec<u8>> {
+async fn skip_body<T: Transport>(
+    t: &mut T,
+    buf: &mut Vec<u8>,
+    len: u64,
+    timeout: Duration,
+) -> Option<Vec<u8>> {
     let mut left = len as usize;
     let mut b = std::mem::take(buf);
     loop {
@@ -113,7 +116,7 @@ async fn skip_body<T: Transport>(t: &mut T, buf: &mut Vec<u8>, len: u64) -> Opti
             return Some(b);
         }
         b.reserve(left.min(64 * 1024));
-        match tokio::time::timeout(HEAD_TIMEOUT, t.read(b)).await {
+        match tokio::time::timeout(timeout, t.read(b)).await {
             Ok((Ok(n), nb)) if n > 0 => b = nb,
             _ => return None,
         }

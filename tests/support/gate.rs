@@ -25,6 +25,8 @@ pub struct GateConfig {
     pub window: Option<String>,
     pub read_timeout: Option<String>,
     pub sync_data: Option<bool>,
+    /// Extra top-level lines (`head_timeout = "2s"`, ...).
+    pub extra: Vec<String>,
 }
 
 impl GateConfig {
@@ -39,7 +41,14 @@ impl GateConfig {
             window: None,
             read_timeout: None,
             sync_data: None,
+            extra: Vec::new(),
         }
+    }
+
+    /// Adds a top-level `key = value` line (value written as given, TOML-quoted by the caller).
+    pub fn set(mut self, line: &str) -> Self {
+        self.extra.push(line.into());
+        self
     }
 
     /// Reverse-proxy mode: every path goes to `origin` (an `http://host:port` URL).
@@ -84,6 +93,9 @@ impl GateConfig {
         let _ = writeln!(s, "block_size = \"{}\"", self.block_size);
         if let Some(sd) = self.sync_data {
             let _ = writeln!(s, "sync_data = {sd}");
+        }
+        for line in &self.extra {
+            let _ = writeln!(s, "{line}");
         }
         let _ = writeln!(
             s,

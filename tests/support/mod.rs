@@ -77,8 +77,17 @@ macro_rules! both_backends {
 
 /// A cache in reverse-proxy mode in front of a fresh nginx origin: the common setup.
 pub fn nginx_and_gate(backend: Backend) -> (nginx::Nginx, gate::Gate) {
+    nginx_and_gate_with(backend, &[])
+}
+
+/// Like [`nginx_and_gate`], with extra top-level config lines.
+pub fn nginx_and_gate_with(backend: Backend, lines: &[&str]) -> (nginx::Nginx, gate::Gate) {
     let n = nginx::Nginx::start();
-    let g = gate::Gate::start(gate::GateConfig::new(backend).route("/", &n.origin_url()));
+    let mut cfg = gate::GateConfig::new(backend).route("/", &n.origin_url());
+    for l in lines {
+        cfg = cfg.set(l);
+    }
+    let g = gate::Gate::start(cfg);
     (n, g)
 }
 
