@@ -127,20 +127,14 @@ pub fn route(req: &Request, cfg: &Config) -> Result<Target, Refusal> {
     let (path, query) = path_query.split_once('?').unwrap_or((path_query, ""));
     let (param, query) = take_origin_param(query);
 
-    if let Some(host) = param {
+    // A host named by the request itself: DO's parameter first, then an absolute-form target.
+    let named = param
+        .map(|h| (h, "malformed cacheHostOrigin"))
+        .or(authority.map(|h| (h, "malformed host in request target")));
+    if let Some((host, malformed)) = named {
         let host = host.to_ascii_lowercase();
         if !valid_host(&host) {
-            return Err(Refusal::BadTarget("malformed cacheHostOrigin"));
-        }
-        return match find(cfg, &host) {
-            Some(o) => Ok(for_origin(o, &host, path, &query)),
-            None => Err(Refusal::NotAllowed(host)),
-        };
-    }
-    if let Some(host) = authority {
-        let host = host.to_ascii_lowercase();
-        if !valid_host(&host) {
-            return Err(Refusal::BadTarget("malformed host in request target"));
+            return Err(Refusal::BadTarget(malformed));
         }
         return match find(cfg, &host) {
             Some(o) => Ok(for_origin(o, &host, path, &query)),

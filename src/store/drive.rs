@@ -112,15 +112,20 @@ fn reserve(file: &File, len: u64, path: &Path) -> Result<(), StoreError> {
     Ok(())
 }
 
-fn lock_dir(dir: &Path) -> Result<File, StoreError> {
-    let path = dir.join("lock");
-    let file = OpenOptions::new()
+/// Opens (creating if needed, never truncating) a file for reading and writing.
+fn open_rw(path: &Path, what: &'static str) -> Result<File, StoreError> {
+    OpenOptions::new()
         .create(true)
         .truncate(false)
         .read(true)
         .write(true)
-        .open(&path)
-        .map_err(io_err(&path, "open lock file"))?;
+        .open(path)
+        .map_err(io_err(path, what))
+}
+
+fn lock_dir(dir: &Path) -> Result<File, StoreError> {
+    let path = dir.join("lock");
+    let file = open_rw(&path, "open lock file")?;
     if !slab::lock_exclusive(&file).map_err(io_err(&path, "lock cache directory"))? {
         return Err(StoreError::Locked(dir.to_path_buf()));
     }
@@ -196,13 +201,7 @@ impl Drive {
         store_id: u64,
     ) -> Result<(Slab, SlabOpen), StoreError> {
         let path = slab_path(dir, n);
-        let file = OpenOptions::new()
-            .create(true)
-            .truncate(false)
-            .read(true)
-            .write(true)
-            .open(&path)
-            .map_err(io_err(&path, "open slab"))?;
+        let file = open_rw(&path, "open slab")?;
         let original_len = file.metadata().map_err(io_err(&path, "stat slab"))?.len();
         let want_len = SLAB_HEADER_LEN + u64::from(regions) * region_len;
         let mut head = [0u8; 64];
