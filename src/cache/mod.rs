@@ -557,6 +557,12 @@ impl BlockWriter {
         self.w().write(data)
     }
 
+    /// Like [`BlockWriter::write`], through the file rather than the mapping (see
+    /// `SlotWriter::write_through_file`).
+    pub fn write_through_file(&mut self, data: &[u8]) -> std::io::Result<usize> {
+        self.w().write_through_file(data)
+    }
+
     pub fn filled(&self) -> usize {
         self.writer.as_ref().map_or(0, |w| w.filled())
     }

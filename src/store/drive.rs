@@ -70,6 +70,10 @@ impl PinGuard {
         self.capacity as usize
     }
 
+    pub(super) fn slab(&self) -> &Slab {
+        self.drive.slab_of(self.addr)
+    }
+
     pub(super) fn data_ptr(&self, len: usize) -> *mut u8 {
         assert!(len <= self.capacity as usize, "view past the slot");
         self.drive

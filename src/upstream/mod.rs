@@ -332,17 +332,21 @@ impl Upstream {
             let want = (f.end - pos).min(bs - pos % bs);
             let r = match writers.get_mut(&b) {
                 Some(w) if w.filled() as u64 == pos % bs => {
-                    let spare = w.spare_mut();
-                    let n = spare.len().min(want as usize);
-                    match f.body.read(&mut spare[..n]) {
+                    let n = scratch
+                        .len()
+                        .min(w.capacity() - w.filled())
+                        .min(want as usize);
+                    match f.body.read(&mut scratch[..n]) {
                         Ok(0) => Err("short body".to_string()),
-                        Ok(n) => {
-                            w.advance(n);
-                            if w.is_complete() {
-                                writers.remove(&b).expect("present").commit_background();
+                        Ok(n) => match w.write_through_file(&scratch[..n]) {
+                            Ok(_) => {
+                                if w.is_complete() {
+                                    writers.remove(&b).expect("present").commit_background();
+                                }
+                                Ok(n)
                             }
-                            Ok(n)
-                        }
+                            Err(e) => Err(format!("cache write: {e}")),
+                        },
                         Err(e) => Err(e.to_string()),
                     }
                 }
