@@ -524,10 +524,6 @@ impl Drive {
         self.state.lock().free_region_count()
     }
 
-    pub fn alloc_heap_bytes(&self) -> usize {
-        self.state.lock().heap_bytes()
-    }
-
     pub(super) fn region_geometry(&self) -> (u64, u32) {
         (self.region_len, self.regions_per_slab)
     }

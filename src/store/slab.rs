@@ -163,7 +163,7 @@ impl Slab {
         let _ = self.map.advise(memmap2::Advice::Normal);
     }
 
-    /// Tells the kernel the range will be read soon (a hit on a cold page cache).
+    /// Tells the kernel the range will be read soon (recovery queues all header pages at once).
     pub fn will_need(&self, off: u64, len: usize) {
         self.check(off, len);
         let _ = self
