@@ -117,12 +117,21 @@ impl Slab {
         out
     }
 
-    /// Copies a 64-byte header into the map. Caller holds the drive lock (protocol rule 1).
+    /// Writes a 64-byte header. Caller holds the drive lock (protocol rule 1).
+    ///
+    /// Through the file (pwrite), not the mapping: a store into the mapping can fault
+    /// (first touch, or a page write-protected again after writeback), and a fault can wait on
+    /// the filesystem while the caller holds the drive lock. Measured: claiming a 64-block
+    /// window took 14-160 ms with headers stored through the mapping while earlier blocks were
+    /// being flushed. The page cache is shared, so readers of the mapping see the new bytes.
     pub fn write_header(&self, off: u64, header: &[u8; 64]) {
-        let dst = self.ptr(off, 64);
-        // SAFETY: in bounds (checked); headers are only accessed under the drive lock, and no
-        // reference to these bytes exists (slot data starts after the header).
-        unsafe { std::ptr::copy_nonoverlapping(header.as_ptr(), dst, 64) };
+        use std::os::unix::fs::FileExt;
+        self.check(off, 64);
+        if let Err(e) = self.file.write_all_at(header, off) {
+            // Only an I/O error of the disk itself; the slot is then not durable, which
+            // recovery handles like a crash (its crcs never let a wrong byte through).
+            log::error!("slot header write at {off}: {e}");
+        }
     }
 
     /// Copies bytes out (recovery, verify): only for data no writer owns.
