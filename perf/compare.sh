@@ -7,6 +7,7 @@
 #   DURATION=5 perf/compare.sh
 #   GC_BACKEND=epoll perf/compare.sh   # gatecache on its epoll backend (default: auto)
 #   WORKLOADS="W2 W3" perf/compare.sh  # a subset of the hit workloads
+#   VERBOSE=1 perf/compare.sh          # also print every round
 #
 # Every server binds 127.0.0.1 and is stopped by PID on exit; every run is bounded in time.
 set -euo pipefail
@@ -152,6 +153,7 @@ for w in ${WORKLOADS:-W1 W2 W3}; do
     run_wrk $ANCHOR_PORT "$AW" $path "$script" $conns >> "$WORK/a.txt"
     run_wrk $GC_PORT "$GC_PID" $path "$script" $conns >> "$WORK/g.txt"
   done
+  [ -n "${VERBOSE:-}" ] && { echo "$w anchor rounds:"; cat "$WORK/a.txt"; echo "$w gatecache rounds:"; cat "$WORK/g.txt"; } >&2
   # col FILE N: median of column N; per_cpu FILE N: median of column N x DURATION / CPU seconds.
   col() { awk -v c="$2" '{print $c}' "$1" | median; }
   per_cpu() { awk -v c="$2" -v d="$DURATION" '{print $c * d / $3}' "$1" | median; }
