@@ -13,22 +13,10 @@ cd "$(dirname "$0")/.."
 DURATION=${DURATION:-5}
 WORK=${WORK:-$(mktemp -d /var/tmp/gc-cap.XXXXXX)}
 ORIGIN_PORT=19200 GC_PORT=19201 GC_ADMIN=19202
-PIDS=()
-cleanup() {
-  for p in "${PIDS[@]}"; do kill "$p" 2>/dev/null || true; done
-  wait 2>/dev/null || true
-}
-trap cleanup EXIT
-
-need=()
-command -v nginx >/dev/null || need+=(nginx)
-command -v wrk >/dev/null || need+=(wrk)
-command -v gnuplot >/dev/null || need+=(gnuplot-nox)
-if [ ${#need[@]} -gt 0 ]; then
-  printf '#!/bin/sh\nexit 101\n' > /usr/sbin/policy-rc.d && chmod +x /usr/sbin/policy-rc.d
-  apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${need[@]}"
-  rm -f /usr/sbin/policy-rc.d
-fi
+# shellcheck source=perf/lib.sh
+. perf/lib.sh
+trap perf_cleanup EXIT
+perf_install nginx:nginx wrk:wrk gnuplot:gnuplot-nox
 cargo build --release -q
 BIN=$PWD/target/release/gatecache
 

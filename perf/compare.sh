@@ -18,22 +18,10 @@ DURATION=${DURATION:-10}
 ROUNDS=${ROUNDS:-3}
 WORK=${WORK:-$(mktemp -d /var/tmp/gc-perf.XXXXXX)}
 ORIGIN_PORT=19000 ANCHOR_PORT=19001 GC_PORT=19002 GC_ADMIN=19003
-PIDS=()
-cleanup() {
-  for p in "${PIDS[@]}"; do kill "$p" 2>/dev/null || true; done
-  wait 2>/dev/null || true
-}
-trap cleanup EXIT
-
-need=()
-command -v nginx >/dev/null || need+=(nginx)
-command -v wrk >/dev/null || need+=(wrk)
-command -v taskset >/dev/null || need+=(util-linux)
-if [ ${#need[@]} -gt 0 ]; then
-  printf '#!/bin/sh\nexit 101\n' > /usr/sbin/policy-rc.d && chmod +x /usr/sbin/policy-rc.d
-  apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${need[@]}"
-  rm -f /usr/sbin/policy-rc.d
-fi
+# shellcheck source=perf/lib.sh
+. perf/lib.sh
+trap perf_cleanup EXIT
+perf_install nginx:nginx wrk:wrk taskset:util-linux
 cargo build --release -q
 BIN=target/release/gatecache
 
@@ -52,28 +40,7 @@ http {
   server { listen 127.0.0.1:$ORIGIN_PORT; root $WORK/www; }
 }
 EOF
-cat > "$WORK/anchor.conf" <<EOF
-user root; worker_processes 1; daemon off; pid $WORK/anchor.pid; error_log $WORK/anchor.err;
-events { worker_connections 4096; }
-http {
-  access_log off; sendfile on;
-  proxy_cache_path $WORK/anchor-cache levels=1:2 keys_zone=c:64m max_size=4g inactive=1d;
-  server {
-    listen 127.0.0.1:$ANCHOR_PORT;
-    location / {
-      slice 1m;
-      proxy_cache c;
-      proxy_cache_key \$uri\$slice_range;
-      proxy_set_header Range \$slice_range;
-      proxy_cache_valid 200 206 1d;
-      proxy_cache_lock on;
-      proxy_http_version 1.1;
-      proxy_set_header Connection "";
-      proxy_pass http://127.0.0.1:$ORIGIN_PORT;
-    }
-  }
-}
-EOF
+perf_anchor_conf "$WORK/anchor.conf" "127.0.0.1:$ANCHOR_PORT" "127.0.0.1:$ORIGIN_PORT" "$WORK"
 cat > "$WORK/gc.toml" <<EOF
 listen = "127.0.0.1:$GC_PORT"
 admin_listen = "127.0.0.1:$GC_ADMIN"

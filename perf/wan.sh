@@ -21,24 +21,15 @@ NS=gcwan$$
 VETH=gcw$$
 HOST_IP=10.77.0.1 ORIGIN_IP=10.77.0.2
 GC_PORT=19102 GC_ADMIN=19103 ANCHOR_PORT=19104
-PIDS=()
+# shellcheck source=perf/lib.sh
+. perf/lib.sh
 cleanup() {
-  for p in "${PIDS[@]}"; do kill "$p" 2>/dev/null || true; done
-  wait 2>/dev/null || true
+  perf_cleanup
   ip link del "$VETH" 2>/dev/null || true
   ip netns del "$NS" 2>/dev/null || true
 }
 trap cleanup EXIT
-
-need=()
-command -v nginx >/dev/null || need+=(nginx)
-[ -f /usr/lib/nginx/modules/ngx_http_echo_module.so ] || need+=(libnginx-mod-http-echo)
-command -v tc >/dev/null || need+=(iproute2)
-if [ ${#need[@]} -gt 0 ]; then
-  printf '#!/bin/sh\nexit 101\n' > /usr/sbin/policy-rc.d && chmod +x /usr/sbin/policy-rc.d
-  apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${need[@]}"
-  rm -f /usr/sbin/policy-rc.d
-fi
+perf_install nginx:nginx /usr/lib/nginx/modules/ngx_http_echo_module.so:libnginx-mod-http-echo tc:iproute2
 cargo build --release -q
 BIN=$PWD/target/release/gatecache
 
@@ -73,28 +64,7 @@ http {
   }
 }
 EOF
-cat > "$WORK/anchor.conf" <<EOF
-user root; worker_processes 1; daemon off; pid $WORK/anchor.pid; error_log $WORK/anchor.err;
-events {}
-http {
-  access_log off;
-  proxy_cache_path $WORK/anchor-cache levels=1:2 keys_zone=c:16m max_size=4g inactive=1d;
-  server {
-    listen 127.0.0.1:$ANCHOR_PORT;
-    location / {
-      slice 1m;
-      proxy_cache c;
-      proxy_cache_key \$uri\$slice_range;
-      proxy_set_header Range \$slice_range;
-      proxy_cache_valid 200 206 1d;
-      proxy_cache_lock on;
-      proxy_http_version 1.1;
-      proxy_set_header Connection "";
-      proxy_pass http://$ORIGIN_IP:80;
-    }
-  }
-}
-EOF
+perf_anchor_conf "$WORK/anchor.conf" "127.0.0.1:$ANCHOR_PORT" "$ORIGIN_IP:80" "$WORK"
 cat > "$WORK/gc.toml" <<EOF
 listen = "127.0.0.1:$GC_PORT"
 admin_listen = "127.0.0.1:$GC_ADMIN"
