@@ -189,3 +189,28 @@ fn verify_clean_after_region_reuse() {
         report.lines().take(12).collect::<Vec<_>>().join("\n")
     );
 }
+
+both_backends! {
+    /// SIGTERM right after a cold download, with no pause for the background flush: the cache
+    /// exits 0 (it used to die of the signal) with what it received committed; after a restart
+    /// the object is a hit (HEAD and GET) with no origin request, and the store verifies clean.
+    fn sigterm_commits_what_was_received(backend) {
+        let n = Nginx::start();
+        let mut g = Gate::start(GateConfig::new(backend).route("/", &n.origin_url()));
+        let r = http::get(g.addr(), "/16m.bin", &[]);
+        assert_eq!(r.status, 200);
+        assert_same(&r.body, &data::content(F16M), "cold");
+        let status = g.stop(Stop::Term).expect("was running");
+        assert!(status.success(), "SIGTERM exit: {status}");
+        let (clean, report) = g.verify();
+        assert!(clean, "verify after SIGTERM:\n{report}");
+        g.restart(Stop::Kill);
+        let before = n.settled_log();
+        let h = http::head(g.addr(), "/16m.bin", &[]);
+        assert!(h.is_hit(), "HEAD after SIGTERM restart: {}", h.cache_status());
+        let r = http::get(g.addr(), "/16m.bin", &[]);
+        assert!(r.is_hit(), "GET after SIGTERM restart: {}", r.cache_status());
+        assert_same(&r.body, &data::content(F16M), "after restart");
+        assert_eq!(n.settled_log(), before, "hits reached the origin");
+    }
+}

@@ -436,6 +436,19 @@ impl Cache {
         }
     }
 
+    /// [`Cache::flush`], giving up after `timeout` (fills still streaming keep adding blocks);
+    /// returns whether the queue was drained.
+    pub fn flush_within(&self, timeout: std::time::Duration) -> bool {
+        let deadline = std::time::Instant::now() + timeout;
+        let mut p = self.inner.pending.lock();
+        while *p > 0 {
+            if self.inner.drained.wait_until(&mut p, deadline).timed_out() {
+                return *p == 0;
+            }
+        }
+        true
+    }
+
     /// Every cached object with its number of cached blocks (for `inspect`).
     pub fn objects(&self) -> Vec<(Object, usize)> {
         let idx = &self.inner.index;

@@ -97,25 +97,36 @@ pub fn run(cfg: Config) -> Result<(), String> {
         upstream,
         limits: Limits::default(),
     });
-    let workers: Vec<_> = listeners
-        .into_iter()
-        .enumerate()
-        .map(|(i, l)| {
-            let sh = shared.clone();
-            std::thread::Builder::new()
-                .name(format!("worker-{i}"))
-                .spawn(move || match backend {
+    for (i, l) in listeners.into_iter().enumerate() {
+        let sh = shared.clone();
+        std::thread::Builder::new()
+            .name(format!("worker-{i}"))
+            .spawn(move || {
+                let r = match backend {
                     Backend::Uring => run_uring(l, sh),
                     Backend::Epoll => run_epoll(l, sh),
-                })
-                .map_err(|e| format!("spawn worker: {e}"))
-        })
-        .collect::<Result<_, _>>()?;
-    for w in workers {
-        match w.join() {
-            Ok(Ok(())) => {}
-            Ok(Err(e)) => return Err(e),
-            Err(_) => return Err("a worker panicked".into()),
+                };
+                if let Err(e) = r {
+                    log::error!("worker {i}: {e}");
+                    std::process::exit(1);
+                }
+            })
+            .map_err(|e| format!("spawn worker: {e}"))?;
+    }
+    // SIGTERM (systemd, Docker) and SIGINT: blocks fully received but still queued for their
+    // flush are committed before the process ends, so a stop loses only transfers in flight.
+    let mut signals = signal_hook::iterator::Signals::new([
+        signal_hook::consts::SIGTERM,
+        signal_hook::consts::SIGINT,
+    ])
+    .map_err(|e| format!("signals: {e}"))?;
+    if let Some(sig) = signals.forever().next() {
+        log::info!("signal {sig}: finishing fetches and flushing pending blocks, then exiting");
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+        let quiet = shared.upstream.quiesce(deadline);
+        let left = deadline.saturating_duration_since(std::time::Instant::now());
+        if !quiet || !shared.upstream.cache().flush_within(left) {
+            log::warn!("fetches still running after 10 s; exiting without their blocks");
         }
     }
     Ok(())

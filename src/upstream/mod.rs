@@ -88,6 +88,8 @@ pub struct Stats {
     pub requests: AtomicU64,
     pub bytes: AtomicU64,
     pub errors: AtomicU64,
+    /// Fetch jobs running right now.
+    pub active: AtomicU64,
 }
 
 pub struct Upstream {
@@ -134,7 +136,9 @@ impl Upstream {
                             Err(_) => return,
                         };
                         let Some(up) = up.upgrade() else { return };
+                        up.stats.active.fetch_add(1, Ordering::Relaxed);
                         up.run(job);
+                        up.stats.active.fetch_sub(1, Ordering::Relaxed);
                     }
                 })
                 .expect("spawn fetcher");
@@ -144,6 +148,17 @@ impl Upstream {
 
     pub fn cache(&self) -> &Cache {
         &self.cache
+    }
+
+    /// Waits until no fetch job is running, or until `deadline`; returns whether none is.
+    pub fn quiesce(&self, deadline: std::time::Instant) -> bool {
+        while self.stats.active.load(Ordering::Relaxed) > 0 {
+            if std::time::Instant::now() >= deadline {
+                return false;
+            }
+            std::thread::sleep(Duration::from_millis(10));
+        }
+        true
     }
 
     /// Blocks per upstream request.

@@ -258,10 +258,10 @@ impl Gate {
         }
     }
 
-    /// Stops the process (and waits for it to end).
-    pub fn stop(&mut self, how: Stop) {
+    /// Stops the process (and waits for it to end); returns how it exited.
+    pub fn stop(&mut self, how: Stop) -> Option<std::process::ExitStatus> {
         let Some(mut c) = self.child.take() else {
-            return;
+            return None;
         };
         match how {
             Stop::Kill => {
@@ -276,8 +276,8 @@ impl Gate {
         }
         let t0 = Instant::now();
         loop {
-            if c.try_wait().unwrap().is_some() {
-                return;
+            if let Some(status) = c.try_wait().unwrap() {
+                return Some(status);
             }
             if t0.elapsed() > Duration::from_secs(10) {
                 let _ = c.kill();
