@@ -260,9 +260,7 @@ impl Gate {
 
     /// Stops the process (and waits for it to end); returns how it exited.
     pub fn stop(&mut self, how: Stop) -> Option<std::process::ExitStatus> {
-        let Some(mut c) = self.child.take() else {
-            return None;
-        };
+        let mut c = self.child.take()?;
         match how {
             Stop::Kill => {
                 let _ = c.kill();
