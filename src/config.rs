@@ -22,6 +22,7 @@ pub struct RawConfig {
     pub sync_data: Option<bool>,
     pub head_timeout: Option<String>,
     pub idle_timeout: Option<String>,
+    pub node_name: Option<String>,
     pub storage: Vec<RawStorage>,
     pub origin: Vec<RawOrigin>,
     pub route: Vec<RawRoute>,
@@ -122,6 +123,8 @@ pub struct Config {
     /// How long an idle keep-alive connection is kept.
     pub idle_timeout: Duration,
     pub io_backend: IoBackend,
+    /// This node's name in `Via` headers (loop detection): `node_name`, or host name and port.
+    pub node_name: String,
     pub store: StoreConfig,
     pub origins: Vec<Origin>,
     pub routes: Vec<Route>,
@@ -421,10 +424,34 @@ impl RawConfig {
                 Err(r) => Err(bad(key, v, r)),
             },
         };
+        let node_name = match self.node_name {
+            Some(n) if !n.is_empty() && n.bytes().all(|b| b.is_ascii_graphic() && b != b',') => n,
+            Some(n) => {
+                return Err(bad(
+                    "node_name",
+                    n,
+                    "must be one token: no spaces or commas",
+                ));
+            }
+            None => {
+                // Unique per host and port, so that several caches on one machine (tests, a
+                // lab chain) never take each other's Via for their own.
+                let host = std::fs::read_to_string("/proc/sys/kernel/hostname")
+                    .map(|h| h.trim().to_string())
+                    .unwrap_or_default();
+                let host = if host.is_empty() {
+                    "gatecache".into()
+                } else {
+                    host
+                };
+                format!("{host}:{}", listen.port())
+            }
+        };
         Ok(Config {
             listen,
             admin_listen,
             workers,
+            node_name,
             head_timeout: dur("head_timeout", &self.head_timeout, Duration::from_secs(10))?,
             idle_timeout: dur("idle_timeout", &self.idle_timeout, Duration::from_secs(60))?,
             io_backend,

@@ -354,3 +354,21 @@ both_backends! {
         assert!(quiet.elapsed() >= Duration::from_millis(900), "closed before idle_timeout");
     }
 }
+
+both_backends! {
+    /// A request that already passed this node (its `Via` names us) is a loop: 508 at once,
+    /// the connection closed, and nothing asked of the origin; other Via entries are fine.
+    fn via_loop_is_refused(backend) {
+        let (n, g) = nginx_and_gate_with(backend, &["node_name = \"gw-test-1\""]);
+        let mut c = Conn::open(g.addr());
+        c.send(http::get_req("/1k.bin", &[("Via", "1.1 edge.example.org, 1.1 gw-test-1 (gatecache)")]));
+        let r = c.read_response(false).unwrap();
+        assert_eq!(r.status, 508, "{}", r.body_text());
+        assert!(r.body_text().contains("gw-test-1"), "{}", r.body_text());
+        assert!(c.closed_within(Duration::from_secs(2)), "loop answer keeps the connection");
+        let ok = http::get(g.addr(), "/1k.bin", &[("Via", "1.1 gw-test-2")]);
+        assert_eq!(ok.status, 200);
+        let log = n.settled_log();
+        assert_eq!(log.len(), 1, "only the request without a loop reached the origin: {log:?}");
+    }
+}

@@ -85,6 +85,16 @@ impl Request {
     pub fn method(&self) -> Method {
         self.method.unwrap_or(Method::Other)
     }
+
+    /// Has this request already passed through the node `name` (a `Via` entry received by it)?
+    pub fn via_has(&self, name: &str) -> bool {
+        self.via.as_deref().is_some_and(|via| {
+            via.split(',').any(|hop| {
+                // "1.1 name (comment)": the second token is the receiving node.
+                hop.split_whitespace().nth(1) == Some(name)
+            })
+        })
+    }
 }
 
 fn join(slot: &mut Option<String>, v: &str) {
@@ -306,6 +316,16 @@ mod tests {
         assert_eq!(r.if_none_match.as_deref(), Some("\"a\", \"b\""));
         assert_eq!(r.if_range.as_deref(), Some("\"a\""));
         assert_eq!(r.via.as_deref(), Some("1.1 gw1"));
+    }
+
+    #[test]
+    fn via_names_the_nodes_passed() {
+        let r =
+            ok("GET / HTTP/1.1\r\nHost: a\r\nVia: 1.1 gw1:80, 1.1 gw2:8080 (gatecache)\r\n\r\n");
+        assert!(r.via_has("gw1:80"));
+        assert!(r.via_has("gw2:8080"));
+        assert!(!r.via_has("gw2"));
+        assert!(!ok("GET / HTTP/1.1\r\nHost: a\r\n\r\n").via_has("gw1:80"));
     }
 
     #[test]

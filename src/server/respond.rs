@@ -74,6 +74,11 @@ pub async fn respond<T: Transport>(t: &mut T, req: &Request, sh: &Shared, keep: 
             .await;
         }
     };
+    if req.via_has(&sh.cfg.node_name) {
+        // A loop (a route or a parent that leads back here): answer rather than fetch again.
+        let msg = format!("loop detected: request already passed {}", sh.cfg.node_name);
+        return simple(t, 508, &msg, false, &[]).await;
+    }
     let target = match route::route(req, &sh.cfg) {
         Ok(t) => t,
         Err(Refusal::NotAllowed(host)) => {

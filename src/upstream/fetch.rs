@@ -118,16 +118,21 @@ pub fn fetch(
     agent: &Agent,
     target: &Target,
     range: Option<(u64, u64)>,
+    via: &str,
 ) -> Result<Fetched, FetchError> {
     // With a connect override the URL names the address and Host names the origin.
     let url = match target.connect {
         Some(addr) if !target.https => format!("http://{addr}{}", target.path),
         _ => target.url(),
     };
-    let mut req = agent.get(&url).header("Host", &target.host).header(
-        "User-Agent",
-        concat!("gatecache/", env!("CARGO_PKG_VERSION")),
-    );
+    let mut req = agent
+        .get(&url)
+        .header("Host", &target.host)
+        .header(
+            "User-Agent",
+            concat!("gatecache/", env!("CARGO_PKG_VERSION")),
+        )
+        .header("Via", via);
     if let Some((a, b)) = range {
         req = req.header("Range", format!("bytes={a}-{b}"));
     }

@@ -96,6 +96,8 @@ pub struct Upstream {
     cache: Cache,
     agent: ureq::Agent,
     window: u64,
+    /// Our `Via` entry, sent with every upstream request.
+    via: String,
     jobs: Sender<Job>,
     cold: Mutex<HashMap<String, Arc<ColdFetch>>>,
     pub stats: Stats,
@@ -119,6 +121,7 @@ impl Upstream {
             cache,
             agent,
             window: cfg.upstream.window,
+            via: format!("1.1 {} (gatecache)", cfg.node_name),
             jobs: tx,
             cold: Mutex::new(HashMap::new()),
             stats: Stats::default(),
@@ -241,6 +244,7 @@ impl Upstream {
             &self.agent,
             &job.target,
             Some((start, end.max(start + 1) - 1)),
+            &self.via,
         ) {
             Ok(f) => f,
             Err(e) => {
