@@ -27,17 +27,7 @@ user root; worker_processes 1; daemon off; pid $WORK/origin.pid; error_log $WORK
 events {}
 http { access_log off; sendfile on; server { listen 127.0.0.1:$ORIGIN_PORT; root $WORK/www; } }
 EOF
-cat > "$WORK/gc.toml" <<EOF
-listen = "127.0.0.1:$GC_PORT"
-admin_listen = "127.0.0.1:$GC_ADMIN"
-workers = 1
-[[storage]]
-path = "$WORK/gc-cache"
-size = "1GiB"
-[[route]]
-prefix = "/"
-origin = "http://127.0.0.1:$ORIGIN_PORT"
-EOF
+perf_gc_conf "$WORK/gc.toml" $GC_PORT $GC_ADMIN "$WORK/gc-cache" 1GiB "http://127.0.0.1:$ORIGIN_PORT"
 nginx -c "$WORK/origin.conf" & PIDS+=($!)
 RUST_LOG=warn taskset -c 0 "$BIN" serve --config "$WORK/gc.toml" & GC_PID=$!; PIDS+=($GC_PID)
 for _ in $(seq 1 50); do curl -sf "http://127.0.0.1:$GC_ADMIN/healthz" >/dev/null && break; sleep 0.2; done

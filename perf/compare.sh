@@ -41,17 +41,7 @@ http {
 }
 EOF
 perf_anchor_conf "$WORK/anchor.conf" "127.0.0.1:$ANCHOR_PORT" "127.0.0.1:$ORIGIN_PORT" "$WORK"
-cat > "$WORK/gc.toml" <<EOF
-listen = "127.0.0.1:$GC_PORT"
-admin_listen = "127.0.0.1:$GC_ADMIN"
-workers = 1
-[[storage]]
-path = "$WORK/gc-cache"
-size = "4GiB"
-[[route]]
-prefix = "/"
-origin = "http://127.0.0.1:$ORIGIN_PORT"
-EOF
+perf_gc_conf "$WORK/gc.toml" $GC_PORT $GC_ADMIN "$WORK/gc-cache" 4GiB "http://127.0.0.1:$ORIGIN_PORT"
 
 nginx -c "$WORK/origin.conf" & PIDS+=($!)
 taskset -c 0 nginx -c "$WORK/anchor.conf" & ANCHOR_PID=$!; PIDS+=($ANCHOR_PID)

@@ -51,3 +51,20 @@ http {
 }
 CONF
 }
+
+# perf_gc_conf FILE LISTEN_PORT ADMIN_PORT STORAGE_DIR SIZE ORIGIN [EXTRA_LINES] writes a
+# one-worker gatecache config routing every path to ORIGIN (http://host:port).
+perf_gc_conf() {
+  cat > "$1" <<CONF
+listen = "127.0.0.1:$2"
+admin_listen = "127.0.0.1:$3"
+workers = 1
+[[storage]]
+path = "$4"
+size = "$5"
+[[route]]
+prefix = "/"
+origin = "$6"
+${7:-}
+CONF
+}

@@ -65,19 +65,8 @@ http {
 }
 EOF
 perf_anchor_conf "$WORK/anchor.conf" "127.0.0.1:$ANCHOR_PORT" "$ORIGIN_IP:80" "$WORK"
-cat > "$WORK/gc.toml" <<EOF
-listen = "127.0.0.1:$GC_PORT"
-admin_listen = "127.0.0.1:$GC_ADMIN"
-workers = 1
-[[storage]]
-path = "$WORK/gc-cache"
-size = "$((SIZE_MIB * 2 + 64))MiB"
-[[route]]
-prefix = "/"
-origin = "http://$ORIGIN_IP:80"
-[upstream]
-window = "${WINDOW:-64MiB}"
-EOF
+perf_gc_conf "$WORK/gc.toml" $GC_PORT $GC_ADMIN "$WORK/gc-cache" "$((SIZE_MIB * 2 + 64))MiB" \
+  "http://$ORIGIN_IP:80" "$(printf '[upstream]\nwindow = "%s"' "${WINDOW:-64MiB}")"
 
 ip netns exec "$NS" nginx -c "$WORK/origin.conf" & PIDS+=($!)
 nginx -c "$WORK/anchor.conf" & PIDS+=($!)

@@ -39,12 +39,7 @@ impl Rng {
 }
 
 fn pinned(cache: &Cache) -> usize {
-    cache
-        .store()
-        .drives()
-        .iter()
-        .map(|d| d.pinned_slots())
-        .sum()
+    cache.store().pinned_slots()
 }
 
 fn kind(c: &Claim) -> &'static str {

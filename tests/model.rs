@@ -448,6 +448,15 @@ impl AllocModel {
         }
     }
 
+    /// Owned slots not yet released (the ones a release or a pin may pick).
+    fn live(&self) -> Vec<SlotAddr> {
+        self.owned
+            .iter()
+            .filter(|(_, s)| !s.doomed)
+            .map(|(a, _)| *a)
+            .collect()
+    }
+
     fn free_slot(&mut self, addr: SlotAddr) {
         self.owned.remove(&addr);
         self.settle(addr.region());
@@ -532,12 +541,7 @@ fn run_allocator(ops: &[AOp]) {
                 }
             }
             AOp::Release(i) => {
-                let live: Vec<_> = m
-                    .owned
-                    .iter()
-                    .filter(|(_, s)| !s.doomed)
-                    .map(|(a, _)| *a)
-                    .collect();
+                let live = m.live();
                 let Some(addr) = pick(&live, i) else { continue };
                 let pinned = m.owned[&addr].pins > 0;
                 assert_eq!(a.release(addr), !pinned, "release of {addr:?}");
@@ -548,12 +552,7 @@ fn run_allocator(ops: &[AOp]) {
                 }
             }
             AOp::Pin(i, hit) => {
-                let live: Vec<_> = m
-                    .owned
-                    .iter()
-                    .filter(|(_, s)| !s.doomed)
-                    .map(|(a, _)| *a)
-                    .collect();
+                let live = m.live();
                 let Some(addr) = pick(&live, i) else { continue };
                 a.pin(addr, hit);
                 m.owned.get_mut(&addr).unwrap().pins += 1;

@@ -219,6 +219,11 @@ impl Store {
         self.seq.fetch_add(1, Ordering::Relaxed)
     }
 
+    /// Slots pinned right now, over all drives (tests, metrics).
+    pub fn pinned_slots(&self) -> usize {
+        self.drives.iter().map(|d| d.pinned_slots()).sum()
+    }
+
     /// Total data capacity in bytes.
     pub fn capacity_bytes(&self) -> u64 {
         self.drives.iter().map(|d| d.capacity_bytes()).sum()
