@@ -8,6 +8,11 @@
 #   GC_BACKEND=epoll perf/compare.sh   # gatecache on its epoll backend (default: auto)
 #   WORKLOADS="W2 W3" perf/compare.sh  # a subset of the hit workloads
 #   VERBOSE=1 perf/compare.sh          # also print every round
+#   FLOOR=0 perf/compare.sh            # skip the static-file floor rows of W1/W2
+#
+# W1 and W2 also run against a plain static nginx (sendfile, open_file_cache, no proxy, no
+# cache logic) on CPU 0: about the least CPU per byte an HTTP server spends on this kernel, so
+# the "static" rows show how far above the kernel's own cost each cache is.
 #
 # Every server binds 127.0.0.1 and is stopped by PID on exit; every run is bounded in time.
 set -euo pipefail
@@ -17,7 +22,7 @@ DURATION=${DURATION:-10}
 # alternating, and the table shows medians.
 ROUNDS=${ROUNDS:-3}
 WORK=${WORK:-$(mktemp -d /var/tmp/gc-perf.XXXXXX)}
-ORIGIN_PORT=19000 ANCHOR_PORT=19001 GC_PORT=19002 GC_ADMIN=19003
+ORIGIN_PORT=19000 ANCHOR_PORT=19001 GC_PORT=19002 GC_ADMIN=19003 FLOOR_PORT=19004
 # shellcheck source=perf/lib.sh
 . perf/lib.sh
 trap perf_cleanup EXIT
@@ -40,11 +45,20 @@ http {
   server { listen 127.0.0.1:$ORIGIN_PORT; root $WORK/www; }
 }
 EOF
+cat > "$WORK/floor.conf" <<EOF
+user root; worker_processes 1; daemon off; pid $WORK/floor.pid; error_log $WORK/floor.err;
+events { worker_connections 4096; }
+http {
+  access_log off; sendfile on; open_file_cache max=64; keepalive_requests 1000000;
+  server { listen 127.0.0.1:$FLOOR_PORT; root $WORK/www; }
+}
+EOF
 perf_anchor_conf "$WORK/anchor.conf" "127.0.0.1:$ANCHOR_PORT" "127.0.0.1:$ORIGIN_PORT" "$WORK"
 perf_gc_conf "$WORK/gc.toml" $GC_PORT $GC_ADMIN "$WORK/gc-cache" 4GiB "http://127.0.0.1:$ORIGIN_PORT"
 
 nginx -c "$WORK/origin.conf" & PIDS+=($!)
 taskset -c 0 nginx -c "$WORK/anchor.conf" & ANCHOR_PID=$!; PIDS+=($ANCHOR_PID)
+taskset -c 0 nginx -c "$WORK/floor.conf" & FLOOR_PID=$!; PIDS+=($FLOOR_PID)
 RUST_LOG=warn taskset -c 0 "$BIN" serve --config "$WORK/gc.toml" --io-backend "${GC_BACKEND:-auto}" & GC_PID=$!; PIDS+=($GC_PID)
 for i in $(seq 1 50); do
   curl -sf "http://127.0.0.1:$GC_ADMIN/healthz" >/dev/null && curl -sf -o /dev/null "http://127.0.0.1:$ANCHOR_PORT/1m.bin" && break
@@ -57,7 +71,7 @@ for port in $ANCHOR_PORT $GC_PORT; do
 done
 
 # The server process whose CPU we count: nginx's single worker, gatecache itself.
-anchor_worker() { pgrep -P "$ANCHOR_PID" | head -n1 || echo "$ANCHOR_PID"; }
+worker_of() { pgrep -P "$1" | head -n1 || echo "$1"; }
 cpu_ticks() { awk '{print $14 + $15}' "/proc/$1/stat"; }
 HZ=$(getconf CLK_TCK)
 
@@ -97,7 +111,7 @@ row() { # name unit anchor-figure gc-figure
 echo "date: $(date -u +%FT%TZ)  commit: $(git rev-parse --short HEAD)  kernel: $(uname -r)"
 echo "cpu: $(awk -F: '/model name/ {print $2; exit}' /proc/cpuinfo)"
 printf '%-4s %-22s %12s %12s %8s\n' id figure nginx gatecache ratio
-AW=$(anchor_worker)
+AW=$(worker_of "$ANCHOR_PID") FW=$(worker_of "$FLOOR_PID")
 median() { sort -g | awk '{v[NR] = $1} END {print (NR % 2) ? v[(NR + 1) / 2] : (v[NR / 2] + v[NR / 2 + 1]) / 2}'; }
 for w in ${WORKLOADS:-W1 W2 W3}; do
   case $w in
@@ -105,12 +119,14 @@ for w in ${WORKLOADS:-W1 W2 W3}; do
     W2) path=/1m.bin script= conns=8 ;;
     W3) path=/16m.bin script=$WORK/w3.lua conns=32 ;;
   esac
-  : > "$WORK/a.txt"; : > "$WORK/g.txt"
+  : > "$WORK/a.txt"; : > "$WORK/g.txt"; : > "$WORK/f.txt"
+  floor=; [ $w != W3 ] && [ "${FLOOR:-1}" = 1 ] && floor=1
   for _ in $(seq 1 "$ROUNDS"); do
     run_wrk $ANCHOR_PORT "$AW" $path "$script" $conns >> "$WORK/a.txt"
     run_wrk $GC_PORT "$GC_PID" $path "$script" $conns >> "$WORK/g.txt"
+    if [ -n "$floor" ]; then run_wrk $FLOOR_PORT "$FW" $path "$script" $conns >> "$WORK/f.txt"; fi
   done
-  [ -n "${VERBOSE:-}" ] && { echo "$w anchor rounds:"; cat "$WORK/a.txt"; echo "$w gatecache rounds:"; cat "$WORK/g.txt"; } >&2
+  [ -n "${VERBOSE:-}" ] && { echo "$w anchor rounds:"; cat "$WORK/a.txt"; echo "$w gatecache rounds:"; cat "$WORK/g.txt"; echo "$w static rounds:"; cat "$WORK/f.txt"; } >&2
   # col FILE N: median of column N; per_cpu FILE N: median of column N x DURATION / CPU seconds.
   col() { awk -v c="$2" '{print $c}' "$1" | median; }
   per_cpu() { awk -v c="$2" -v d="$DURATION" '{print $c * d / $3}' "$1" | median; }
@@ -122,6 +138,12 @@ for w in ${WORKLOADS:-W1 W2 W3}; do
   else
     row $w "MB/s" "$(col "$WORK/a.txt" 2)" "$(col "$WORK/g.txt" 2)"
     row $w "MB per CPU-second" "$(per_cpu "$WORK/a.txt" 2)" "$(per_cpu "$WORK/g.txt" 2)"
+    if [ -n "$floor" ]; then
+      # The static server in the first column: these ratios are "of the floor".
+      row $w "static MB/s | gc" "$(col "$WORK/f.txt" 2)" "$(col "$WORK/g.txt" 2)"
+      row $w "static MB/CPU-s | gc" "$(per_cpu "$WORK/f.txt" 2)" "$(per_cpu "$WORK/g.txt" 2)"
+      row $w "static MB/CPU-s | nginx" "$(per_cpu "$WORK/f.txt" 2)" "$(per_cpu "$WORK/a.txt" 2)"
+    fi
   fi
 done
 # Cold workloads: fresh names (hard links) so each cache sees a cold object.

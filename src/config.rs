@@ -57,6 +57,13 @@ pub struct RawRoute {
 #[derive(Debug, Deserialize, Default)]
 #[serde(deny_unknown_fields, default)]
 pub struct RawUpstream {
+    /// Parent caches, tried in order: `host[:port]` (port 80 unless given).
+    pub parents: Vec<String>,
+    /// Go to the origin itself when every parent is down (default false: lower levels of a
+    /// plant network usually cannot reach the internet).
+    pub direct_fallback: Option<bool>,
+    /// How long a failing parent is skipped before it is tried again.
+    pub parent_backoff: Option<String>,
     pub window: Option<String>,
     pub fetchers: Option<usize>,
     pub connect_timeout: Option<String>,
@@ -107,6 +114,10 @@ pub struct Route {
 
 #[derive(Debug, Clone)]
 pub struct Upstream {
+    /// Parent caches as `host:port`, in order of preference.
+    pub parents: Vec<String>,
+    pub direct_fallback: bool,
+    pub parent_backoff: Duration,
     pub window: u64,
     pub fetchers: usize,
     pub connect_timeout: Duration,
@@ -209,6 +220,48 @@ fn host_ok(h: &str) -> bool {
         })
 }
 
+/// The port of `host:port`, if it has one (IPv6 literals in brackets).
+fn split_port(host: &str) -> (&str, Option<&str>) {
+    if let Some(rest) = host.strip_prefix('[') {
+        return match rest.split_once(']') {
+            Some((_, tail)) => (&host[..host.len() - tail.len()], tail.strip_prefix(':')),
+            None => (host, None),
+        };
+    }
+    match host.rsplit_once(':') {
+        Some((h, p)) => (h, Some(p)),
+        None => (host, None),
+    }
+}
+
+/// Checks `host[:port]` (a name, an IPv4 address or a bracketed IPv6 one) and returns it with
+/// the port spelled out.
+fn authority(key: &str, v: &str, default_port: u16) -> Result<String, ConfigError> {
+    let v = v.trim();
+    let v = v.strip_prefix("http://").unwrap_or(v).trim_end_matches('/');
+    let (host, port) = split_port(v);
+    let port = match port {
+        None => default_port,
+        Some(p) => p
+            .parse::<u16>()
+            .ok()
+            .filter(|&p| p > 0)
+            .ok_or_else(|| bad(key, v, "port must be 1 to 65535"))?,
+    };
+    let ip6 = host
+        .strip_prefix('[')
+        .and_then(|h| h.strip_suffix(']'))
+        .is_some_and(|h| h.parse::<std::net::Ipv6Addr>().is_ok());
+    if !(ip6 || host_ok(host)) || host.starts_with("*.") {
+        return Err(bad(
+            key,
+            v,
+            "must be host[:port], e.g. parent.example.org:80",
+        ));
+    }
+    Ok(format!("{}:{port}", host.to_ascii_lowercase()))
+}
+
 fn scheme_https(key: &str, s: Option<&str>) -> Result<bool, ConfigError> {
     match s {
         None | Some("http") => Ok(false),
@@ -243,6 +296,19 @@ fn parse_origin_url(key: &str, url: &str) -> Result<(bool, String, String), Conf
 }
 
 impl RawConfig {
+    /// The original module's environment variables, over the file: `UPSTREAM_HOST` (the
+    /// parent cache; empty means none).
+    pub fn apply_env(&mut self, get: impl Fn(&str) -> Option<String>) {
+        if let Some(h) = get("UPSTREAM_HOST") {
+            let h = h.trim();
+            self.upstream.parents = if h.is_empty() {
+                Vec::new()
+            } else {
+                vec![h.to_string()]
+            };
+        }
+    }
+
     pub fn from_toml(text: &str) -> Result<RawConfig, ConfigError> {
         toml::from_str(text).map_err(|e| {
             let span = e
@@ -401,6 +467,10 @@ impl RawConfig {
         // Longest prefix first, so /debian/security/ wins over /debian/.
         routes.sort_by_key(|r| std::cmp::Reverse(r.prefix.len()));
         let u = self.upstream;
+        let mut parents = Vec::new();
+        for (i, p) in u.parents.iter().enumerate() {
+            parents.push(authority(&format!("upstream.parents[{i}]"), p, 80)?);
+        }
         let window = match &u.window {
             None => 64 << 20,
             Some(v) => {
@@ -459,6 +529,13 @@ impl RawConfig {
             origins,
             routes,
             upstream: Upstream {
+                parents,
+                direct_fallback: u.direct_fallback.unwrap_or(false),
+                parent_backoff: dur(
+                    "upstream.parent_backoff",
+                    &u.parent_backoff,
+                    Duration::from_secs(30),
+                )?,
                 window,
                 fetchers,
                 connect_timeout: dur(
@@ -526,8 +603,17 @@ mod tests {
             origin = "https://mirror.example.org/debian/"
             [upstream]
             window = "16MiB"
+            parents = ["l4-gateway.example.org", "10.0.0.4:8080", "[fd00::4]"]
+            direct_fallback = true
+            parent_backoff = "10s"
         "#)
         .unwrap();
+        assert_eq!(
+            c.upstream.parents,
+            ["l4-gateway.example.org:80", "10.0.0.4:8080", "[fd00::4]:80"]
+        );
+        assert!(c.upstream.direct_fallback);
+        assert_eq!(c.upstream.parent_backoff, Duration::from_secs(10));
         assert_eq!(c.workers, 2);
         assert_eq!(c.io_backend, IoBackend::Epoll);
         assert_eq!(c.store.block_size, 64 * 1024);
@@ -601,11 +687,40 @@ mod tests {
                 "upstream.read_timeout",
             ),
             ("unknown_key = 1", "file"),
+            ("[upstream]\nparents = [\"a b\"]", "upstream.parents[0]"),
+            (
+                "[upstream]\nparents = [\"p.example.org\", \"p.example.org:0\"]",
+                "upstream.parents[1]",
+            ),
+            (
+                "[upstream]\nparents = [\"*.example.org\"]",
+                "upstream.parents[0]",
+            ),
+            (
+                "[upstream]\nparent_backoff = \"0s\"",
+                "upstream.parent_backoff",
+            ),
         ] {
             let e = cfg(text).unwrap_err();
             assert_eq!(e.key, key, "{text}: {e}");
             assert!(!e.reason.is_empty());
         }
+    }
+
+    #[test]
+    fn upstream_host_env() {
+        let env = |v: &'static str| move |k: &str| (k == "UPSTREAM_HOST").then(|| v.to_string());
+        let mut raw = RawConfig::from_toml("[upstream]\nparents = [\"a.example.org\"]").unwrap();
+        raw.apply_env(env("l4.example.org:8080"));
+        let c = raw.validate().unwrap();
+        assert_eq!(c.upstream.parents, ["l4.example.org:8080"]);
+        // Empty: this node talks to the origin.
+        let mut raw = RawConfig::from_toml("[upstream]\nparents = [\"a.example.org\"]").unwrap();
+        raw.apply_env(env(""));
+        assert!(raw.validate().unwrap().upstream.parents.is_empty());
+        let mut raw = RawConfig::default();
+        raw.apply_env(env("bad host"));
+        assert_eq!(raw.validate().unwrap_err().key, "upstream.parents[0]");
     }
 
     #[test]

@@ -53,6 +53,7 @@ fn serve(args: ServeArgs) -> Result<ExitCode, String> {
         }
         None => RawConfig::default(),
     };
+    raw.apply_env(|k| std::env::var(k).ok());
     if args.listen.is_some() {
         raw.listen = args.listen;
     }

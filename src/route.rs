@@ -18,6 +18,8 @@ pub struct Target {
     pub path: String,
     /// Cache key: canonical origin + path [+ query].
     pub key: String,
+    /// The `Via` entries the client's request carried, passed on upstream (loop detection).
+    pub via: Option<String>,
 }
 
 impl Target {
@@ -101,11 +103,18 @@ fn for_origin(o: &Origin, host: &str, path: &str, query: &str) -> Target {
         connect: o.connect,
         path: with_query(path, query),
         key: key_for(Some(o), host, path, query),
+        via: None,
     }
 }
 
 /// Routes a request: `cacheHostOrigin=`, then absolute-form, then `Host`, then path prefixes.
 pub fn route(req: &Request, cfg: &Config) -> Result<Target, Refusal> {
+    let mut t = route_target(req, cfg)?;
+    t.via = req.via.clone();
+    Ok(t)
+}
+
+fn route_target(req: &Request, cfg: &Config) -> Result<Target, Refusal> {
     let t = req.target.as_str();
     let (authority, path_query) = if let Some(rest) = t.strip_prefix("http://") {
         let i = rest.find('/').unwrap_or(rest.len());
@@ -136,8 +145,20 @@ pub fn route(req: &Request, cfg: &Config) -> Result<Target, Refusal> {
         if !valid_host(&host) {
             return Err(Refusal::BadTarget(malformed));
         }
-        return match find(cfg, &host) {
-            Some(o) => Ok(for_origin(o, &host, path, &query)),
+        if let Some(o) = find(cfg, &host) {
+            return Ok(for_origin(o, &host, path, &query));
+        }
+        // A route's origin may be named too: that is how a child cache asks its parent for
+        // content it routes by prefix.
+        return match cfg.routes.iter().find(|r| r.host == host) {
+            Some(r) => Ok(Target {
+                https: r.https,
+                host: host.clone(),
+                connect: None,
+                path: with_query(path, &query),
+                key: key_for(None, &host, path, &query),
+                via: None,
+            }),
             None => Err(Refusal::NotAllowed(host)),
         };
     }
@@ -159,6 +180,7 @@ pub fn route(req: &Request, cfg: &Config) -> Result<Target, Refusal> {
             connect: o.and_then(|o| o.connect),
             path: with_query(&up_path, &query),
             key: key_for(o, &r.host, &up_path, &query),
+            via: None,
         });
     }
     Err(Refusal::NotAllowed(host_header.map_or_else(
@@ -278,6 +300,22 @@ mod tests {
         assert_eq!(t.host, "mirror.example.org");
         assert_eq!(t.path, "/debian/dists/stable/InRelease");
         assert_eq!(t.key, "mirror.example.org/debian/dists/stable/InRelease");
+    }
+
+    #[test]
+    fn a_child_asks_for_routed_content_by_name() {
+        // What a child cache sends its parent for a prefix route: the same key both sides.
+        let c = cfg();
+        let child = route(&req("/debian/pool/a.deb", "gw.example.org"), &c).unwrap();
+        let mut parent_req = req(
+            "/debian/pool/a.deb?cacheHostOrigin=mirror.example.org",
+            "parent.example.org",
+        );
+        parent_req.via = Some("1.1 child:80 (gatecache)".into());
+        let parent = route(&parent_req, &c).unwrap();
+        assert_eq!(parent.key, child.key);
+        assert_eq!(parent.url(), "http://mirror.example.org/debian/pool/a.deb");
+        assert_eq!(parent.via.as_deref(), Some("1.1 child:80 (gatecache)"));
     }
 
     #[test]

@@ -6,7 +6,8 @@ use std::time::{SystemTime, UNIX_EPOCH};
 use ureq::Agent;
 use ureq::http::HeaderMap;
 
-use crate::route::Target;
+use super::parents::Hop;
+use crate::route::{ORIGIN_PARAM, Target};
 use crate::store::ObjectMeta;
 
 /// Why an upstream fetch gave nothing to store. Each maps to what the client is told.
@@ -33,6 +34,15 @@ impl FetchError {
             FetchError::Status { status, .. } => *status,
             FetchError::Unsatisfiable(_) => 416,
         }
+    }
+
+    /// Does this failure say the hop is unwell (so another parent should be asked), rather
+    /// than give the origin's own answer?
+    pub fn is_hop_failure(&self) -> bool {
+        matches!(
+            self,
+            FetchError::Connect(_) | FetchError::Timeout | FetchError::Invalid(_)
+        )
     }
 
     pub fn message(&self) -> String {
@@ -113,21 +123,41 @@ fn map_err(e: ureq::Error) -> FetchError {
     }
 }
 
-/// Sends `GET` for `range` (inclusive; `None` = whole object) and checks the answer.
+/// Sends `GET` for `range` (inclusive; `None` = whole object) to `hop` and checks the answer.
+/// `via` is this node's `Via` entry; it follows the entries the client's request carried.
 pub fn fetch(
     agent: &Agent,
     target: &Target,
     range: Option<(u64, u64)>,
     via: &str,
+    hop: &Hop,
 ) -> Result<Fetched, FetchError> {
-    // With a connect override the URL names the address and Host names the origin.
-    let url = match target.connect {
-        Some(addr) if !target.https => format!("http://{addr}{}", target.path),
-        _ => target.url(),
+    let (url, host) = match hop {
+        // The form a DO client uses, so a parent may be gatecache or the original.
+        Hop::Parent(_, addr) => {
+            let sep = if target.path.contains('?') { '&' } else { '?' };
+            let url = format!(
+                "http://{addr}{}{sep}{ORIGIN_PARAM}={}",
+                target.path, target.host
+            );
+            (url, addr.as_str())
+        }
+        // With a connect override the URL names the address and Host names the origin.
+        Hop::Direct => match target.connect {
+            Some(addr) if !target.https => (
+                format!("http://{addr}{}", target.path),
+                target.host.as_str(),
+            ),
+            _ => (target.url(), target.host.as_str()),
+        },
+    };
+    let via = match &target.via {
+        Some(v) => format!("{v}, {via}"),
+        None => via.to_string(),
     };
     let mut req = agent
         .get(&url)
-        .header("Host", &target.host)
+        .header("Host", host)
         .header(
             "User-Agent",
             concat!("gatecache/", env!("CARGO_PKG_VERSION")),
@@ -188,7 +218,8 @@ pub fn fetch(
                 .and_then(|v| v.trim().strip_prefix("bytes */"))
                 .and_then(|t| t.parse().ok()),
         )),
-        s if (400..500).contains(&s) => {
+        // 508: a loop further up; relayed like a 4xx (asking another parent would loop too).
+        s if (400..500).contains(&s) || s == 508 => {
             let mut body = body;
             let bytes = body
                 .with_config()

@@ -6,13 +6,14 @@
 //! every other request for those blocks waits on the job's watermark instead of fetching again.
 
 pub mod fetch;
+pub mod parents;
 
 use std::collections::BTreeMap;
 use std::io::Read;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::mpsc::{Receiver, Sender, channel};
 use std::sync::{Arc, Mutex as StdMutex};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use hashbrown::HashMap;
 use parking_lot::{Condvar, Mutex};
@@ -21,6 +22,7 @@ use crate::cache::{BlockWriter, Cache, Claim, Object};
 use crate::config::Config;
 use crate::route::Target;
 pub use fetch::FetchError;
+use parents::{Hop, Parents};
 
 /// The outcome of a cold fetch, shared by every request that joined it.
 pub struct ColdFetch {
@@ -100,6 +102,7 @@ pub struct Upstream {
     via: String,
     jobs: Sender<Job>,
     cold: Mutex<HashMap<String, Arc<ColdFetch>>>,
+    pub parents: Parents,
     pub stats: Stats,
 }
 
@@ -124,6 +127,11 @@ impl Upstream {
             via: format!("1.1 {} (gatecache)", cfg.node_name),
             jobs: tx,
             cold: Mutex::new(HashMap::new()),
+            parents: Parents::new(
+                &cfg.upstream.parents,
+                cfg.upstream.direct_fallback,
+                cfg.upstream.parent_backoff,
+            ),
             stats: Stats::default(),
         });
         let rx = Arc::new(StdMutex::new(rx));
@@ -238,18 +246,31 @@ impl Upstream {
         if let Some(k) = &job.known {
             end = end.min(k.meta.total_len);
         }
-        self.stats.requests.fetch_add(1, Ordering::Relaxed);
-        let started = std::time::Instant::now();
-        let fetched = match fetch::fetch(
-            &self.agent,
-            &job.target,
-            Some((start, end.max(start + 1) - 1)),
-            &self.via,
-        ) {
-            Ok(f) => f,
+        let started = Instant::now();
+        let range = Some((start, end.max(start + 1) - 1));
+        let mut answer = Err(FetchError::Connect("no upstream to ask".into()));
+        for hop in self.parents.plan(started) {
+            self.stats.requests.fetch_add(1, Ordering::Relaxed);
+            answer = fetch::fetch(&self.agent, &job.target, range, &self.via, &hop)
+                .map(|f| (f, hop.clone()));
+            match &answer {
+                Ok(_) => {
+                    self.parents.succeeded(&hop);
+                    break;
+                }
+                Err(e) => {
+                    self.stats.errors.fetch_add(1, Ordering::Relaxed);
+                    log::warn!("{} via {hop:?}: {}", job.target.url(), e.message());
+                    if !(e.is_hop_failure() && matches!(hop, Hop::Parent(..))) {
+                        break;
+                    }
+                    self.parents.failed(&hop, Instant::now());
+                }
+            }
+        }
+        let (fetched, hop) = match answer {
+            Ok(a) => a,
             Err(e) => {
-                self.stats.errors.fetch_add(1, Ordering::Relaxed);
-                log::warn!("{}: {}", job.target.url(), e.message());
                 self.end_cold(&job, Err(e));
                 return;
             }
@@ -291,7 +312,7 @@ impl Upstream {
         // A whole-object answer (an origin that ignores ranges, or a window that covers it all):
         // keep everything that arrives rather than asking again for the rest.
         let claim_beyond = fetched.start == 0 && fetched.end == obj.meta.total_len;
-        let got = self.stream(
+        let (got, cut) = self.stream(
             fetched,
             &job.target.key,
             &obj,
@@ -299,6 +320,10 @@ impl Upstream {
             window_end,
             claim_beyond,
         );
+        if cut {
+            // A parent that dies mid-body is skipped by the retry this abort causes.
+            self.parents.failed(&hop, Instant::now());
+        }
         self.stats.bytes.fetch_add(got, Ordering::Relaxed);
         log::debug!(
             "{}: fetched {got} bytes from {start} in {:.1?}",
@@ -324,7 +349,8 @@ impl Upstream {
     }
 
     /// Streams the body into the writers; bytes of blocks others hold are read and dropped.
-    /// Returns bytes received. Writers left incomplete are dropped, which aborts them.
+    /// Returns bytes received and whether the upstream cut the body short. Writers left
+    /// incomplete are dropped, which aborts them.
     fn stream(
         &self,
         mut f: fetch::Fetched,
@@ -333,10 +359,11 @@ impl Upstream {
         mut writers: BTreeMap<u32, BlockWriter>,
         mut claimed_to: u32,
         claim_beyond: bool,
-    ) -> u64 {
+    ) -> (u64, bool) {
         let bs = u64::from(self.cache.block_size());
         let mut pos = f.start;
         let mut scratch = vec![0u8; 64 * 1024];
+        let mut cut = false;
         while pos < f.end {
             let b = (pos / bs) as u32;
             if claim_beyond && b >= claimed_to {
@@ -356,7 +383,10 @@ impl Upstream {
                         .min(w.capacity() - w.filled())
                         .min(want as usize);
                     match f.body.read(&mut scratch[..n]) {
-                        Ok(0) => Err("short body".to_string()),
+                        Ok(0) => {
+                            cut = true;
+                            Err("short body".to_string())
+                        }
                         Ok(n) => match w.write_through_file(&scratch[..n]) {
                             Ok(_) => {
                                 if w.is_complete() {
@@ -366,15 +396,20 @@ impl Upstream {
                             }
                             Err(e) => Err(format!("cache write: {e}")),
                         },
-                        Err(e) => Err(e.to_string()),
+                        Err(e) => {
+                            cut = true;
+                            Err(e.to_string())
+                        }
                     }
                 }
                 _ => {
                     let n = scratch.len().min(want as usize);
                     match f.body.read(&mut scratch[..n]) {
-                        Ok(0) => Err("short body".to_string()),
-                        Ok(n) => Ok(n),
-                        Err(e) => Err(e.to_string()),
+                        Ok(n) if n > 0 => Ok(n),
+                        r => {
+                            cut = true;
+                            Err(r.map_or_else(|e| e.to_string(), |_| "short body".into()))
+                        }
                     }
                 }
             };
@@ -391,7 +426,7 @@ impl Upstream {
                 }
             }
         }
-        pos - f.start
+        (pos - f.start, cut)
     }
 }
 

@@ -27,6 +27,12 @@ pub struct GateConfig {
     pub sync_data: Option<bool>,
     /// Extra top-level lines (`head_timeout = "2s"`, ...).
     pub extra: Vec<String>,
+    /// Extra lines of the `[upstream]` table (`parents = [...]`, ...).
+    pub upstream: Vec<String>,
+    /// Environment variables for the process (`UPSTREAM_HOST`, ...).
+    pub env: Vec<(String, String)>,
+    /// Listen on this port rather than a free one picked at start (a loop needs it known).
+    pub port: Option<u16>,
 }
 
 impl GateConfig {
@@ -42,7 +48,27 @@ impl GateConfig {
             read_timeout: None,
             sync_data: None,
             extra: Vec::new(),
+            upstream: Vec::new(),
+            env: Vec::new(),
+            port: None,
         }
+    }
+
+    /// Adds a line to the `[upstream]` table.
+    pub fn upstream(mut self, line: &str) -> Self {
+        self.upstream.push(line.into());
+        self
+    }
+
+    /// Parent caches, in order (`[upstream] parents`).
+    pub fn parents(self, addrs: &[SocketAddr]) -> Self {
+        let list: Vec<String> = addrs.iter().map(|a| format!("\"{a}\"")).collect();
+        self.upstream(&format!("parents = [{}]", list.join(", ")))
+    }
+
+    pub fn env(mut self, k: &str, v: &str) -> Self {
+        self.env.push((k.into(), v.into()));
+        self
     }
 
     /// Adds a top-level `key = value` line (value written as given, TOML-quoted by the caller).
@@ -122,6 +148,9 @@ impl GateConfig {
         if let Some(t) = &self.read_timeout {
             let _ = writeln!(s, "read_timeout = \"{t}\"");
         }
+        for line in &self.upstream {
+            let _ = writeln!(s, "{line}");
+        }
         s
     }
 }
@@ -190,7 +219,7 @@ impl Gate {
         let mut last = String::new();
         for attempt in 0..4 {
             if new_ports || attempt > 0 {
-                self.port = free_port();
+                self.port = self.cfg.port.unwrap_or_else(free_port);
                 self.admin = free_port();
             }
             match self.launch() {
@@ -225,6 +254,7 @@ impl Gate {
                 "RUST_LOG",
                 std::env::var("SERVE_TEST_LOG").unwrap_or_else(|_| "info".into()),
             )
+            .envs(self.cfg.env.iter().map(|(k, v)| (k, v)))
             .stdin(Stdio::null())
             .stdout(log.try_clone().unwrap())
             .stderr(log)
