@@ -26,7 +26,19 @@ pub struct RawConfig {
     pub storage: Vec<RawStorage>,
     pub origin: Vec<RawOrigin>,
     pub route: Vec<RawRoute>,
+    pub rule: Vec<RawRule>,
     pub upstream: RawUpstream,
+}
+
+/// A freshness override for paths matching a pattern (`*` matches any run of characters).
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawRule {
+    pub path: String,
+    /// Only for this origin host pattern (default: every origin).
+    pub host: Option<String>,
+    pub immutable: Option<bool>,
+    pub max_age: Option<String>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -45,6 +57,8 @@ pub struct RawOrigin {
     pub scheme: Option<String>,
     /// Keep the query string in the cache key (default true).
     pub key_query: Option<bool>,
+    /// Content never changes at a given URL: fresh forever, never revalidated.
+    pub immutable: Option<bool>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -85,18 +99,52 @@ pub struct Origin {
     pub connect: Option<SocketAddr>,
     pub https: bool,
     pub key_query: bool,
+    pub immutable: bool,
+}
+
+/// A validated `[[rule]]`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Rule {
+    pub path: String,
+    pub host: Option<String>,
+    pub fresh: crate::http::freshness::Rule,
+}
+
+/// Does `text` match `pattern`, where `*` matches any run of characters?
+pub fn glob(pattern: &str, text: &str) -> bool {
+    let mut parts = pattern.split('*');
+    let first = parts.next().unwrap_or("");
+    let Some(mut rest) = text.strip_prefix(first) else {
+        return false;
+    };
+    let parts: Vec<&str> = parts.collect();
+    let Some((last, middle)) = parts.split_last() else {
+        return rest.is_empty();
+    };
+    for p in middle {
+        match rest.find(p) {
+            Some(i) => rest = &rest[i + p.len()..],
+            None => return false,
+        }
+    }
+    rest.len() >= last.len() && rest.ends_with(last)
 }
 
 impl Origin {
     /// Does `host` (no port, lower case) match this entry?
     pub fn matches(&self, host: &str) -> bool {
-        match self.host.strip_prefix("*.") {
+        Origin::pattern_matches(&self.host, host)
+    }
+
+    /// Does `host` match `pattern` (`example.org` or `*.example.org`)?
+    pub fn pattern_matches(pattern: &str, host: &str) -> bool {
+        match pattern.strip_prefix("*.") {
             Some(suffix) => {
                 host.len() > suffix.len() + 1 && host.ends_with(suffix) && {
                     host.as_bytes()[host.len() - suffix.len() - 1] == b'.'
                 }
             }
-            None => self.host == host,
+            None => pattern == host,
         }
     }
 }
@@ -139,7 +187,34 @@ pub struct Config {
     pub store: StoreConfig,
     pub origins: Vec<Origin>,
     pub routes: Vec<Route>,
+    pub rules: Vec<Rule>,
     pub upstream: Upstream,
+}
+
+impl Config {
+    /// The freshness override for `path` (no query) on origin `host`: the first matching
+    /// `[[rule]]`, else the origin's `immutable`.
+    pub fn fresh_rule(
+        &self,
+        host: &str,
+        path: &str,
+        origin: Option<&Origin>,
+    ) -> crate::http::freshness::Rule {
+        let name = host.split(':').next().unwrap_or(host);
+        let hit = self.rules.iter().find(|r| {
+            glob(&r.path, path)
+                && r.host
+                    .as_ref()
+                    .is_none_or(|h| Origin::pattern_matches(h, name))
+        });
+        match hit {
+            Some(r) => r.fresh,
+            None => crate::http::freshness::Rule {
+                immutable: origin.is_some_and(|o| o.immutable),
+                max_age: None,
+            },
+        }
+    }
 }
 
 /// A rejected value: which key, what was given, what is allowed.
@@ -409,6 +484,8 @@ impl RawConfig {
                 connect: None,
                 https: false,
                 key_query: true,
+                // Device Update and Windows Update files are named by their content.
+                immutable: true,
             }));
         }
         for (i, o) in self.origin.into_iter().enumerate() {
@@ -445,6 +522,7 @@ impl RawConfig {
                 connect,
                 https: scheme_https(&format!("origin[{i}].scheme"), o.scheme.as_deref())?,
                 key_query: o.key_query.unwrap_or(true),
+                immutable: o.immutable.unwrap_or(false),
             });
         }
         let mut routes = Vec::new();
@@ -466,6 +544,48 @@ impl RawConfig {
         }
         // Longest prefix first, so /debian/security/ wins over /debian/.
         routes.sort_by_key(|r| std::cmp::Reverse(r.prefix.len()));
+        let mut rules = Vec::new();
+        for (i, r) in self.rule.into_iter().enumerate() {
+            if !r.path.starts_with('/') && !r.path.starts_with('*') {
+                return Err(bad(
+                    format!("rule[{i}].path"),
+                    r.path,
+                    "must start with / or *",
+                ));
+            }
+            if let Some(h) = &r.host
+                && !host_ok(h)
+            {
+                return Err(bad(
+                    format!("rule[{i}].host"),
+                    h,
+                    "must be a host name or *.suffix",
+                ));
+            }
+            let max_age = match &r.max_age {
+                None => None,
+                Some(v) => Some(
+                    parse_duration(v)
+                        .map_err(|e| bad(format!("rule[{i}].max_age"), v, e))?
+                        .as_secs(),
+                ),
+            };
+            if r.immutable.is_none() && max_age.is_none() {
+                return Err(bad(
+                    format!("rule[{i}]"),
+                    &r.path,
+                    "needs immutable = true/false or max_age",
+                ));
+            }
+            rules.push(Rule {
+                path: r.path,
+                host: r.host.map(|h| h.to_ascii_lowercase()),
+                fresh: crate::http::freshness::Rule {
+                    immutable: r.immutable.unwrap_or(false),
+                    max_age,
+                },
+            });
+        }
         let u = self.upstream;
         let mut parents = Vec::new();
         for (i, p) in u.parents.iter().enumerate() {
@@ -528,6 +648,7 @@ impl RawConfig {
             store,
             origins,
             routes,
+            rules,
             upstream: Upstream {
                 parents,
                 direct_fallback: u.direct_fallback.unwrap_or(false),
@@ -636,6 +757,7 @@ mod tests {
             connect: None,
             https: false,
             key_query: true,
+            immutable: false,
         };
         assert!(o.matches("a.example.org"));
         assert!(o.matches("a.b.example.org"));

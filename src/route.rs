@@ -20,6 +20,8 @@ pub struct Target {
     pub key: String,
     /// The `Via` entries the client's request carried, passed on upstream (loop detection).
     pub via: Option<String>,
+    /// The operator's freshness override for this content.
+    pub rule: crate::http::freshness::Rule,
 }
 
 impl Target {
@@ -104,6 +106,7 @@ fn for_origin(o: &Origin, host: &str, path: &str, query: &str) -> Target {
         path: with_query(path, query),
         key: key_for(Some(o), host, path, query),
         via: None,
+        rule: Default::default(),
     }
 }
 
@@ -111,6 +114,8 @@ fn for_origin(o: &Origin, host: &str, path: &str, query: &str) -> Target {
 pub fn route(req: &Request, cfg: &Config) -> Result<Target, Refusal> {
     let mut t = route_target(req, cfg)?;
     t.via = req.via.clone();
+    let path = t.path.split('?').next().unwrap_or("");
+    t.rule = cfg.fresh_rule(&t.host, path, find(cfg, &t.host));
     Ok(t)
 }
 
@@ -158,6 +163,7 @@ fn route_target(req: &Request, cfg: &Config) -> Result<Target, Refusal> {
                 path: with_query(path, &query),
                 key: key_for(None, &host, path, &query),
                 via: None,
+                rule: Default::default(),
             }),
             None => Err(Refusal::NotAllowed(host)),
         };
@@ -181,6 +187,7 @@ fn route_target(req: &Request, cfg: &Config) -> Result<Target, Refusal> {
             path: with_query(&up_path, &query),
             key: key_for(o, &r.host, &up_path, &query),
             via: None,
+            rule: Default::default(),
         });
     }
     Err(Refusal::NotAllowed(host_header.map_or_else(

@@ -74,6 +74,8 @@ pub struct Request {
     pub if_none_match: Option<String>,
     pub if_modified_since: Option<String>,
     pub cache_control: Option<String>,
+    /// `Pragma: no-cache` (HTTP/1.0 clients).
+    pub pragma_no_cache: bool,
     pub via: Option<String>,
     pub user_agent: Option<String>,
     pub keep_alive: bool,
@@ -195,6 +197,10 @@ pub fn parse(buf: &[u8], limits: &Limits) -> Result<Option<(Request, usize)>, He
             req.if_modified_since = Some(value.to_string());
         } else if name.eq_ignore_ascii_case("cache-control") {
             join(&mut req.cache_control, value);
+        } else if name.eq_ignore_ascii_case("pragma") {
+            req.pragma_no_cache |= value
+                .split(',')
+                .any(|t| t.trim().eq_ignore_ascii_case("no-cache"));
         } else if name.eq_ignore_ascii_case("via") {
             join(&mut req.via, value);
         } else if name.eq_ignore_ascii_case("user-agent") {

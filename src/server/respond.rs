@@ -8,6 +8,7 @@ use super::stream::{BlockStream, StreamError};
 use super::transport::{Out, Transport};
 use crate::cache::Object;
 use crate::http::conditional;
+use crate::http::freshness::{self, CacheControl, Decision};
 use crate::http::range::{self, Resolved, Spec};
 use crate::http::request::{Method, Request};
 use crate::http::response::{self, Head};
@@ -37,12 +38,20 @@ impl Outcome {
 const HIT: &str = "gatecache; hit";
 const MISS: &str = "gatecache; fwd=miss; stored";
 const PARTIAL: &str = "gatecache; fwd=partial; stored";
+/// Stale, checked with the upstream (304 or same version): served from the cache.
+const REVALIDATED: &str = "gatecache; fwd=stale; fwd-status=304";
+/// Stale and served as such (stale-while-revalidate, or the upstream is down).
+const STALE: &str = "gatecache; hit; detail=stale";
+/// Stale and changed upstream: the new version is being fetched.
+const REFRESHED: &str = "gatecache; fwd=stale; stored";
 
 fn log_name(cache_status: &'static str) -> &'static str {
     match cache_status {
         HIT => "HIT",
-        MISS => "MISS",
+        MISS | REFRESHED => "MISS",
         PARTIAL => "PARTIAL",
+        REVALIDATED => "REVALIDATED",
+        STALE => "STALE",
         _ => "BYPASS",
     }
 }
@@ -89,8 +98,56 @@ pub async fn respond<T: Transport>(t: &mut T, req: &Request, sh: &Shared, keep: 
     let specs = req.range.as_deref().and_then(range::parse);
     let bs = u64::from(sh.upstream.cache().block_size());
     let mut cold = false;
+    // What this request says about stored responses, and the status it is served with.
+    let req_cc = CacheControl::parse(req.cache_control.as_deref());
+    let now = freshness::unix_now();
+    let mut status_override = None;
     let obj = match sh.upstream.cache().lookup(&target.key) {
-        Some(o) => o,
+        Some(o) => {
+            match freshness::decide(&o.meta, &req_cc, req.pragma_no_cache, &target.rule, now) {
+                Decision::Fresh => o,
+                Decision::StaleWhileRevalidate => {
+                    let (first, count) = cold_window(specs.as_deref(), bs, head_only);
+                    sh.upstream.revalidate(&target, &o, first, count);
+                    status_override = Some(STALE);
+                    o
+                }
+                Decision::Revalidate {
+                    stale_if_unreachable,
+                    stale_if_5xx,
+                } => {
+                    let (first, count) = cold_window(specs.as_deref(), bs, head_only);
+                    match sh
+                        .upstream
+                        .revalidate(&target, &o, first, count)
+                        .wait()
+                        .await
+                    {
+                        Ok(n) if n.version == o.version => {
+                            status_override = Some(REVALIDATED);
+                            n
+                        }
+                        Ok(n) => {
+                            status_override = Some(REFRESHED);
+                            n
+                        }
+                        Err(e)
+                            if (stale_if_unreachable
+                                && matches!(e, FetchError::Connect(_) | FetchError::Timeout))
+                                || (stale_if_5xx && e.status() >= 500) =>
+                        {
+                            log::info!("{}: serving stale: {}", target.key, e.message());
+                            status_override = Some(STALE);
+                            o
+                        }
+                        Err(e) => return upstream_error(t, &e, keep).await,
+                    }
+                }
+            }
+        }
+        None if req_cc.only_if_cached => {
+            return simple(t, 504, "not cached (only-if-cached)", keep, &[]).await;
+        }
         None => {
             cold = true;
             let (first, count) = cold_window(specs.as_deref(), bs, head_only);
@@ -105,12 +162,13 @@ pub async fn respond<T: Transport>(t: &mut T, req: &Request, sh: &Shared, keep: 
     let etag = meta.etag.as_deref();
     let lm = meta.last_modified.as_deref();
     if conditional::not_modified(req, etag, lm) {
+        let cs = status_override.unwrap_or(if cold { MISS } else { HIT });
         let mut h = Head::new(304);
-        h.header("Server", "gatecache")
-            .header("Cache-Status", if cold { MISS } else { HIT });
+        h.header("Server", "gatecache").header("Cache-Status", cs);
         validators(&mut h, &obj);
+        freshness_headers(&mut h, &obj, now);
         let ok = t.write(Out::Bytes(h.finish(keep))).await.is_ok();
-        return Outcome::new(304, keep && ok, if cold { "MISS" } else { "HIT" });
+        return Outcome::new(304, keep && ok, log_name(cs));
     }
     let total = meta.total_len;
     let resolved = match &specs {
@@ -132,10 +190,10 @@ pub async fn respond<T: Transport>(t: &mut T, req: &Request, sh: &Shared, keep: 
             .await;
         }
     };
-    let cache_status = if cold {
-        MISS
-    } else {
-        cache_status_for(sh, &target, &ranges, bs)
+    let cache_status = match status_override {
+        _ if cold => MISS,
+        Some(s) => s,
+        None => cache_status_for(sh, &target, &ranges, bs),
     };
     if ranges.len() > 1 {
         return multipart(t, sh, &target, &obj, &ranges, head_only, keep, cache_status).await;
@@ -152,6 +210,7 @@ pub async fn respond<T: Transport>(t: &mut T, req: &Request, sh: &Shared, keep: 
     }
     validators(&mut h, &obj);
     entity_headers(&mut h, &obj);
+    freshness_headers(&mut h, &obj, now);
     if head_only || r.is_empty() {
         let ok = t.write(Out::Bytes(h.finish(keep))).await.is_ok();
         return Outcome::new(status, keep && ok, log_name(cache_status));
@@ -242,6 +301,7 @@ async fn multipart<T: Transport>(
         .header("Accept-Ranges", "bytes")
         .header("Cache-Status", cache_status);
     validators(&mut h, obj);
+    freshness_headers(&mut h, obj, freshness::unix_now());
     let mut out = Outcome::new(206, keep, log_name(cache_status));
     if head_only {
         out.keep_alive &= t.write(Out::Bytes(h.finish(keep))).await.is_ok();
@@ -330,14 +390,24 @@ fn entity_headers(h: &mut Head, obj: &Object) {
     if let Some(ct) = &obj.meta.content_type {
         h.header("Content-Type", ct);
     }
-    if let Some(cc) = &obj.meta.cache_control {
-        h.header("Cache-Control", cc);
-    }
-    if let Some(x) = &obj.meta.expires {
-        h.header("Expires", x);
-    }
     for (k, v) in &obj.meta.extra_headers {
         h.header(k, v);
+    }
+}
+
+/// What a downstream cache (a child gateway) needs to judge freshness itself: the origin's
+/// Cache-Control and Expires, and how long the response has been held (`Age`; the head's
+/// `Date` is ours, so Age carries the whole age).
+fn freshness_headers(h: &mut Head, obj: &Object, now: u64) {
+    let m = &obj.meta;
+    if let Some(cc) = &m.cache_control {
+        h.header("Cache-Control", cc);
+    }
+    if let Some(x) = &m.expires {
+        h.header("Expires", x);
+    }
+    if let Some(a) = freshness::age_header(m, now) {
+        h.header("Age", a);
     }
 }
 

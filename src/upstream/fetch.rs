@@ -58,6 +58,8 @@ impl FetchError {
 
 /// A checked upstream response, ready to be streamed into blocks.
 pub struct Fetched {
+    /// A 304 to a revalidation: `meta` holds only the refreshed headers, there is no body.
+    pub not_modified: bool,
     pub meta: ObjectMeta,
     /// Offset of the first body byte within the object.
     pub start: u64,
@@ -125,12 +127,15 @@ fn map_err(e: ureq::Error) -> FetchError {
 
 /// Sends `GET` for `range` (inclusive; `None` = whole object) to `hop` and checks the answer.
 /// `via` is this node's `Via` entry; it follows the entries the client's request carried.
+/// With `revalidate`, the stored validators make it conditional: a 304 comes back as
+/// `not_modified`.
 pub fn fetch(
     agent: &Agent,
     target: &Target,
     range: Option<(u64, u64)>,
     via: &str,
     hop: &Hop,
+    revalidate: Option<&ObjectMeta>,
 ) -> Result<Fetched, FetchError> {
     let (url, host) = match hop {
         // The form a DO client uses, so a parent may be gatecache or the original.
@@ -166,6 +171,14 @@ pub fn fetch(
     if let Some((a, b)) = range {
         req = req.header("Range", format!("bytes={a}-{b}"));
     }
+    if let Some(m) = revalidate {
+        if let Some(e) = &m.etag {
+            req = req.header("If-None-Match", e);
+        }
+        if let Some(lm) = &m.last_modified {
+            req = req.header("If-Modified-Since", lm);
+        }
+    }
     let resp = req.call().map_err(map_err)?;
     let status = resp.status().as_u16();
     let (parts, body) = resp.into_parts();
@@ -190,6 +203,7 @@ pub fn fetch(
                 ));
             }
             Ok(Fetched {
+                not_modified: false,
                 meta: meta_from(&target.key, h, total),
                 start: a,
                 end: b + 1,
@@ -207,12 +221,20 @@ pub fn fetch(
                 return Err(FetchError::Unsatisfiable(Some(total)));
             }
             Ok(Fetched {
+                not_modified: false,
                 meta: meta_from(&target.key, h, total),
                 start: 0,
                 end: total,
                 body: body.into_reader(),
             })
         }
+        304 if revalidate.is_some() => Ok(Fetched {
+            not_modified: true,
+            meta: meta_from(&target.key, h, 0),
+            start: 0,
+            end: 0,
+            body: body.into_reader(),
+        }),
         416 => Err(FetchError::Unsatisfiable(
             header(h, "content-range")
                 .and_then(|v| v.trim().strip_prefix("bytes */"))

@@ -21,6 +21,7 @@ use parking_lot::{Condvar, Mutex};
 use crate::cache::{BlockWriter, Cache, Claim, Object};
 use crate::config::Config;
 use crate::route::Target;
+use crate::store::ObjectMeta;
 pub use fetch::FetchError;
 use parents::{Hop, Parents};
 
@@ -82,6 +83,8 @@ struct Job {
     known: Option<Object>,
     writers: Vec<BlockWriter>,
     cold: Option<Arc<ColdFetch>>,
+    /// A conditional request for `known` (stale): a 304 refreshes its headers.
+    revalidate: bool,
 }
 
 /// Counters for tests and the summary.
@@ -180,12 +183,38 @@ impl Upstream {
     /// Fetches the head (and the first `count` blocks from `first`) of an object that is not
     /// cached; joins the fetch already under way for the same key.
     pub fn fetch_cold(&self, target: &Target, first: u32, count: u32) -> Arc<ColdFetch> {
+        self.collapsed(target, first, count, None)
+    }
+
+    /// Revalidates a stale object (and fetches the first `count` blocks from `first` if it
+    /// changed); joins a fetch already under way for the same key. The result is the object
+    /// to serve: the same version with refreshed headers, or the new version.
+    pub fn revalidate(
+        &self,
+        target: &Target,
+        stale: &Object,
+        first: u32,
+        count: u32,
+    ) -> Arc<ColdFetch> {
+        self.collapsed(target, first, count, Some(stale))
+    }
+
+    /// One fetch per key at a time: a cold fetch (`stale` None) or a revalidation.
+    fn collapsed(
+        &self,
+        target: &Target,
+        first: u32,
+        count: u32,
+        stale: Option<&Object>,
+    ) -> Arc<ColdFetch> {
         let mut cold = self.cold.lock();
         if let Some(c) = cold.get(&target.key) {
             return c.clone();
         }
         let c = ColdFetch::new();
-        if let Some(o) = self.cache.lookup(&target.key) {
+        if stale.is_none()
+            && let Some(o) = self.cache.lookup(&target.key)
+        {
             // Cached since the caller looked: nothing to fetch here.
             c.finish(Ok(o));
             return c;
@@ -196,9 +225,10 @@ impl Upstream {
             target: target.clone(),
             first,
             count: count.clamp(1, self.window_blocks()),
-            known: None,
+            known: stale.cloned(),
             writers: Vec::new(),
             cold: Some(c.clone()),
+            revalidate: stale.is_some(),
         });
         c
     }
@@ -215,6 +245,7 @@ impl Upstream {
             known: Some(known),
             writers,
             cold: None,
+            revalidate: false,
         });
     }
 
@@ -251,7 +282,9 @@ impl Upstream {
         let mut answer = Err(FetchError::Connect("no upstream to ask".into()));
         for hop in self.parents.plan(started) {
             self.stats.requests.fetch_add(1, Ordering::Relaxed);
-            answer = fetch::fetch(&self.agent, &job.target, range, &self.via, &hop)
+            let cond = job.known.as_ref().filter(|_| job.revalidate);
+            let meta = cond.map(|k| &*k.meta);
+            answer = fetch::fetch(&self.agent, &job.target, range, &self.via, &hop, meta)
                 .map(|f| (f, hop.clone()));
             match &answer {
                 Ok(_) => {
@@ -278,10 +311,28 @@ impl Upstream {
         let bs32 = self.cache.block_size();
         let window = job.first..job.first + job.count;
         let mut writers: BTreeMap<u32, BlockWriter> = BTreeMap::new();
+        if fetched.not_modified {
+            let k = job.known.as_ref().expect("a 304 answers a revalidation");
+            let r = self.refresh(k, &fetched.meta);
+            self.end_cold(&job, r);
+            return;
+        }
         let obj = match &job.known {
             Some(k) if k.version == fetched.meta.version() => {
                 writers.extend(job.writers.drain(..).map(|w| (w.block(), w)));
-                k.clone()
+                if job.revalidate {
+                    // Same validators and length (an origin that ignores conditionals): the
+                    // stored blocks stand, the headers are refreshed.
+                    match self.refresh(k, &fetched.meta) {
+                        Ok(o) => o,
+                        Err(e) => {
+                            self.end_cold(&job, Err(e));
+                            return;
+                        }
+                    }
+                } else {
+                    k.clone()
+                }
             }
             known => {
                 if known.is_some() {
@@ -330,6 +381,28 @@ impl Upstream {
             job.target.key,
             started.elapsed()
         );
+    }
+
+    /// Stores `k` again with the freshness headers of a newer answer (a 304 or the same
+    /// version) and a new response time; the blocks are kept.
+    fn refresh(&self, k: &Object, fresh: &ObjectMeta) -> Result<Object, FetchError> {
+        let mut m = (*k.meta).clone();
+        // §4.3.4: the 304's headers replace the stored ones; validators stay (same version).
+        for (dst, src) in [
+            (&mut m.cache_control, &fresh.cache_control),
+            (&mut m.expires, &fresh.expires),
+            (&mut m.date, &fresh.date),
+        ] {
+            if src.is_some() {
+                dst.clone_from(src);
+            }
+        }
+        m.age = fresh.age;
+        m.stored_at = fresh.stored_at;
+        self.cache.put_object(m).map_err(|e| {
+            log::error!("{}: cannot store refreshed metadata: {e}", k.meta.key);
+            FetchError::Invalid(format!("store: {e}"))
+        })
     }
 
     fn claim_into(

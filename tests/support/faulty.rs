@@ -37,6 +37,8 @@ pub struct Obj {
     pub fault: Fault,
     /// The fault applies to this many more requests, then the object behaves.
     pub fault_left: usize,
+    /// Extra response headers (`Cache-Control`, ...).
+    pub headers: Vec<(String, String)>,
 }
 
 impl Obj {
@@ -47,7 +49,13 @@ impl Obj {
             last_modified: "Wed, 21 Oct 2015 07:28:00 GMT".into(),
             fault: Fault::None,
             fault_left: 0,
+            headers: Vec::new(),
         }
+    }
+
+    pub fn with_header(mut self, name: &str, value: &str) -> Obj {
+        self.headers.push((name.into(), value.into()));
+        self
     }
 
     /// The fault, for every request.
@@ -73,6 +81,7 @@ pub struct Seen {
     pub target: String,
     pub host: Option<String>,
     pub range: Option<String>,
+    pub if_none_match: Option<String>,
     pub status: u16,
     /// Body bytes written (as far as the socket accepted them).
     pub body_sent: u64,
@@ -170,6 +179,7 @@ struct ReqHead {
     target: String,
     host: Option<String>,
     range: Option<String>,
+    if_none_match: Option<String>,
     close: bool,
 }
 
@@ -189,6 +199,7 @@ fn read_head(s: &mut TcpStream, buf: &mut Vec<u8>) -> Option<ReqHead> {
                 target: r.path.unwrap_or("").to_string(),
                 host: h("host"),
                 range: h("range"),
+                if_none_match: h("if-none-match"),
                 close: h("connection").is_some_and(|v| v.eq_ignore_ascii_case("close"))
                     || r.version == Some(0),
             };
@@ -264,6 +275,7 @@ fn serve(mut s: TcpStream, st: &State, stop: &AtomicBool) {
             target: req.target.clone(),
             host: req.host.clone(),
             range: req.range.clone(),
+            if_none_match: req.if_none_match.clone(),
             status: 0,
             body_sent: 0,
             fault: obj.as_ref().map_or(Fault::None, |o| o.fault.clone()),
@@ -293,6 +305,7 @@ fn write_head(s: &mut TcpStream, status: u16, headers: &[(String, String)]) -> b
     let reason = match status {
         200 => "OK",
         206 => "Partial Content",
+        304 => "Not Modified",
         404 => "Not Found",
         416 => "Range Not Satisfiable",
         500 => "Internal Server Error",
@@ -333,6 +346,15 @@ fn answer(s: &mut TcpStream, req: &ReqHead, obj: Option<&Obj>, seen: &mut Seen) 
         ),
         ("Accept-Ranges".to_string(), "bytes".to_string()),
     ];
+    headers.extend(obj.headers.iter().cloned());
+    if req
+        .if_none_match
+        .as_deref()
+        .is_some_and(|v| v.split(',').any(|t| t.trim() == obj.etag))
+    {
+        seen.status = 304;
+        return write_head(s, 304, &headers);
+    }
     let (status, mut a, mut b) = match resolve(req.range.as_deref(), len) {
         Err(()) => {
             seen.status = 416;

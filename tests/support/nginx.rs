@@ -84,7 +84,9 @@ http {{
     server {{
         listen 127.0.0.1:{port};
         root {root};
-        location / {{ }}
+        # Fresh for an hour, as a mirror would say: the tests of plain caching must not
+        # depend on how recently the data files were written (heuristic freshness).
+        location / {{ expires 1h; }}
     }}
 }}
 "#,

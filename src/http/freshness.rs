@@ -1,0 +1,505 @@
+//! HTTP caching rules (RFC 9111) as pure functions of headers and `now`: what may be stored,
+//! how long a stored response stays fresh, and what a request for it needs (serve it,
+//! revalidate it first, or serve it stale while revalidating).
+
+use std::time::{SystemTime, UNIX_EPOCH};
+
+use crate::store::ObjectMeta;
+
+/// The `Cache-Control` directives gatecache acts on (request or response).
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct CacheControl {
+    pub no_store: bool,
+    pub no_cache: bool,
+    pub private: bool,
+    pub public: bool,
+    pub must_revalidate: bool,
+    pub proxy_revalidate: bool,
+    pub immutable: bool,
+    pub only_if_cached: bool,
+    pub max_age: Option<u64>,
+    pub s_maxage: Option<u64>,
+    /// `max-stale` (bare: any staleness, as `u64::MAX`).
+    pub max_stale: Option<u64>,
+    pub min_fresh: Option<u64>,
+    pub stale_while_revalidate: Option<u64>,
+    pub stale_if_error: Option<u64>,
+}
+
+/// Splits a header on commas outside quoted strings.
+fn directives(v: &str) -> impl Iterator<Item = &str> {
+    let mut quoted = false;
+    let mut start = 0;
+    let mut out = Vec::new();
+    for (i, c) in v.char_indices() {
+        match c {
+            '"' => quoted = !quoted,
+            ',' if !quoted => {
+                out.push(&v[start..i]);
+                start = i + 1;
+            }
+            _ => {}
+        }
+    }
+    out.push(&v[start..]);
+    out.into_iter().map(str::trim).filter(|d| !d.is_empty())
+}
+
+/// Delta-seconds; a value too large to hold saturates (RFC 9111 §1.2.2); junk is `None`.
+fn seconds(v: &str) -> Option<u64> {
+    let v = v.trim().trim_matches('"');
+    if v.is_empty() || !v.bytes().all(|b| b.is_ascii_digit()) {
+        return None;
+    }
+    Some(v.parse().unwrap_or(u64::MAX))
+}
+
+impl CacheControl {
+    pub fn parse(v: Option<&str>) -> CacheControl {
+        let mut cc = CacheControl::default();
+        for d in directives(v.unwrap_or("")) {
+            let (name, arg) = match d.split_once('=') {
+                Some((n, a)) => (n.trim(), Some(a)),
+                None => (d, None),
+            };
+            match name.to_ascii_lowercase().as_str() {
+                "no-store" => cc.no_store = true,
+                // The qualified forms (`no-cache="Set-Cookie"`) only concern the named fields,
+                // which gatecache does not store.
+                "no-cache" if arg.is_none() => cc.no_cache = true,
+                "private" if arg.is_none() => cc.private = true,
+                "public" => cc.public = true,
+                "must-revalidate" => cc.must_revalidate = true,
+                "proxy-revalidate" => cc.proxy_revalidate = true,
+                "immutable" => cc.immutable = true,
+                "only-if-cached" => cc.only_if_cached = true,
+                // A malformed max-age makes the response stale (§4.2.1), hence Some(0).
+                "max-age" => cc.max_age = Some(arg.and_then(seconds).unwrap_or(0)),
+                "s-maxage" => cc.s_maxage = Some(arg.and_then(seconds).unwrap_or(0)),
+                "max-stale" => cc.max_stale = Some(arg.and_then(seconds).unwrap_or(u64::MAX)),
+                "min-fresh" => cc.min_fresh = arg.and_then(seconds),
+                "stale-while-revalidate" => cc.stale_while_revalidate = arg.and_then(seconds),
+                "stale-if-error" => cc.stale_if_error = arg.and_then(seconds),
+                _ => {}
+            }
+        }
+        cc
+    }
+}
+
+/// An operator's override for some content (`[[origin]] immutable`, `[[rule]]`).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Rule {
+    /// Never changes: fresh forever, never revalidated (Device Update content).
+    pub immutable: bool,
+    /// Fresh for this long, whatever the origin says.
+    pub max_age: Option<u64>,
+}
+
+/// Why a response is not stored (it is passed through instead).
+pub fn not_storable(
+    cc: &CacheControl,
+    vary: Option<&str>,
+    request_has_authorization: bool,
+) -> Option<&'static str> {
+    if cc.no_store {
+        return Some("no-store");
+    }
+    if cc.private {
+        return Some("private");
+    }
+    if request_has_authorization && !(cc.public || cc.s_maxage.is_some() || cc.must_revalidate) {
+        return Some("a request with Authorization");
+    }
+    // Upstream requests carry no Accept-Encoding, so a response varying on it alone is the
+    // identity encoding, right for every client. Any other Vary would need a variant per value.
+    if let Some(v) = vary
+        && directives(v).any(|f| !f.eq_ignore_ascii_case("accept-encoding"))
+    {
+        return Some("Vary");
+    }
+    None
+}
+
+pub fn unix_now() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs())
+}
+
+fn http_date(v: Option<&str>) -> Option<u64> {
+    let t = httpdate::parse_http_date(v?.trim()).ok()?;
+    Some(t.duration_since(UNIX_EPOCH).map_or(0, |d| d.as_secs()))
+}
+
+/// How long a heuristic freshness may be at most (§4.2.2 suggests 10% of the time since
+/// Last-Modified; a cap keeps a file untouched for years from being trusted for months).
+pub const HEURISTIC_CAP: u64 = 24 * 3600;
+
+/// Freshness lifetime in seconds (§4.2.1): the operator's rule, then `s-maxage`, `max-age`,
+/// `Expires` - `Date`, then a heuristic from `Last-Modified`; `u64::MAX` for immutable.
+pub fn lifetime(meta: &ObjectMeta, rule: &Rule) -> u64 {
+    if rule.immutable {
+        return u64::MAX;
+    }
+    if let Some(s) = rule.max_age {
+        return s;
+    }
+    let cc = CacheControl::parse(meta.cache_control.as_deref());
+    if cc.no_cache {
+        return 0;
+    }
+    if let Some(s) = cc.s_maxage.or(cc.max_age) {
+        return s;
+    }
+    let date = http_date(meta.date.as_deref()).unwrap_or(meta.stored_at);
+    if meta.expires.is_some() {
+        // An invalid Expires (e.g. "0") means already expired.
+        return http_date(meta.expires.as_deref()).map_or(0, |e| e.saturating_sub(date));
+    }
+    match http_date(meta.last_modified.as_deref()) {
+        Some(lm) => (date.saturating_sub(lm) / 10).min(HEURISTIC_CAP),
+        None => 0,
+    }
+}
+
+/// Current age in seconds (§4.2.3), with `stored_at` as the response time.
+pub fn age(meta: &ObjectMeta, now: u64) -> u64 {
+    let apparent = http_date(meta.date.as_deref()).map_or(0, |d| meta.stored_at.saturating_sub(d));
+    apparent.max(meta.age) + now.saturating_sub(meta.stored_at)
+}
+
+/// What to do with a stored response for one request.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Decision {
+    /// Serve it.
+    Fresh,
+    /// Serve it stale now, and revalidate in the background.
+    StaleWhileRevalidate,
+    /// Ask the upstream first. If the upstream cannot be reached, the stored response may be
+    /// served stale when `stale_if_unreachable`; if it answers 5xx, when `stale_if_5xx`.
+    Revalidate {
+        stale_if_unreachable: bool,
+        stale_if_5xx: bool,
+    },
+}
+
+/// Decides for a request (its `Cache-Control`, and `Pragma: no-cache`) at `now`.
+pub fn decide(
+    meta: &ObjectMeta,
+    req: &CacheControl,
+    pragma_no_cache: bool,
+    rule: &Rule,
+    now: u64,
+) -> Decision {
+    if rule.immutable {
+        return Decision::Fresh;
+    }
+    let res = CacheControl::parse(meta.cache_control.as_deref());
+    let life = lifetime(meta, rule);
+    let age = age(meta, now);
+    let fresh = age < life;
+    // `immutable`: a client's reload does not revalidate a response that is still fresh.
+    // `Pragma: no-cache` counts only from a client that sends no Cache-Control (§5.4).
+    let no_cache = req.no_cache || (pragma_no_cache && req == &CacheControl::default());
+    let client_insists = !(fresh && res.immutable)
+        && (no_cache
+            // max-age=0 (apt's index requests): ages are whole seconds, so "0" may hide a
+            // fraction; every cache reads it as "check with the origin".
+            || req.max_age.is_some_and(|m| m == 0 || age > m)
+            || req.min_fresh.is_some_and(|m| life.saturating_sub(age) < m));
+    // Stale may be served only where neither side forbids it (§4.2.4, RFC 5861).
+    let may_be_stale =
+        !(res.must_revalidate || res.proxy_revalidate || res.s_maxage.is_some() || res.no_cache);
+    let staleness = age.saturating_sub(life);
+    let within = |d: Option<u64>| d.is_some_and(|d| staleness <= d);
+    if client_insists {
+        return Decision::Revalidate {
+            stale_if_unreachable: may_be_stale && !no_cache && req.max_age != Some(0),
+            stale_if_5xx: may_be_stale && within(res.stale_if_error.or(req.stale_if_error)),
+        };
+    }
+    if fresh {
+        return Decision::Fresh;
+    }
+    if may_be_stale && req.max_stale.is_some_and(|m| staleness <= m) {
+        return Decision::Fresh;
+    }
+    if may_be_stale && within(res.stale_while_revalidate) {
+        return Decision::StaleWhileRevalidate;
+    }
+    Decision::Revalidate {
+        // A cache cut off from its upstream may serve stale (§4.2.4): the gateway's job.
+        stale_if_unreachable: may_be_stale,
+        stale_if_5xx: may_be_stale && within(res.stale_if_error.or(req.stale_if_error)),
+    }
+}
+
+/// `Age` header value for a response served from the cache (none when it would be 0).
+pub fn age_header(meta: &ObjectMeta, now: u64) -> Option<u64> {
+    Some(age(meta, now)).filter(|&a| a > 0)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::time::Duration;
+
+    const NOW: u64 = 1_700_000_000;
+
+    fn date(t: u64) -> String {
+        httpdate::fmt_http_date(UNIX_EPOCH + Duration::from_secs(t))
+    }
+
+    /// A response received at NOW - `ago` with these headers.
+    fn meta(ago: u64, cc: Option<&str>) -> ObjectMeta {
+        ObjectMeta {
+            cache_control: cc.map(str::to_string),
+            date: Some(date(NOW - ago)),
+            stored_at: NOW - ago,
+            etag: Some("\"v1\"".into()),
+            ..Default::default()
+        }
+    }
+
+    fn cc(v: &str) -> CacheControl {
+        CacheControl::parse(Some(v))
+    }
+
+    const NONE: Rule = Rule {
+        immutable: false,
+        max_age: None,
+    };
+
+    #[test]
+    fn parsing() {
+        let c = cc("max-age=60, s-maxage=\"30\", no-cache=\"Set-Cookie, X\", Public, x-ext=1");
+        assert_eq!(c.max_age, Some(60));
+        assert_eq!(c.s_maxage, Some(30));
+        assert!(c.public && !c.no_cache, "{c:?}");
+        assert_eq!(cc("max-age=abc").max_age, Some(0));
+        assert_eq!(
+            cc("max-age=99999999999999999999999").max_age,
+            Some(u64::MAX)
+        );
+        assert_eq!(cc("max-stale").max_stale, Some(u64::MAX));
+        assert_eq!(
+            cc("stale-while-revalidate=30, stale-if-error=600").stale_if_error,
+            Some(600)
+        );
+        assert_eq!(CacheControl::parse(None), CacheControl::default());
+    }
+
+    #[test]
+    fn storability() {
+        let ok =
+            |c: &str, vary: Option<&str>, auth: bool| not_storable(&cc(c), vary, auth).is_none();
+        assert!(ok("max-age=60", None, false));
+        assert!(!ok("no-store", None, false));
+        assert!(!ok("private, max-age=60", None, false));
+        assert!(ok("private=\"Set-Cookie\"", None, false));
+        assert!(!ok("max-age=60", None, true));
+        assert!(ok("public, max-age=60", None, true));
+        assert!(ok("s-maxage=60", None, true));
+        assert!(ok("", Some("Accept-Encoding"), false));
+        assert!(!ok("", Some("Accept-Encoding, User-Agent"), false));
+        assert!(!ok("", Some("*"), false));
+    }
+
+    #[test]
+    fn lifetimes() {
+        // (headers, expected lifetime)
+        let table: &[(ObjectMeta, u64)] = &[
+            (meta(0, Some("max-age=60")), 60),
+            (meta(0, Some("max-age=60, s-maxage=10")), 10),
+            (meta(0, Some("no-cache, max-age=60")), 0),
+            (
+                ObjectMeta {
+                    expires: Some(date(NOW + 300)),
+                    ..meta(0, None)
+                },
+                300,
+            ),
+            (
+                ObjectMeta {
+                    expires: Some("0".into()),
+                    ..meta(0, None)
+                },
+                0,
+            ),
+            // Heuristic: 10% of the time since Last-Modified, capped at a day.
+            (
+                ObjectMeta {
+                    last_modified: Some(date(NOW - 1000)),
+                    ..meta(0, None)
+                },
+                100,
+            ),
+            (
+                ObjectMeta {
+                    last_modified: Some(date(NOW - 100 * 86400)),
+                    ..meta(0, None)
+                },
+                HEURISTIC_CAP,
+            ),
+            (meta(0, None), 0),
+        ];
+        for (m, want) in table {
+            assert_eq!(lifetime(m, &NONE), *want, "{m:?}");
+        }
+        let m = meta(0, Some("no-cache"));
+        assert_eq!(
+            lifetime(
+                &m,
+                &Rule {
+                    immutable: false,
+                    max_age: Some(5)
+                }
+            ),
+            5
+        );
+        assert_eq!(
+            lifetime(
+                &m,
+                &Rule {
+                    immutable: true,
+                    max_age: None
+                }
+            ),
+            u64::MAX
+        );
+    }
+
+    #[test]
+    fn ages() {
+        let mut m = meta(10, None);
+        assert_eq!(age(&m, NOW), 10);
+        m.age = 100;
+        assert_eq!(age(&m, NOW), 110);
+        // A Date older than the response time (a slow path) counts too.
+        m.age = 0;
+        m.date = Some(date(NOW - 40));
+        assert_eq!(age(&m, NOW), 30 + 10);
+    }
+
+    #[test]
+    fn decisions() {
+        use Decision::*;
+        let none = CacheControl::default();
+        let reval = |u, e| Revalidate {
+            stale_if_unreachable: u,
+            stale_if_5xx: e,
+        };
+        // (stored Cache-Control, received `ago` seconds back, request Cache-Control, pragma, decision)
+        let table: &[(Option<&str>, u64, &str, bool, Decision)] = &[
+            (Some("max-age=60"), 10, "", false, Fresh),
+            (Some("max-age=60"), 61, "", false, reval(true, false)),
+            (
+                Some("max-age=60, must-revalidate"),
+                61,
+                "",
+                false,
+                reval(false, false),
+            ),
+            (Some("s-maxage=60"), 61, "", false, reval(false, false)),
+            (
+                Some("max-age=60, stale-if-error=100"),
+                61,
+                "",
+                false,
+                reval(true, true),
+            ),
+            (
+                Some("max-age=60, stale-if-error=100"),
+                200,
+                "",
+                false,
+                reval(true, false),
+            ),
+            (
+                Some("max-age=60, stale-while-revalidate=30"),
+                80,
+                "",
+                false,
+                StaleWhileRevalidate,
+            ),
+            (
+                Some("max-age=60, stale-while-revalidate=30"),
+                100,
+                "",
+                false,
+                reval(true, false),
+            ),
+            // The client's directives.
+            (
+                Some("max-age=60"),
+                10,
+                "no-cache",
+                false,
+                reval(false, false),
+            ),
+            (Some("max-age=60"), 10, "", true, reval(false, false)),
+            (
+                Some("max-age=60"),
+                10,
+                "max-age=0",
+                false,
+                reval(false, false),
+            ),
+            (Some("max-age=60"), 10, "max-age=20", false, Fresh),
+            (
+                Some("max-age=60"),
+                0,
+                "max-age=0",
+                false,
+                reval(false, false),
+            ),
+            (
+                Some("max-age=60"),
+                10,
+                "min-fresh=55",
+                false,
+                reval(true, false),
+            ),
+            (Some("max-age=60"), 70, "max-stale=20", false, Fresh),
+            (
+                Some("max-age=60"),
+                90,
+                "max-stale=20",
+                false,
+                reval(true, false),
+            ),
+            (
+                Some("max-age=60, must-revalidate"),
+                70,
+                "max-stale",
+                false,
+                reval(false, false),
+            ),
+            // `immutable` while fresh ignores a reload.
+            (Some("max-age=60, immutable"), 10, "no-cache", false, Fresh),
+            (
+                Some("max-age=60, immutable"),
+                70,
+                "",
+                false,
+                reval(true, false),
+            ),
+        ];
+        for (stored, ago, req, pragma, want) in table {
+            let m = meta(*ago, *stored);
+            assert_eq!(
+                decide(&m, &cc(req), *pragma, &NONE, NOW),
+                *want,
+                "stored {stored:?}, {ago} s ago, request {req:?} pragma {pragma}"
+            );
+        }
+        let m = meta(1_000_000, Some("no-cache"));
+        let immutable = Rule {
+            immutable: true,
+            max_age: None,
+        };
+        assert_eq!(decide(&m, &none, false, &immutable, NOW), Fresh);
+        assert_eq!(decide(&m, &cc("no-cache"), true, &immutable, NOW), Fresh);
+    }
+}
