@@ -28,6 +28,9 @@ pub struct RawConfig {
     pub route: Vec<RawRoute>,
     pub rule: Vec<RawRule>,
     pub upstream: RawUpstream,
+    /// The parents came from `UPSTREAM_HOST`: errors name that variable.
+    #[serde(skip)]
+    pub parents_from_env: bool,
 }
 
 /// A freshness override for paths matching a pattern (`*` matches any run of characters).
@@ -381,6 +384,7 @@ impl RawConfig {
             } else {
                 vec![h.to_string()]
             };
+            self.parents_from_env = true;
         }
     }
 
@@ -589,7 +593,12 @@ impl RawConfig {
         let u = self.upstream;
         let mut parents = Vec::new();
         for (i, p) in u.parents.iter().enumerate() {
-            parents.push(authority(&format!("upstream.parents[{i}]"), p, 80)?);
+            let key = if self.parents_from_env {
+                "UPSTREAM_HOST".to_string()
+            } else {
+                format!("upstream.parents[{i}]")
+            };
+            parents.push(authority(&key, p, 80)?);
         }
         let window = match &u.window {
             None => 64 << 20,
@@ -842,7 +851,7 @@ mod tests {
         assert!(raw.validate().unwrap().upstream.parents.is_empty());
         let mut raw = RawConfig::default();
         raw.apply_env(env("bad host"));
-        assert_eq!(raw.validate().unwrap_err().key, "upstream.parents[0]");
+        assert_eq!(raw.validate().unwrap_err().key, "UPSTREAM_HOST");
     }
 
     #[test]

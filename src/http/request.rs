@@ -26,6 +26,10 @@ impl Default for Limits {
 pub enum Method {
     Get,
     Head,
+    /// POST, PUT, DELETE, PATCH: passed through, never stored; success invalidates.
+    Unsafe,
+    /// OPTIONS: passed through.
+    Options,
     Other,
 }
 
@@ -78,6 +82,9 @@ pub struct Request {
     pub pragma_no_cache: bool,
     pub via: Option<String>,
     pub user_agent: Option<String>,
+    /// Present: the response is for this client alone (never stored or served from the cache).
+    pub authorization: Option<String>,
+    pub content_type: Option<String>,
     pub keep_alive: bool,
     /// Bytes of body that follow the head (to be skipped).
     pub body_len: u64,
@@ -146,6 +153,8 @@ pub fn parse(buf: &[u8], limits: &Limits) -> Result<Option<(Request, usize)>, He
         method: Some(match method_name {
             "GET" => Method::Get,
             "HEAD" => Method::Head,
+            "POST" | "PUT" | "DELETE" | "PATCH" => Method::Unsafe,
+            "OPTIONS" => Method::Options,
             _ => Method::Other,
         }),
         method_name: method_name.to_string(),
@@ -205,6 +214,10 @@ pub fn parse(buf: &[u8], limits: &Limits) -> Result<Option<(Request, usize)>, He
             join(&mut req.via, value);
         } else if name.eq_ignore_ascii_case("user-agent") {
             req.user_agent = Some(value.to_string());
+        } else if name.eq_ignore_ascii_case("authorization") {
+            req.authorization = Some(value.to_string());
+        } else if name.eq_ignore_ascii_case("content-type") {
+            req.content_type = Some(value.to_string());
         }
     }
     if !req.http10 && hosts != 1 {
@@ -341,7 +354,7 @@ mod tests {
         );
         assert_eq!(r.target, "http://mirror.example.org/debian/dists/x");
         let r = ok("DELETE / HTTP/1.1\r\nHost: a\r\n\r\n");
-        assert_eq!(r.method(), Method::Other);
+        assert_eq!(r.method(), Method::Unsafe);
         assert_eq!(r.method_name, "DELETE");
     }
 }

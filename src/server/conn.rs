@@ -7,11 +7,14 @@ use std::time::{Duration, Instant};
 use super::Shared;
 use super::respond::respond;
 use super::transport::{Out, Transport};
-use crate::http::request::{self, HeadError};
+use crate::http::request::{self, HeadError, Method};
 use crate::http::response;
 
 /// Request bodies (allowed on GET by HTTP, never used by our clients) are skipped up to this.
 const MAX_SKIPPED_BODY: u64 = 64 * 1024;
+/// Bodies of passed-through requests (POST, PUT, ...) are read into memory up to this; a
+/// gateway cache relays small API calls, not uploads.
+const MAX_PASSED_BODY: u64 = 1 << 20;
 
 pub async fn serve<T: Transport>(mut t: T, peer: std::net::SocketAddr, sh: Arc<Shared>) {
     let mut buf: Vec<u8> = Vec::with_capacity(8 * 1024);
@@ -24,20 +27,34 @@ pub async fn serve<T: Transport>(mut t: T, peer: std::net::SocketAddr, sh: Arc<S
                     buf.drain(..n);
                     head_started = None;
                     let mut keep = req.keep_alive;
+                    let passed = matches!(req.method(), Method::Unsafe | Method::Options);
+                    let mut body = Vec::new();
+                    if passed && req.body_len > MAX_PASSED_BODY {
+                        let msg = format!("request body over {MAX_PASSED_BODY} bytes");
+                        let _ = t
+                            .write(Out::Bytes(response::simple(413, &msg, false, &[])))
+                            .await;
+                        return t.shutdown();
+                    }
                     if req.body_len > 0 {
-                        if req.body_len > MAX_SKIPPED_BODY {
+                        if !passed && req.body_len > MAX_SKIPPED_BODY {
                             keep = false;
                         } else {
-                            match skip_body(&mut t, &mut buf, req.body_len, sh.cfg.head_timeout)
+                            match read_body(&mut t, &mut buf, req.body_len, sh.cfg.head_timeout)
                                 .await
                             {
-                                Some(b) => buf = b,
+                                Some((b, rest)) => {
+                                    buf = rest;
+                                    if passed {
+                                        body = b;
+                                    }
+                                }
                                 None => return t.shutdown(),
                             }
                         }
                     }
                     let started = Instant::now();
-                    let out = respond(&mut t, &req, &sh, keep).await;
+                    let out = respond(&mut t, &req, body, &sh, keep).await;
                     log::info!(
                         target: "access",
                         "{} \"{} {}\" {} {} {} {:.3}",
@@ -99,21 +116,22 @@ async fn bad_request<T: Transport>(t: &mut T, e: &HeadError) {
     t.shutdown();
 }
 
-/// Reads and drops `len` body bytes; returns the buffer with what follows them.
-async fn skip_body<T: Transport>(
+/// Reads `len` body bytes; returns them and the buffer with what follows them.
+async fn read_body<T: Transport>(
     t: &mut T,
     buf: &mut Vec<u8>,
     len: u64,
     timeout: Duration,
-) -> Option<Vec<u8>> {
+) -> Option<(Vec<u8>, Vec<u8>)> {
     let mut left = len as usize;
+    let mut body = Vec::with_capacity(left);
     let mut b = std::mem::take(buf);
     loop {
         let n = left.min(b.len());
-        b.drain(..n);
+        body.extend(b.drain(..n));
         left -= n;
         if left == 0 {
-            return Some(b);
+            return Some((body, b));
         }
         b.reserve(left.min(64 * 1024));
         match tokio::time::timeout(timeout, t.read(b)).await {

@@ -3,6 +3,7 @@
 
 pub mod conn;
 pub mod epoll;
+pub mod pass;
 pub mod respond;
 pub mod stream;
 pub mod transport;

@@ -4,6 +4,7 @@
 use std::ops::Range;
 
 use super::Shared;
+use super::pass;
 use super::stream::{BlockStream, StreamError};
 use super::transport::{Out, Transport};
 use crate::cache::Object;
@@ -24,7 +25,7 @@ pub struct Outcome {
 }
 
 impl Outcome {
-    fn new(status: u16, keep_alive: bool, cache: &'static str) -> Outcome {
+    pub(super) fn new(status: u16, keep_alive: bool, cache: &'static str) -> Outcome {
         Outcome {
             keep_alive,
             status,
@@ -68,17 +69,25 @@ async fn simple<T: Transport>(
     Outcome::new(status, keep && ok, "BYPASS")
 }
 
-pub async fn respond<T: Transport>(t: &mut T, req: &Request, sh: &Shared, keep: bool) -> Outcome {
+/// Answers one request; `body` is its body (read for the methods that are passed through).
+pub async fn respond<T: Transport>(
+    t: &mut T,
+    req: &Request,
+    body: Vec<u8>,
+    sh: &Shared,
+    keep: bool,
+) -> Outcome {
     let head_only = match req.method() {
         Method::Get => false,
         Method::Head => true,
+        Method::Unsafe | Method::Options => false,
         Method::Other => {
             return simple(
                 t,
                 405,
                 &format!("method {} not allowed", req.method_name),
                 false,
-                &[("Allow", "GET, HEAD")],
+                &[("Allow", "GET, HEAD, POST, PUT, DELETE, PATCH, OPTIONS")],
             )
             .await;
         }
@@ -95,6 +104,13 @@ pub async fn respond<T: Transport>(t: &mut T, req: &Request, sh: &Shared, keep: 
         }
         Err(Refusal::BadTarget(why)) => return simple(t, 400, why, false, &[]).await,
     };
+    // Not for the cache: other methods, a client's credentials, content known not storable.
+    if matches!(req.method(), Method::Unsafe | Method::Options)
+        || req.authorization.is_some()
+        || sh.upstream.is_pass(&target.key)
+    {
+        return pass::relay(t, sh, req, target, body, keep).await;
+    }
     let specs = req.range.as_deref().and_then(range::parse);
     let bs = u64::from(sh.upstream.cache().block_size());
     let mut cold = false;
@@ -131,6 +147,13 @@ pub async fn respond<T: Transport>(t: &mut T, req: &Request, sh: &Shared, keep: 
                             status_override = Some(REFRESHED);
                             n
                         }
+                        Err(FetchError::NotStorable(why)) => {
+                            // No longer storable: drop what is held and pass through.
+                            log::info!("{}: now {why}; dropped, passing through", target.key);
+                            sh.upstream.cache().remove(&target.key);
+                            sh.upstream.mark_pass(&target.key);
+                            return pass::relay(t, sh, req, target, body, keep).await;
+                        }
                         Err(e)
                             if (stale_if_unreachable
                                 && matches!(e, FetchError::Connect(_) | FetchError::Timeout))
@@ -154,6 +177,11 @@ pub async fn respond<T: Transport>(t: &mut T, req: &Request, sh: &Shared, keep: 
             let fetch = sh.upstream.fetch_cold(&target, first, count);
             match fetch.wait().await {
                 Ok(o) => o,
+                Err(FetchError::NotStorable(why)) => {
+                    log::debug!("{}: {why}; passing through", target.key);
+                    sh.upstream.mark_pass(&target.key);
+                    return pass::relay(t, sh, req, target, body, keep).await;
+                }
                 Err(e) => return upstream_error(t, &e, keep).await,
             }
         }
@@ -411,7 +439,7 @@ fn freshness_headers(h: &mut Head, obj: &Object, now: u64) {
     }
 }
 
-async fn upstream_error<T: Transport>(t: &mut T, e: &FetchError, keep: bool) -> Outcome {
+pub(super) async fn upstream_error<T: Transport>(t: &mut T, e: &FetchError, keep: bool) -> Outcome {
     match e {
         FetchError::Status { status, body } => {
             let text = String::from_utf8_lossy(body);

@@ -7,6 +7,7 @@ use ureq::Agent;
 use ureq::http::HeaderMap;
 
 use super::parents::Hop;
+use crate::http::freshness::{self, CacheControl};
 use crate::route::{ORIGIN_PARAM, Target};
 use crate::store::ObjectMeta;
 
@@ -23,13 +24,16 @@ pub enum FetchError {
     Status { status: u16, body: Vec<u8> },
     /// The range starts past the end of the object; the total length if known (416).
     Unsatisfiable(Option<u64>),
+    /// A response that may not be stored (`no-store`, `private`, `Vary`, no length): the
+    /// request is passed through instead.
+    NotStorable(&'static str),
 }
 
 impl FetchError {
     /// Status code to give a client that has not been sent a head yet.
     pub fn status(&self) -> u16 {
         match self {
-            FetchError::Connect(_) | FetchError::Invalid(_) => 502,
+            FetchError::Connect(_) | FetchError::Invalid(_) | FetchError::NotStorable(_) => 502,
             FetchError::Timeout => 504,
             FetchError::Status { status, .. } => *status,
             FetchError::Unsatisfiable(_) => 416,
@@ -52,6 +56,7 @@ impl FetchError {
             FetchError::Invalid(e) => format!("upstream response refused: {e}"),
             FetchError::Status { status, .. } => format!("upstream answered {status}"),
             FetchError::Unsatisfiable(_) => "range not satisfiable".into(),
+            FetchError::NotStorable(why) => format!("not storable: {why}"),
         }
     }
 }
@@ -117,7 +122,7 @@ fn meta_from(key: &str, h: &HeaderMap, total_len: u64) -> ObjectMeta {
     }
 }
 
-fn map_err(e: ureq::Error) -> FetchError {
+pub(super) fn map_err(e: ureq::Error) -> FetchError {
     match e {
         ureq::Error::Timeout(_) => FetchError::Timeout,
         ureq::Error::Io(e) if e.kind() == std::io::ErrorKind::TimedOut => FetchError::Timeout,
@@ -125,19 +130,9 @@ fn map_err(e: ureq::Error) -> FetchError {
     }
 }
 
-/// Sends `GET` for `range` (inclusive; `None` = whole object) to `hop` and checks the answer.
-/// `via` is this node's `Via` entry; it follows the entries the client's request carried.
-/// With `revalidate`, the stored validators make it conditional: a 304 comes back as
-/// `not_modified`.
-pub fn fetch(
-    agent: &Agent,
-    target: &Target,
-    range: Option<(u64, u64)>,
-    via: &str,
-    hop: &Hop,
-    revalidate: Option<&ObjectMeta>,
-) -> Result<Fetched, FetchError> {
-    let (url, host) = match hop {
+/// The URL to ask `hop` for `target`, and the `Host` to send.
+pub(super) fn upstream_url<'a>(target: &'a Target, hop: &'a Hop) -> (String, &'a str) {
+    match hop {
         // The form a DO client uses, so a parent may be gatecache or the original.
         Hop::Parent(_, addr) => {
             let sep = if target.path.contains('?') { '&' } else { '?' };
@@ -155,11 +150,37 @@ pub fn fetch(
             ),
             _ => (target.url(), target.host.as_str()),
         },
-    };
-    let via = match &target.via {
-        Some(v) => format!("{v}, {via}"),
-        None => via.to_string(),
-    };
+    }
+}
+
+/// The `Via` to send: the client's entries, then ours.
+pub(super) fn via_chain(target: &Target, ours: &str) -> String {
+    match &target.via {
+        Some(v) => format!("{v}, {ours}"),
+        None => ours.to_string(),
+    }
+}
+
+/// Why a 200/206 may not be stored, if it may not.
+fn refuse_to_store(h: &HeaderMap) -> Option<&'static str> {
+    let cc = CacheControl::parse(header(h, "cache-control"));
+    freshness::not_storable(&cc, header(h, "vary"), false)
+}
+
+/// Sends `GET` for `range` (inclusive; `None` = whole object) to `hop` and checks the answer.
+/// `via` is this node's `Via` entry; it follows the entries the client's request carried.
+/// With `revalidate`, the stored validators make it conditional: a 304 comes back as
+/// `not_modified`.
+pub fn fetch(
+    agent: &Agent,
+    target: &Target,
+    range: Option<(u64, u64)>,
+    via: &str,
+    hop: &Hop,
+    revalidate: Option<&ObjectMeta>,
+) -> Result<Fetched, FetchError> {
+    let (url, host) = upstream_url(target, hop);
+    let via = via_chain(target, via);
     let mut req = agent
         .get(&url)
         .header("Host", host)
@@ -184,6 +205,11 @@ pub fn fetch(
     let (parts, body) = resp.into_parts();
     let h = &parts.headers;
     let content_length = header(h, "content-length").and_then(|v| v.trim().parse::<u64>().ok());
+    if matches!(status, 200 | 206)
+        && let Some(why) = refuse_to_store(h)
+    {
+        return Err(FetchError::NotStorable(why));
+    }
     match status {
         206 => {
             let cr = header(h, "content-range")
@@ -211,9 +237,8 @@ pub fn fetch(
             })
         }
         200 => {
-            let total = content_length.ok_or_else(|| {
-                FetchError::Invalid("200 without Content-Length cannot be cached by range".into())
-            })?;
+            // Chunked or close-delimited: not cacheable by range.
+            let total = content_length.ok_or(FetchError::NotStorable("no Content-Length"))?;
             if let Some((ra, _)) = range
                 && ra >= total
                 && total > 0

@@ -7,6 +7,7 @@
 
 pub mod fetch;
 pub mod parents;
+pub mod pass;
 
 use std::collections::BTreeMap;
 use std::io::Read;
@@ -87,6 +88,12 @@ struct Job {
     revalidate: bool,
 }
 
+/// What a fetcher thread does next.
+enum Work {
+    Fill(Job),
+    Pass(pass::PassRequest, tokio::sync::mpsc::Sender<pass::PassMsg>),
+}
+
 /// Counters for tests and the summary.
 #[derive(Default)]
 pub struct Stats {
@@ -103,8 +110,11 @@ pub struct Upstream {
     window: u64,
     /// Our `Via` entry, sent with every upstream request.
     via: String,
-    jobs: Sender<Job>,
+    jobs: Sender<Work>,
     cold: Mutex<HashMap<String, Arc<ColdFetch>>>,
+    /// Keys whose last answer could not be stored, until when: their requests pass through
+    /// at once instead of trying a cacheable fetch first.
+    passes: Mutex<HashMap<String, Instant>>,
     pub parents: Parents,
     pub stats: Stats,
 }
@@ -122,7 +132,7 @@ impl Upstream {
             .max_idle_connections_per_host(64)
             .build()
             .into();
-        let (tx, rx) = channel::<Job>();
+        let (tx, rx) = channel::<Work>();
         let up = Arc::new(Upstream {
             cache,
             agent,
@@ -130,6 +140,7 @@ impl Upstream {
             via: format!("1.1 {} (gatecache)", cfg.node_name),
             jobs: tx,
             cold: Mutex::new(HashMap::new()),
+            passes: Mutex::new(HashMap::new()),
             parents: Parents::new(
                 &cfg.upstream.parents,
                 cfg.upstream.direct_fallback,
@@ -140,7 +151,7 @@ impl Upstream {
         let rx = Arc::new(StdMutex::new(rx));
         for i in 0..cfg.upstream.fetchers {
             let up = Arc::downgrade(&up);
-            let rx: Arc<StdMutex<Receiver<Job>>> = rx.clone();
+            let rx: Arc<StdMutex<Receiver<Work>>> = rx.clone();
             std::thread::Builder::new()
                 .name(format!("fetch-{i}"))
                 .spawn(move || {
@@ -151,7 +162,10 @@ impl Upstream {
                         };
                         let Some(up) = up.upgrade() else { return };
                         up.stats.active.fetch_add(1, Ordering::Relaxed);
-                        up.run(job);
+                        match job {
+                            Work::Fill(job) => up.run(job),
+                            Work::Pass(req, tx) => up.run_pass(req, tx),
+                        }
                         up.stats.active.fetch_sub(1, Ordering::Relaxed);
                     }
                 })
@@ -250,7 +264,11 @@ impl Upstream {
     }
 
     fn submit(&self, job: Job) {
-        if let Err(e) = self.jobs.send(job) {
+        self.submit_work(Work::Fill(job));
+    }
+
+    fn submit_work(&self, work: Work) {
+        if let Err(e) = self.jobs.send(work) {
             // Only when shutting down: the job (and its writers) is dropped, which aborts.
             log::warn!("fetch job dropped: {e}");
         }

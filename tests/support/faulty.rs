@@ -39,6 +39,8 @@ pub struct Obj {
     pub fault_left: usize,
     /// Extra response headers (`Cache-Control`, ...).
     pub headers: Vec<(String, String)>,
+    /// Send the body chunked, with no Content-Length, and ignore Range (dynamic content).
+    pub chunked: bool,
 }
 
 impl Obj {
@@ -50,7 +52,13 @@ impl Obj {
             fault: Fault::None,
             fault_left: 0,
             headers: Vec::new(),
+            chunked: false,
         }
+    }
+
+    pub fn chunked(mut self) -> Obj {
+        self.chunked = true;
+        self
     }
 
     pub fn with_header(mut self, name: &str, value: &str) -> Obj {
@@ -82,6 +90,9 @@ pub struct Seen {
     pub host: Option<String>,
     pub range: Option<String>,
     pub if_none_match: Option<String>,
+    pub authorization: Option<String>,
+    /// The request body (POST, PUT, ...).
+    pub body: Vec<u8>,
     pub status: u16,
     /// Body bytes written (as far as the socket accepted them).
     pub body_sent: u64,
@@ -180,6 +191,8 @@ struct ReqHead {
     host: Option<String>,
     range: Option<String>,
     if_none_match: Option<String>,
+    authorization: Option<String>,
+    body: Vec<u8>,
     close: bool,
 }
 
@@ -194,16 +207,30 @@ fn read_head(s: &mut TcpStream, buf: &mut Vec<u8>) -> Option<ReqHead> {
                     .find(|h| h.name.eq_ignore_ascii_case(name))
                     .map(|h| String::from_utf8_lossy(h.value).into_owned())
             };
+            let body_len: usize = h("content-length")
+                .and_then(|v| v.trim().parse().ok())
+                .unwrap_or(0);
             let head = ReqHead {
                 method: r.method.unwrap_or("").to_string(),
                 target: r.path.unwrap_or("").to_string(),
                 host: h("host"),
                 range: h("range"),
                 if_none_match: h("if-none-match"),
+                authorization: h("authorization"),
+                body: Vec::new(),
                 close: h("connection").is_some_and(|v| v.eq_ignore_ascii_case("close"))
                     || r.version == Some(0),
             };
             buf.drain(..n);
+            let mut head = head;
+            while buf.len() < body_len {
+                let mut tmp = [0u8; 8192];
+                match s.read(&mut tmp) {
+                    Ok(0) | Err(_) => return None,
+                    Ok(k) => buf.extend_from_slice(&tmp[..k]),
+                }
+            }
+            head.body = buf.drain(..body_len).collect();
             return Some(head);
         }
         let mut tmp = [0u8; 8192];
@@ -276,6 +303,8 @@ fn serve(mut s: TcpStream, st: &State, stop: &AtomicBool) {
             host: req.host.clone(),
             range: req.range.clone(),
             if_none_match: req.if_none_match.clone(),
+            authorization: req.authorization.clone(),
+            body: req.body.clone(),
             status: 0,
             body_sent: 0,
             fault: obj.as_ref().map_or(Fault::None, |o| o.fault.clone()),
@@ -336,6 +365,18 @@ fn answer(s: &mut TcpStream, req: &ReqHead, obj: Option<&Obj>, seen: &mut Seen) 
             &[("Content-Length".into(), body.len().to_string())],
         ) && s.write_all(body.as_bytes()).is_ok();
     }
+    if !matches!(req.method.as_str(), "GET" | "HEAD") {
+        // An API call: answered, never content.
+        seen.status = 200;
+        let body = format!(
+            "{} {} took {} bytes\n",
+            req.method,
+            req.target,
+            req.body.len()
+        );
+        return write_head(s, 200, &[("Content-Length".into(), body.len().to_string())])
+            && s.write_all(body.as_bytes()).is_ok();
+    }
     let len = obj.data.len() as u64;
     let mut headers = vec![
         ("ETag".to_string(), obj.etag.clone()),
@@ -355,7 +396,8 @@ fn answer(s: &mut TcpStream, req: &ReqHead, obj: Option<&Obj>, seen: &mut Seen) 
         seen.status = 304;
         return write_head(s, 304, &headers);
     }
-    let (status, mut a, mut b) = match resolve(req.range.as_deref(), len) {
+    let range = req.range.as_deref().filter(|_| !obj.chunked);
+    let (status, mut a, mut b) = match resolve(range, len) {
         Err(()) => {
             seen.status = 416;
             headers.push(("Content-Range".into(), format!("bytes */{len}")));
@@ -378,6 +420,25 @@ fn answer(s: &mut TcpStream, req: &ReqHead, obj: Option<&Obj>, seen: &mut Seen) 
     let body_len = if len == 0 { 0 } else { b - a + 1 };
     if status == 206 {
         headers.push(("Content-Range".into(), format!("bytes {a}-{b}/{len}")));
+    }
+    if obj.chunked {
+        seen.status = status;
+        headers.push(("Transfer-Encoding".into(), "chunked".into()));
+        if !write_head(s, status, &headers) || req.method == "HEAD" {
+            return req.method == "HEAD";
+        }
+        let body = &obj.data[a as usize..(a + body_len) as usize];
+        for c in body.chunks(10_000) {
+            if s.write_all(format!("{:x}\r\n", c.len()).as_bytes())
+                .is_err()
+                || s.write_all(c).is_err()
+                || s.write_all(b"\r\n").is_err()
+            {
+                return false;
+            }
+            seen.body_sent += c.len() as u64;
+        }
+        return s.write_all(b"0\r\n\r\n").is_ok();
     }
     headers.push(("Content-Length".into(), body_len.to_string()));
     seen.status = status;

@@ -156,6 +156,42 @@ impl Conn {
         }
     }
 
+    /// Reads a line ending in CRLF from the connection (without it).
+    fn read_line(&mut self) -> Option<String> {
+        loop {
+            if let Some(i) = self.buf.windows(2).position(|w| w == b"\r\n") {
+                let line = String::from_utf8_lossy(&self.buf[..i]).into_owned();
+                self.buf.drain(..i + 2);
+                return Some(line);
+            }
+            match self.fill() {
+                Ok(0) | Err(_) => return None,
+                Ok(_) => {}
+            }
+        }
+    }
+
+    /// Reads a chunked body strictly: (body, whether the last chunk arrived).
+    fn read_chunked(&mut self) -> (Vec<u8>, bool) {
+        let mut body = Vec::new();
+        loop {
+            let Some(line) = self.read_line() else {
+                return (body, false);
+            };
+            let size = u64::from_str_radix(line.split(';').next().unwrap().trim(), 16)
+                .unwrap_or_else(|_| panic!("bad chunk size line {line:?}"));
+            if size == 0 {
+                let end = self.read_line();
+                assert_eq!(end.as_deref(), Some(""), "no trailers expected");
+                return (body, true);
+            }
+            if self.read_body_with(size, |c| body.extend_from_slice(c)) < size {
+                return (body, false);
+            }
+            assert_eq!(self.read_line().as_deref(), Some(""), "CRLF after a chunk");
+        }
+    }
+
     /// Reads one whole response. `head_only`: the request was HEAD (no body follows).
     pub fn read_response(&mut self, head_only: bool) -> std::io::Result<Response> {
         let head = self.read_head()?.ok_or_else(|| {
@@ -170,7 +206,15 @@ impl Conn {
         if head_only || resp.status == 304 || resp.status == 204 || resp.status < 200 {
             return Ok(resp);
         }
+        let chunked = resp
+            .header("transfer-encoding")
+            .is_some_and(|v| v.eq_ignore_ascii_case("chunked"));
         match resp.content_length() {
+            _ if chunked => {
+                let (body, complete) = self.read_chunked();
+                resp.body = body;
+                resp.complete = complete;
+            }
             Some(len) => {
                 let mut body = Vec::with_capacity(len as usize);
                 let got = self.read_body_with(len, |c| body.extend_from_slice(c));
@@ -245,6 +289,22 @@ pub fn request(method: &str, path: &str, extra: &[(&str, &str)]) -> String {
 pub fn fetch(addr: SocketAddr, method: &str, path: &str, extra: &[(&str, &str)]) -> Response {
     let mut c = Conn::open(addr);
     c.send(request(method, path, extra));
+    c.read_response(method == "HEAD")
+        .unwrap_or_else(|e| panic!("{method} {path}: {e}"))
+}
+
+/// One request with a body on a fresh connection.
+pub fn fetch_with_body(
+    addr: SocketAddr,
+    method: &str,
+    path: &str,
+    extra: &[(&str, &str)],
+    body: &[u8],
+) -> Response {
+    let mut c = Conn::open(addr);
+    let mut raw = request(method, path, extra).into_bytes();
+    raw.extend_from_slice(body);
+    c.send(raw);
     c.read_response(method == "HEAD")
         .unwrap_or_else(|e| panic!("{method} {path}: {e}"))
 }

@@ -28,6 +28,8 @@ pub struct Nginx {
     child: Option<Child>,
     pub port: u16,
     dir: tempfile::TempDir,
+    /// What it serves (default: the shared data dir).
+    root: Option<PathBuf>,
 }
 
 impl Nginx {
@@ -41,6 +43,15 @@ impl Nginx {
         for (name, len) in files {
             data::ensure_file(name, *len);
         }
+        Self::launch_serving(None)
+    }
+
+    /// Starts nginx serving the directory `root`.
+    pub fn start_root(root: &std::path::Path) -> Nginx {
+        Self::launch_serving(Some(root.to_path_buf()))
+    }
+
+    fn launch_serving(root: Option<PathBuf>) -> Nginx {
         let mut last = String::new();
         for _ in 0..4 {
             let dir = tempfile::Builder::new()
@@ -51,6 +62,7 @@ impl Nginx {
                 child: None,
                 port: free_port(),
                 dir,
+                root: root.clone(),
             };
             match n.launch() {
                 Ok(()) => return n,
@@ -92,7 +104,7 @@ http {{
 "#,
             d = d.display(),
             port = self.port,
-            root = data::data_dir().display(),
+            root = self.root.clone().unwrap_or_else(data::data_dir).display(),
         );
         std::fs::write(d.join("nginx.conf"), conf).unwrap();
         let _ = std::fs::remove_file(d.join("error.log"));

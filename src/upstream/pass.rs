@@ -1,0 +1,205 @@
+//! Pass-through: one upstream exchange relayed to one client and never stored (responses that
+//! may not be stored, bodies of unknown length, requests with credentials, unsafe methods).
+//! It runs on a fetcher thread and hands the head and the body to the connection through a
+//! bounded channel, so a slow client slows the upstream read instead of filling memory.
+
+use std::io::Read;
+use std::time::Instant;
+
+use tokio::sync::mpsc;
+
+use super::Upstream;
+use super::fetch::{FetchError, map_err, upstream_url, via_chain};
+use super::parents::Hop;
+use crate::route::Target;
+
+/// What to send upstream.
+pub struct PassRequest {
+    pub method: String,
+    pub target: Target,
+    /// End-to-end request headers to forward (Range, conditionals, credentials, ...).
+    pub headers: Vec<(&'static str, String)>,
+    pub body: Vec<u8>,
+}
+
+/// What comes back, in order: `Head`, then `Data`..., then `End` (or `Failed` at any point).
+pub enum PassMsg {
+    Head {
+        status: u16,
+        headers: Vec<(String, String)>,
+        /// The body length if the upstream gave one.
+        len: Option<u64>,
+    },
+    Data(Vec<u8>),
+    End,
+    Failed(FetchError),
+}
+
+/// Headers that belong to one connection (RFC 9110 §7.6.1) or that we write ourselves.
+const NOT_RELAYED: &[&str] = &[
+    "connection",
+    "keep-alive",
+    "proxy-connection",
+    "transfer-encoding",
+    "te",
+    "trailer",
+    "upgrade",
+    "content-length",
+    "date",
+    "server",
+];
+
+/// Bytes per body message.
+const CHUNK: usize = 64 * 1024;
+
+/// How long a key whose answer could not be stored is passed through without asking first.
+const PASS_HINT: std::time::Duration = std::time::Duration::from_secs(60);
+
+impl Upstream {
+    /// Remembers that `key`'s answer could not be stored.
+    pub fn mark_pass(&self, key: &str) {
+        let mut p = self.passes.lock();
+        let now = Instant::now();
+        if p.len() > 10_000 {
+            p.retain(|_, until| *until > now);
+        }
+        p.insert(key.to_string(), now + PASS_HINT);
+    }
+
+    /// Should requests for `key` pass through straight away?
+    pub fn is_pass(&self, key: &str) -> bool {
+        let p = self.passes.lock();
+        !p.is_empty() && p.get(key).is_some_and(|until| *until > Instant::now())
+    }
+
+    /// Starts a pass-through exchange; the messages arrive on the returned channel.
+    pub fn pass(&self, req: PassRequest) -> mpsc::Receiver<PassMsg> {
+        let (tx, rx) = mpsc::channel(4);
+        self.submit_work(super::Work::Pass(req, tx));
+        rx
+    }
+
+    pub(super) fn run_pass(&self, req: PassRequest, tx: mpsc::Sender<PassMsg>) {
+        // Only a request that never reached anyone may go to the next parent; an unsafe one
+        // that a parent received must not be sent twice.
+        let idempotent = matches!(req.method.as_str(), "GET" | "HEAD" | "OPTIONS");
+        let mut last = FetchError::Connect("no upstream to ask".into());
+        for hop in self.parents.plan(Instant::now()) {
+            self.stats
+                .requests
+                .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+            let (url, host) = upstream_url(&req.target, &hop);
+            let mut b = ureq::http::Request::builder()
+                .method(req.method.as_str())
+                .uri(&url)
+                .header("Host", host)
+                .header("Via", via_chain(&req.target, &self.via));
+            for (k, v) in &req.headers {
+                b = b.header(*k, v);
+            }
+            let r = b
+                .body(req.body.clone())
+                .map_err(|e| FetchError::Invalid(e.to_string()))
+                .and_then(|r| self.agent.run(r).map_err(map_err));
+            let resp = match r {
+                Ok(resp)
+                    if matches!(hop, Hop::Parent(..))
+                        && resp.status().as_u16() >= 500
+                        && resp.status().as_u16() != 508
+                        && idempotent =>
+                {
+                    self.parents.failed(&hop, Instant::now());
+                    last = FetchError::Invalid(format!("upstream status {}", resp.status()));
+                    continue;
+                }
+                Ok(resp) => resp,
+                Err(e) => {
+                    self.stats
+                        .errors
+                        .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                    log::warn!("{} via {hop:?} (pass): {}", req.target.url(), e.message());
+                    let connect = matches!(e, FetchError::Connect(_));
+                    if matches!(hop, Hop::Parent(..)) && e.is_hop_failure() {
+                        self.parents.failed(&hop, Instant::now());
+                        if idempotent || connect {
+                            last = e;
+                            continue;
+                        }
+                    }
+                    last = e;
+                    break;
+                }
+            };
+            self.parents.succeeded(&hop);
+            self.relay(resp, &req.method, &tx);
+            return;
+        }
+        let _ = tx.blocking_send(PassMsg::Failed(last));
+    }
+
+    fn relay(
+        &self,
+        resp: ureq::http::Response<ureq::Body>,
+        method: &str,
+        tx: &mpsc::Sender<PassMsg>,
+    ) {
+        let status = resp.status().as_u16();
+        let (parts, body) = resp.into_parts();
+        let len = parts
+            .headers
+            .get("content-length")
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| v.trim().parse::<u64>().ok());
+        let headers = parts
+            .headers
+            .iter()
+            .filter(|(k, _)| !NOT_RELAYED.contains(&k.as_str()))
+            .filter_map(|(k, v)| Some((k.as_str().to_string(), v.to_str().ok()?.to_string())))
+            .collect();
+        if tx
+            .blocking_send(PassMsg::Head {
+                status,
+                headers,
+                len,
+            })
+            .is_err()
+        {
+            return;
+        }
+        if method == "HEAD" || matches!(status, 204 | 304) {
+            let _ = tx.blocking_send(PassMsg::End);
+            return;
+        }
+        let mut reader = body.into_reader();
+        let mut got = 0u64;
+        loop {
+            let mut buf = vec![0u8; CHUNK];
+            match reader.read(&mut buf) {
+                Ok(0) => {
+                    let msg = match len {
+                        Some(l) if got < l => PassMsg::Failed(FetchError::Invalid(format!(
+                            "short body: {got} of {l} bytes"
+                        ))),
+                        _ => PassMsg::End,
+                    };
+                    let _ = tx.blocking_send(msg);
+                    return;
+                }
+                Ok(n) => {
+                    got += n as u64;
+                    buf.truncate(n);
+                    self.stats
+                        .bytes
+                        .fetch_add(n as u64, std::sync::atomic::Ordering::Relaxed);
+                    if tx.blocking_send(PassMsg::Data(buf)).is_err() {
+                        return; // the client went away
+                    }
+                }
+                Err(e) => {
+                    let _ = tx.blocking_send(PassMsg::Failed(FetchError::Connect(e.to_string())));
+                    return;
+                }
+            }
+        }
+    }
+}
