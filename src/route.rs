@@ -22,6 +22,9 @@ pub struct Target {
     pub via: Option<String>,
     /// The operator's freshness override for this content.
     pub rule: crate::http::freshness::Rule,
+    /// The client's `Cache-Control` (or `no-cache` for `Pragma: no-cache`), passed on
+    /// upstream so that a reload reaches through a chain of caches to the origin.
+    pub client_cc: Option<String>,
 }
 
 impl Target {
@@ -107,6 +110,7 @@ fn for_origin(o: &Origin, host: &str, path: &str, query: &str) -> Target {
         key: key_for(Some(o), host, path, query),
         via: None,
         rule: Default::default(),
+        client_cc: None,
     }
 }
 
@@ -114,6 +118,11 @@ fn for_origin(o: &Origin, host: &str, path: &str, query: &str) -> Target {
 pub fn route(req: &Request, cfg: &Config) -> Result<Target, Refusal> {
     let mut t = route_target(req, cfg)?;
     t.via = req.via.clone();
+    t.client_cc = match (&req.cache_control, req.pragma_no_cache) {
+        (Some(cc), _) => Some(cc.clone()),
+        (None, true) => Some("no-cache".into()),
+        (None, false) => None,
+    };
     let path = t.path.split('?').next().unwrap_or("");
     t.rule = cfg.fresh_rule(&t.host, path, find(cfg, &t.host));
     Ok(t)
@@ -164,6 +173,7 @@ fn route_target(req: &Request, cfg: &Config) -> Result<Target, Refusal> {
                 key: key_for(None, &host, path, &query),
                 via: None,
                 rule: Default::default(),
+                client_cc: None,
             }),
             None => Err(Refusal::NotAllowed(host)),
         };
@@ -188,6 +198,7 @@ fn route_target(req: &Request, cfg: &Config) -> Result<Target, Refusal> {
             key: key_for(o, &r.host, &up_path, &query),
             via: None,
             rule: Default::default(),
+            client_cc: None,
         });
     }
     Err(Refusal::NotAllowed(host_header.map_or_else(

@@ -72,6 +72,32 @@ fn stale_is_revalidated_and_a_304_keeps_the_body() {
 }
 
 #[test]
+fn a_304_without_date_refreshes_the_age() {
+    // The first answer is dated an hour back (so the object is an hour old when stored);
+    // the 304 has no Date: the response time stands for it, and the object is young again.
+    let (o, g) = setup(&[]);
+    let hour_ago =
+        httpdate::fmt_http_date(std::time::SystemTime::now() - Duration::from_secs(3600));
+    let (_, ob) = obj("nodate", "\"v1\"", "max-age=1800");
+    o.put("/d.bin", ob.with_header("Date", &hour_ago));
+    let r = http::get(g.addr(), "/d.bin", &[]);
+    assert_eq!(r.status, 200);
+    let r = http::get(g.addr(), "/d.bin", &[]);
+    assert!(
+        r.header("cache-status").unwrap().contains("fwd-status=304"),
+        "stale at once"
+    );
+    let (_, ob) = obj("nodate", "\"v1\"", "max-age=1800");
+    o.put("/d.bin", ob);
+    let r = http::get(g.addr(), "/d.bin", &[]);
+    assert!(r.header("cache-status").unwrap().contains("fwd-status=304"));
+    let before = o.requests("/d.bin");
+    let r = http::get(g.addr(), "/d.bin", &[]);
+    assert!(r.is_hit(), "fresh after the 304: {}", r.cache_status());
+    assert_eq!(o.requests("/d.bin"), before);
+}
+
+#[test]
 fn changed_object_heals_on_revalidation() {
     let (o, g) = setup(&[]);
     let (_, ob) = obj("heal-old", "\"v1\"", "max-age=1");
@@ -228,8 +254,12 @@ fn operator_rules_override_the_origin() {
             .set("[[rule]]\npath = \"*/InRelease\"\nmax_age = \"0s\"")
             .set("[[rule]]\nhost = \"pkgs.test\"\npath = \"/pool/*\"\nimmutable = true"),
     );
-    for p in ["/blob.bin", "/dists/InRelease", "/pool/a.deb"] {
-        let (_, ob) = obj(p, "\"v1\"", "no-cache");
+    for (p, cc) in [
+        ("/blob.bin", "no-cache"),
+        ("/dists/InRelease", "max-age=3600"),
+        ("/pool/a.deb", "no-cache"),
+    ] {
+        let (_, ob) = obj(p, "\"v1\"", cc);
         o.put(p, ob);
     }
     let get = |host: &str, p: &str| {
@@ -244,7 +274,7 @@ fn operator_rules_override_the_origin() {
     assert!(get("pkgs.test", "/pool/a.deb").is_hit());
     assert_eq!(o.requests("/pool/a.deb"), 1);
     assert_eq!(o.requests("/blob.bin"), 1);
-    // max_age 0: every request checks with the origin.
+    // max_age 0 overrides the origin's hour: every request checks with the origin.
     get("pkgs.test", "/dists/InRelease");
     let r = get("pkgs.test", "/dists/InRelease");
     assert!(r.header("cache-status").unwrap().contains("fwd-status=304"));
@@ -252,4 +282,7 @@ fn operator_rules_override_the_origin() {
     // Without a rule, the origin's no-cache means a revalidation per request.
     get("origin.test", "/blob.bin");
     assert_eq!(o.requests("/blob.bin"), 2);
+    let r = get("origin.test", "/blob.bin");
+    assert!(r.header("cache-status").unwrap().contains("fwd-status=304"));
+    assert_eq!(o.requests("/blob.bin"), 3);
 }

@@ -171,6 +171,21 @@ impl Cache {
         meta: ObjectMeta,
         blocks: std::ops::Range<u32>,
     ) -> Result<(Object, Vec<BlockWriter>), CacheError> {
+        self.put_object_inner(meta, blocks, None)
+    }
+
+    /// Re-stores the record of an object whose installed version is still `expected` (a
+    /// refresh after a 304); `VersionChanged` if another version was installed meanwhile.
+    pub fn refresh_object(&self, meta: ObjectMeta, expected: u64) -> Result<Object, CacheError> {
+        Ok(self.put_object_inner(meta, 0..0, Some(expected))?.0)
+    }
+
+    fn put_object_inner(
+        &self,
+        meta: ObjectMeta,
+        blocks: std::ops::Range<u32>,
+        expected: Option<u64>,
+    ) -> Result<(Object, Vec<BlockWriter>), CacheError> {
         let inner = &self.inner;
         let h = key_hash(&meta.key);
         let version = meta.version();
@@ -225,6 +240,11 @@ impl Cache {
             let mut shard = inner.index.shard(h);
             let nblocks = meta.block_count(bs) as usize;
             let installed = match shard.objects.get_mut(&h) {
+                Some(e) if expected.is_some_and(|v| v != e.version) => {
+                    // Replaced by another version since the caller looked: that one stands.
+                    to_free.push(meta_addr);
+                    None
+                }
                 Some(e) if e.meta_seq > seq => {
                     // A newer record was installed while ours was being written.
                     to_free.push(meta_addr);

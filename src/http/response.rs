@@ -54,13 +54,26 @@ pub struct Head {
 
 impl Head {
     pub fn new(status: u16) -> Head {
+        Head::dated(status, None)
+    }
+
+    /// A head with a given `Date` (a stored response keeps its origin's; RFC 9111 §4), or
+    /// the current one.
+    pub fn dated(status: u16, date: Option<&str>) -> Head {
         let mut buf = Vec::with_capacity(512);
-        let _ = write!(
-            Writer(&mut buf),
-            "HTTP/1.1 {status} {}\r\nDate: {}\r\n",
-            reason(status),
-            date_now()
-        );
+        let _ = match date {
+            Some(d) => write!(
+                Writer(&mut buf),
+                "HTTP/1.1 {status} {}\r\nDate: {d}\r\n",
+                reason(status)
+            ),
+            None => write!(
+                Writer(&mut buf),
+                "HTTP/1.1 {status} {}\r\nDate: {}\r\n",
+                reason(status),
+                date_now()
+            ),
+        };
         Head { buf }
     }
 

@@ -69,6 +69,9 @@ async fn simple<T: Transport>(
     Outcome::new(status, keep && ok, "BYPASS")
 }
 
+/// A revalidation to start once the response is out (stale-while-revalidate).
+type After = Option<(Target, Object, u32, u32)>;
+
 /// Answers one request; `body` is its body (read for the methods that are passed through).
 pub async fn respond<T: Transport>(
     t: &mut T,
@@ -76,6 +79,22 @@ pub async fn respond<T: Transport>(
     body: Vec<u8>,
     sh: &Shared,
     keep: bool,
+) -> Outcome {
+    let mut after = None;
+    let out = respond_to(t, req, body, sh, keep, &mut after).await;
+    if let Some((target, stale, first, count)) = after {
+        sh.upstream.revalidate(&target, &stale, first, count);
+    }
+    out
+}
+
+async fn respond_to<T: Transport>(
+    t: &mut T,
+    req: &Request,
+    body: Vec<u8>,
+    sh: &Shared,
+    keep: bool,
+    after: &mut After,
 ) -> Outcome {
     let head_only = match req.method() {
         Method::Get => false,
@@ -123,10 +142,15 @@ pub async fn respond<T: Transport>(
             match freshness::decide(&o.meta, &req_cc, req.pragma_no_cache, &target.rule, now) {
                 Decision::Fresh => o,
                 Decision::StaleWhileRevalidate => {
+                    // Revalidated once this response is sent: a new version found meanwhile
+                    // would cut this stale stream short.
                     let (first, count) = cold_window(specs.as_deref(), bs, head_only);
-                    sh.upstream.revalidate(&target, &o, first, count);
+                    *after = Some((target.clone(), o.clone(), first, count));
                     status_override = Some(STALE);
                     o
+                }
+                Decision::Revalidate { .. } if req_cc.only_if_cached => {
+                    return simple(t, 504, "stale (only-if-cached)", keep, &[]).await;
                 }
                 Decision::Revalidate {
                     stale_if_unreachable,
@@ -191,7 +215,7 @@ pub async fn respond<T: Transport>(
     let lm = meta.last_modified.as_deref();
     if conditional::not_modified(req, etag, lm) {
         let cs = status_override.unwrap_or(if cold { MISS } else { HIT });
-        let mut h = Head::new(304);
+        let mut h = Head::dated(304, obj.meta.date.as_deref());
         h.header("Server", "gatecache").header("Cache-Status", cs);
         validators(&mut h, &obj);
         freshness_headers(&mut h, &obj, now);
@@ -228,7 +252,7 @@ pub async fn respond<T: Transport>(
     }
     let r = ranges[0].clone();
     let status = if partial { 206 } else { 200 };
-    let mut h = Head::new(status);
+    let mut h = Head::dated(status, obj.meta.date.as_deref());
     h.header("Server", "gatecache")
         .header("Content-Length", r.end - r.start)
         .header("Accept-Ranges", "bytes")
@@ -319,7 +343,7 @@ async fn multipart<T: Transport>(
         .map(|(r, h)| h.len() as u64 + r.end - r.start)
         .sum::<u64>()
         + closing.len() as u64;
-    let mut h = Head::new(206);
+    let mut h = Head::dated(206, obj.meta.date.as_deref());
     h.header("Server", "gatecache")
         .header(
             "Content-Type",
@@ -425,7 +449,7 @@ fn entity_headers(h: &mut Head, obj: &Object) {
 
 /// What a downstream cache (a child gateway) needs to judge freshness itself: the origin's
 /// Cache-Control and Expires, and how long the response has been held (`Age`; the head's
-/// `Date` is ours, so Age carries the whole age).
+/// `Date` is the origin's, so a child's Expires - Date is the origin's lifetime).
 fn freshness_headers(h: &mut Head, obj: &Object, now: u64) {
     let m = &obj.meta;
     if let Some(cc) = &m.cache_control {

@@ -192,6 +192,9 @@ pub fn fetch(
     if let Some((a, b)) = range {
         req = req.header("Range", format!("bytes={a}-{b}"));
     }
+    if let Some(cc) = &target.client_cc {
+        req = req.header("Cache-Control", cc);
+    }
     if let Some(m) = revalidate {
         if let Some(e) = &m.etag {
             req = req.header("If-None-Match", e);

@@ -315,7 +315,11 @@ impl Upstream {
                     if !(e.is_hop_failure() && matches!(hop, Hop::Parent(..))) {
                         break;
                     }
-                    self.parents.failed(&hop, Instant::now());
+                    // A parent relaying its upstream's 5xx is alive: ask the next hop for this
+                    // request, but keep sending it the others.
+                    if matches!(e, FetchError::Connect(_) | FetchError::Timeout) {
+                        self.parents.failed(&hop, Instant::now());
+                    }
                 }
             }
         }
@@ -335,8 +339,18 @@ impl Upstream {
             self.end_cold(&job, r);
             return;
         }
+        // Without validators a revalidation cannot tell "same" from "changed with the same
+        // length": it counts as changed, and the stored blocks go.
+        let unprovable = job.revalidate
+            && job
+                .known
+                .as_ref()
+                .is_some_and(|k| k.meta.etag.is_none() && k.meta.last_modified.is_none());
+        if unprovable {
+            self.cache.remove(&job.target.key);
+        }
         let obj = match &job.known {
-            Some(k) if k.version == fetched.meta.version() => {
+            Some(k) if k.version == fetched.meta.version() && !unprovable => {
                 writers.extend(job.writers.drain(..).map(|w| (w.block(), w)));
                 if job.revalidate {
                     // Same validators and length (an origin that ignores conditionals): the
@@ -402,23 +416,34 @@ impl Upstream {
     }
 
     /// Stores `k` again with the freshness headers of a newer answer (a 304 or the same
-    /// version) and a new response time; the blocks are kept.
+    /// version) and a new response time; the blocks are kept. Refused if the answer names
+    /// other validators (§4.3.4), or if another version was installed meanwhile.
     fn refresh(&self, k: &Object, fresh: &ObjectMeta) -> Result<Object, FetchError> {
+        let differs = |a: &Option<String>, b: &Option<String>| b.is_some() && a != b;
+        if differs(&k.meta.etag, &fresh.etag)
+            || differs(&k.meta.last_modified, &fresh.last_modified)
+        {
+            return Err(FetchError::Invalid(
+                "a 304 naming other validators than the stored ones".into(),
+            ));
+        }
         let mut m = (*k.meta).clone();
         // §4.3.4: the 304's headers replace the stored ones; validators stay (same version).
         for (dst, src) in [
             (&mut m.cache_control, &fresh.cache_control),
             (&mut m.expires, &fresh.expires),
-            (&mut m.date, &fresh.date),
         ] {
             if src.is_some() {
                 dst.clone_from(src);
             }
         }
+        // The new response's Date (or none: then the response time stands for it), age and
+        // response time, together.
+        m.date.clone_from(&fresh.date);
         m.age = fresh.age;
         m.stored_at = fresh.stored_at;
-        self.cache.put_object(m).map_err(|e| {
-            log::error!("{}: cannot store refreshed metadata: {e}", k.meta.key);
+        self.cache.refresh_object(m, k.version).map_err(|e| {
+            log::info!("{}: not refreshed: {e}", k.meta.key);
             FetchError::Invalid(format!("store: {e}"))
         })
     }

@@ -43,26 +43,26 @@ impl Parents {
     }
 
     /// The hops to try for one request, in order, as of `now`: the parents that are up, then
-    /// the origin if allowed. When every parent is backing off and there is no fallback, they
-    /// are all tried anyway (a request that fails for sure helps nobody).
+    /// the origin if allowed, then the parents that are backing off (one may have recovered;
+    /// a request that would otherwise fail for sure loses nothing by asking).
     pub fn plan(&self, now: Instant) -> Vec<Hop> {
         if self.list.is_empty() {
             return vec![Hop::Direct];
         }
-        let mut hops: Vec<Hop> = self
+        let (up, down): (Vec<Hop>, Vec<Hop>) = self
             .list
             .iter()
             .enumerate()
-            .filter(|(_, p)| p.down_until.lock().is_none_or(|t| now >= t))
             .map(|(i, p)| Hop::Parent(i, p.addr.clone()))
-            .collect();
+            .partition(|h| match h {
+                Hop::Parent(i, _) => self.list[*i].down_until.lock().is_none_or(|t| now >= t),
+                Hop::Direct => true,
+            });
+        let mut hops = up;
         if self.direct_fallback {
             hops.push(Hop::Direct);
-        } else if hops.is_empty() {
-            hops = (self.list.iter().enumerate())
-                .map(|(i, p)| Hop::Parent(i, p.addr.clone()))
-                .collect();
         }
+        hops.extend(down);
         hops
     }
 
@@ -137,8 +137,11 @@ mod tests {
         let p = parents(2, false);
         let t = Instant::now();
         p.failed(&p.plan(t)[0], t);
-        assert_eq!(names(&p.plan(t)), ["p1.test:80"]);
-        assert_eq!(names(&p.plan(t + Duration::from_secs(29))), ["p1.test:80"]);
+        assert_eq!(names(&p.plan(t)), ["p1.test:80", "p0.test:80"]);
+        assert_eq!(
+            names(&p.plan(t + Duration::from_secs(29))),
+            ["p1.test:80", "p0.test:80"]
+        );
         assert_eq!(
             names(&p.plan(t + Duration::from_secs(30))),
             ["p0.test:80", "p1.test:80"]
@@ -152,7 +155,7 @@ mod tests {
     }
 
     #[test]
-    fn all_down_without_fallback_tries_them_anyway() {
+    fn parents_backing_off_come_last() {
         let p = parents(2, false);
         let t = Instant::now();
         for h in p.plan(t) {
@@ -163,6 +166,6 @@ mod tests {
         for h in q.plan(t) {
             q.failed(&h, t);
         }
-        assert_eq!(names(&q.plan(t)), ["direct"]);
+        assert_eq!(names(&q.plan(t)), ["direct", "p0.test:80", "p1.test:80"]);
     }
 }

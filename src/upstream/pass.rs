@@ -108,7 +108,7 @@ impl Upstream {
                         && resp.status().as_u16() != 508
                         && idempotent =>
                 {
-                    self.parents.failed(&hop, Instant::now());
+                    // Alive but relaying a failure: ask the next hop, no back-off.
                     last = FetchError::Invalid(format!("upstream status {}", resp.status()));
                     continue;
                 }
