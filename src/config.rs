@@ -31,6 +31,9 @@ pub struct RawConfig {
     /// The parents came from `UPSTREAM_HOST`: errors name that variable.
     #[serde(skip)]
     pub parents_from_env: bool,
+    /// The proxy came from `UPSTREAM_PROXY`.
+    #[serde(skip)]
+    pub proxy_from_env: bool,
 }
 
 /// A freshness override for paths matching a pattern (`*` matches any run of characters).
@@ -81,6 +84,11 @@ pub struct RawUpstream {
     pub direct_fallback: Option<bool>,
     /// How long a failing parent is skipped before it is tried again.
     pub parent_backoff: Option<String>,
+    /// An HTTP proxy (`host:port`) every upstream connection goes through, by CONNECT.
+    pub proxy: Option<String>,
+    /// PEM file of extra CA certificates trusted for https origins (private mirrors), on top
+    /// of the system's.
+    pub ca_file: Option<PathBuf>,
     pub window: Option<String>,
     pub fetchers: Option<usize>,
     pub connect_timeout: Option<String>,
@@ -169,6 +177,10 @@ pub struct Upstream {
     pub parents: Vec<String>,
     pub direct_fallback: bool,
     pub parent_backoff: Duration,
+    /// `host:port` of the outbound proxy.
+    pub proxy: Option<String>,
+    /// DER certificates from `ca_file`.
+    pub ca_certs: Vec<Vec<u8>>,
     pub window: u64,
     pub fetchers: usize,
     pub connect_timeout: Duration,
@@ -340,6 +352,26 @@ fn authority(key: &str, v: &str, default_port: u16) -> Result<String, ConfigErro
     Ok(format!("{}:{port}", host.to_ascii_lowercase()))
 }
 
+/// The certificates of a PEM file, as DER; an unreadable file, or one without a certificate,
+/// is an error naming `upstream.ca_file`.
+fn load_ca_file(path: &std::path::Path) -> Result<Vec<Vec<u8>>, ConfigError> {
+    let key = "upstream.ca_file";
+    let shown = path.display().to_string();
+    let pem = std::fs::read(path).map_err(|e| bad(key, &shown, format!("cannot read: {e}")))?;
+    let mut certs = Vec::new();
+    for item in ureq::tls::parse_pem(&pem) {
+        match item {
+            Ok(ureq::tls::PemItem::Certificate(c)) => certs.push(c.der().to_vec()),
+            Ok(_) => {}
+            Err(e) => return Err(bad(key, &shown, format!("bad PEM: {e}"))),
+        }
+    }
+    if certs.is_empty() {
+        return Err(bad(key, shown, "holds no PEM certificate"));
+    }
+    Ok(certs)
+}
+
 fn scheme_https(key: &str, s: Option<&str>) -> Result<bool, ConfigError> {
     match s {
         None | Some("http") => Ok(false),
@@ -375,8 +407,13 @@ fn parse_origin_url(key: &str, url: &str) -> Result<(bool, String, String), Conf
 
 impl RawConfig {
     /// The original module's environment variables, over the file: `UPSTREAM_HOST` (the
-    /// parent cache; empty means none).
+    /// parent cache; empty means none) and `UPSTREAM_PROXY`.
     pub fn apply_env(&mut self, get: impl Fn(&str) -> Option<String>) {
+        if let Some(p) = get("UPSTREAM_PROXY") {
+            let p = p.trim();
+            self.upstream.proxy = (!p.is_empty()).then(|| p.to_string());
+            self.proxy_from_env = true;
+        }
         if let Some(h) = get("UPSTREAM_HOST") {
             let h = h.trim();
             self.upstream.parents = if h.is_empty() {
@@ -591,6 +628,21 @@ impl RawConfig {
             });
         }
         let u = self.upstream;
+        let proxy = match &u.proxy {
+            None => None,
+            Some(p) => {
+                let key = if self.proxy_from_env {
+                    "UPSTREAM_PROXY"
+                } else {
+                    "upstream.proxy"
+                };
+                Some(authority(key, p, 80)?)
+            }
+        };
+        let ca_certs = match &u.ca_file {
+            None => Vec::new(),
+            Some(path) => load_ca_file(path)?,
+        };
         let mut parents = Vec::new();
         for (i, p) in u.parents.iter().enumerate() {
             let key = if self.parents_from_env {
@@ -666,6 +718,8 @@ impl RawConfig {
                     &u.parent_backoff,
                     Duration::from_secs(30),
                 )?,
+                proxy,
+                ca_certs,
                 window,
                 fetchers,
                 connect_timeout: dur(
@@ -831,6 +885,25 @@ mod tests {
                 "[upstream]\nparent_backoff = \"0s\"",
                 "upstream.parent_backoff",
             ),
+            (
+                "[upstream]\nproxy = \"proxy.example.org:99999\"",
+                "upstream.proxy",
+            ),
+            (
+                "[upstream]\nca_file = \"/nonexistent/ca.pem\"",
+                "upstream.ca_file",
+            ),
+            // A file that exists but holds no certificate.
+            (
+                "[upstream]\nca_file = \"/proc/self/status\"",
+                "upstream.ca_file",
+            ),
+            ("[[rule]]\npath = \"*.deb\"", "rule[0]"),
+            ("[[rule]]\npath = \"x\"\nimmutable = true", "rule[0].path"),
+            (
+                "[[rule]]\npath = \"*\"\nmax_age = \"soon\"",
+                "rule[0].max_age",
+            ),
         ] {
             let e = cfg(text).unwrap_err();
             assert_eq!(e.key, key, "{text}: {e}");
@@ -852,6 +925,32 @@ mod tests {
         let mut raw = RawConfig::default();
         raw.apply_env(env("bad host"));
         assert_eq!(raw.validate().unwrap_err().key, "UPSTREAM_HOST");
+        let mut raw = RawConfig::default();
+        raw.apply_env(|k| (k == "UPSTREAM_PROXY").then(|| "dmz-proxy.example.org:3128".into()));
+        assert_eq!(
+            raw.validate().unwrap().upstream.proxy.as_deref(),
+            Some("dmz-proxy.example.org:3128")
+        );
+        let mut raw = RawConfig::default();
+        raw.apply_env(|k| (k == "UPSTREAM_PROXY").then(|| "no good:1".into()));
+        assert_eq!(raw.validate().unwrap_err().key, "UPSTREAM_PROXY");
+    }
+
+    #[test]
+    fn globs() {
+        for (p, t, want) in [
+            ("*", "/anything", true),
+            ("*.deb", "/pool/a_1.0_all.deb", true),
+            ("*.deb", "/pool/a.debx", false),
+            ("*/InRelease", "/debian/dists/stable/InRelease", true),
+            ("/pool/*", "/pool/x", true),
+            ("/pool/*", "/dists/pool/x", false),
+            ("/a/*/b/*.gz", "/a/x/y/b/P.gz", true),
+            ("/exact", "/exact", true),
+            ("/exact", "/exact/more", false),
+        ] {
+            assert_eq!(glob(p, t), want, "{p} ~ {t}");
+        }
     }
 
     #[test]

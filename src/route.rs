@@ -1,8 +1,6 @@
 //! Routing: which origin a request is for, what to ask it, and the cache key. Only configured
 //! origins are ever fetched (never an open proxy).
 
-use std::net::SocketAddr;
-
 use crate::config::{Config, Origin};
 use crate::http::request::Request;
 
@@ -12,8 +10,6 @@ pub struct Target {
     pub https: bool,
     /// `Host` for the upstream request: name, plus `:port` when not the default.
     pub host: String,
-    /// Address to connect to instead of resolving `host` (like curl --resolve).
-    pub connect: Option<SocketAddr>,
     /// Path and query to ask the upstream for (`cacheHostOrigin` removed).
     pub path: String,
     /// Cache key: canonical origin + path [+ query].
@@ -105,7 +101,6 @@ fn for_origin(o: &Origin, host: &str, path: &str, query: &str) -> Target {
     Target {
         https: o.https,
         host: host.to_string(),
-        connect: o.connect,
         path: with_query(path, query),
         key: key_for(Some(o), host, path, query),
         via: None,
@@ -168,7 +163,6 @@ fn route_target(req: &Request, cfg: &Config) -> Result<Target, Refusal> {
             Some(r) => Ok(Target {
                 https: r.https,
                 host: host.clone(),
-                connect: None,
                 path: with_query(path, &query),
                 key: key_for(None, &host, path, &query),
                 via: None,
@@ -193,7 +187,6 @@ fn route_target(req: &Request, cfg: &Config) -> Result<Target, Refusal> {
         return Ok(Target {
             https: r.https,
             host: r.host.clone(),
-            connect: o.and_then(|o| o.connect),
             path: with_query(&up_path, &query),
             key: key_for(o, &r.host, &up_path, &query),
             via: None,
@@ -276,12 +269,11 @@ mod tests {
     }
 
     #[test]
-    fn canonical_merges_mirrors_and_connect_overrides_dns() {
+    fn canonical_merges_mirrors() {
         let c = cfg();
         let us = route(&req("/p?cacheHostOrigin=us.archive.example.org", "gw"), &c).unwrap();
         let eu = route(&req("/p?cacheHostOrigin=eu.archive.example.org", "gw"), &c).unwrap();
         assert_eq!(us.key, eu.key);
-        assert_eq!(eu.connect, Some("127.0.0.1:9000".parse().unwrap()));
         assert_eq!(eu.host, "eu.archive.example.org");
     }
 

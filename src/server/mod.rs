@@ -78,7 +78,7 @@ pub fn run(cfg: Config) -> Result<(), String> {
         cfg.store.drives.len(),
         cache.store().capacity_bytes()
     );
-    let upstream = Upstream::start(cache, &cfg);
+    let upstream = Upstream::start(cache, &cfg)?;
     // Bind every listener before reporting ready, so a bad address fails start-up.
     let listeners = (0..cfg.workers)
         .map(|_| listener(cfg.listen))

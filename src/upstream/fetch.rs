@@ -142,14 +142,8 @@ pub(super) fn upstream_url<'a>(target: &'a Target, hop: &'a Hop) -> (String, &'a
             );
             (url, addr.as_str())
         }
-        // With a connect override the URL names the address and Host names the origin.
-        Hop::Direct => match target.connect {
-            Some(addr) if !target.https => (
-                format!("http://{addr}{}", target.path),
-                target.host.as_str(),
-            ),
-            _ => (target.url(), target.host.as_str()),
-        },
+        // A `connect` override is applied when the name is resolved (see agent.rs).
+        Hop::Direct => (target.url(), target.host.as_str()),
     }
 }
 

@@ -5,6 +5,7 @@
 //! request goes out (warm object) or right after the response head arrived (cold object), so
 //! every other request for those blocks waits on the job's watermark instead of fetching again.
 
+pub mod agent;
 pub mod fetch;
 pub mod parents;
 pub mod pass;
@@ -121,17 +122,8 @@ pub struct Upstream {
 
 impl Upstream {
     /// Starts the fetcher threads.
-    pub fn start(cache: Cache, cfg: &Config) -> Arc<Upstream> {
-        let agent: ureq::Agent = ureq::Agent::config_builder()
-            .http_status_as_error(false)
-            .max_redirects(5)
-            .timeout_connect(Some(cfg.upstream.connect_timeout))
-            .timeout_recv_response(Some(cfg.upstream.read_timeout))
-            .timeout_per_read(Some(cfg.upstream.read_timeout))
-            .user_agent(concat!("gatecache/", env!("CARGO_PKG_VERSION")))
-            .max_idle_connections_per_host(64)
-            .build()
-            .into();
+    pub fn start(cache: Cache, cfg: &Config) -> Result<Arc<Upstream>, String> {
+        let agent = agent::build(cfg)?;
         let (tx, rx) = channel::<Work>();
         let up = Arc::new(Upstream {
             cache,
@@ -171,7 +163,7 @@ impl Upstream {
                 })
                 .expect("spawn fetcher");
         }
-        up
+        Ok(up)
     }
 
     pub fn cache(&self) -> &Cache {

@@ -9,6 +9,7 @@ pub mod faulty;
 pub mod gate;
 pub mod http;
 pub mod nginx;
+pub mod proxy;
 
 use std::net::TcpListener;
 

@@ -30,6 +30,8 @@ pub struct Nginx {
     dir: tempfile::TempDir,
     /// What it serves (default: the shared data dir).
     root: Option<PathBuf>,
+    /// https with this certificate chain and key (PEM files).
+    tls: Option<(PathBuf, PathBuf)>,
 }
 
 impl Nginx {
@@ -43,15 +45,23 @@ impl Nginx {
         for (name, len) in files {
             data::ensure_file(name, *len);
         }
-        Self::launch_serving(None)
+        Self::launch_serving(None, None)
+    }
+
+    /// Starts nginx serving the standard files over https with `cert` and `key` (PEM).
+    pub fn start_tls(cert: &std::path::Path, key: &std::path::Path) -> Nginx {
+        for (name, len) in data::STANDARD {
+            data::ensure_file(name, *len);
+        }
+        Self::launch_serving(None, Some((cert.to_path_buf(), key.to_path_buf())))
     }
 
     /// Starts nginx serving the directory `root`.
     pub fn start_root(root: &std::path::Path) -> Nginx {
-        Self::launch_serving(Some(root.to_path_buf()))
+        Self::launch_serving(Some(root.to_path_buf()), None)
     }
 
-    fn launch_serving(root: Option<PathBuf>) -> Nginx {
+    fn launch_serving(root: Option<PathBuf>, tls: Option<(PathBuf, PathBuf)>) -> Nginx {
         let mut last = String::new();
         for _ in 0..4 {
             let dir = tempfile::Builder::new()
@@ -63,6 +73,7 @@ impl Nginx {
                 port: free_port(),
                 dir,
                 root: root.clone(),
+                tls: tls.clone(),
             };
             match n.launch() {
                 Ok(()) => return n,
@@ -94,7 +105,7 @@ http {{
     sendfile on;
     keepalive_requests 100000;
     server {{
-        listen 127.0.0.1:{port};
+        listen 127.0.0.1:{port}{ssl};
         root {root};
         # Fresh for an hour, as a mirror would say: the tests of plain caching must not
         # depend on how recently the data files were written (heuristic freshness).
@@ -105,6 +116,14 @@ http {{
             d = d.display(),
             port = self.port,
             root = self.root.clone().unwrap_or_else(data::data_dir).display(),
+            ssl = match &self.tls {
+                Some((c, k)) => format!(
+                    " ssl; ssl_certificate {}; ssl_certificate_key {}",
+                    c.display(),
+                    k.display()
+                ),
+                None => String::new(),
+            },
         );
         std::fs::write(d.join("nginx.conf"), conf).unwrap();
         let _ = std::fs::remove_file(d.join("error.log"));
