@@ -121,6 +121,11 @@ pub struct Rule {
     pub fresh: crate::http::freshness::Rule,
 }
 
+/// Paths whose content never changes in any package repository: a package file's name carries
+/// its version, a by-hash path its digest. Index files (InRelease, Packages, ...) are not here:
+/// they follow their freshness. A `[[rule]]` overrides these.
+pub const IMMUTABLE_PATHS: &[&str] = &["*.deb", "*.udeb", "*.ddeb", "*/by-hash/*"];
+
 /// Does `text` match `pattern`, where `*` matches any run of characters?
 pub fn glob(pattern: &str, text: &str) -> bool {
     let mut parts = pattern.split('*');
@@ -225,7 +230,8 @@ impl Config {
         match hit {
             Some(r) => r.fresh,
             None => crate::http::freshness::Rule {
-                immutable: origin.is_some_and(|o| o.immutable),
+                immutable: origin.is_some_and(|o| o.immutable)
+                    || IMMUTABLE_PATHS.iter().any(|p| glob(p, path)),
                 max_age: None,
             },
         }
@@ -934,6 +940,23 @@ mod tests {
         let mut raw = RawConfig::default();
         raw.apply_env(|k| (k == "UPSTREAM_PROXY").then(|| "no good:1".into()));
         assert_eq!(raw.validate().unwrap_err().key, "UPSTREAM_PROXY");
+    }
+
+    #[test]
+    fn package_files_are_immutable_index_files_are_not() {
+        let c = cfg("[[origin]]\nhost = \"deb.example.org\"").unwrap();
+        let o = c.origins.first();
+        let rule = |p: &str| c.fresh_rule("deb.example.org", p, o).immutable;
+        assert!(rule("/debian/pool/main/h/hello/hello_2.10-3_amd64.deb"));
+        assert!(rule(
+            "/debian/dists/stable/main/binary-amd64/by-hash/SHA256/0a1b"
+        ));
+        assert!(!rule("/debian/dists/stable/InRelease"));
+        assert!(!rule("/debian/dists/stable/main/binary-amd64/Packages.xz"));
+        // An operator's rule wins.
+        let c = cfg("[[rule]]\npath = \"*.deb\"\nmax_age = \"1m\"").unwrap();
+        let r = c.fresh_rule("x.example.org", "/a.deb", None);
+        assert_eq!((r.immutable, r.max_age), (false, Some(60)));
     }
 
     #[test]
