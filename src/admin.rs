@@ -1,30 +1,36 @@
-//! The admin listener (127.0.0.1 by default): `/healthz` now; `/summary` and `/metrics` come
-//! with the operations work. A plain blocking thread: it serves operators, not clients.
+//! The admin listener (127.0.0.1 by default): `/summary` (JSON, the original module's fields and
+//! ours), `/metrics` (Prometheus text), `/healthz` (alive), `/readyz` (storage recovered and
+//! listeners up), `/stats` (plain counters, for scripts). A plain blocking thread: it serves
+//! operators, not clients.
 
+use std::fmt::Write as _;
 use std::io::{Read, Write};
 use std::net::{SocketAddr, TcpListener, TcpStream};
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
-use std::time::Duration;
+use std::time::{Duration, Instant};
+
+use serde_json::json;
 
 use crate::http::response;
-use crate::upstream::Upstream;
+use crate::metrics::Totals;
+use crate::server::Shared;
 
 /// Binds the admin listener and serves it on its own thread; returns the bound address.
-pub fn start(addr: SocketAddr, up: Arc<Upstream>) -> std::io::Result<SocketAddr> {
+pub fn start(addr: SocketAddr, sh: Arc<Shared>) -> std::io::Result<SocketAddr> {
     let l = TcpListener::bind(addr)?;
     let bound = l.local_addr()?;
     std::thread::Builder::new()
         .name("admin".into())
         .spawn(move || {
             for s in l.incoming().flatten() {
-                let _ = handle(s, &up);
+                let _ = handle(s, &sh);
             }
         })?;
     Ok(bound)
 }
 
-fn handle(mut s: TcpStream, up: &Upstream) -> std::io::Result<()> {
+fn handle(mut s: TcpStream, sh: &Shared) -> std::io::Result<()> {
     s.set_read_timeout(Some(Duration::from_secs(5)))?;
     let mut buf = vec![0u8; 4096];
     let mut n = 0;
@@ -43,18 +49,185 @@ fn handle(mut s: TcpStream, up: &Upstream) -> std::io::Result<()> {
             }
         }
     };
-    let body = match req.target.as_str() {
-        "/healthz" => "ok".to_string(),
-        "/stats" => format!(
-            "upstream_requests {}\nupstream_bytes {}\nupstream_errors {}",
-            up.stats.requests.load(Ordering::Relaxed),
-            up.stats.bytes.load(Ordering::Relaxed),
-            up.stats.errors.load(Ordering::Relaxed)
-        ),
+    let path = req.target.split('?').next().unwrap_or("");
+    let (status, ctype, body) = match path {
+        "/healthz" => (200, "text/plain; charset=utf-8", "ok\n".to_string()),
+        "/readyz" if sh.ready.load(Ordering::Relaxed) => {
+            (200, "text/plain; charset=utf-8", "ready\n".to_string())
+        }
+        "/readyz" => (503, "text/plain; charset=utf-8", "not ready\n".to_string()),
+        "/summary" => (200, "application/json", summary(sh)),
+        "/metrics" => (200, "text/plain; version=0.0.4; charset=utf-8", metrics(sh)),
+        "/stats" => (200, "text/plain; charset=utf-8", stats(sh)),
         _ => {
             s.write_all(&response::simple(404, "not found", false, &[]))?;
             return Ok(());
         }
     };
-    s.write_all(&response::simple(200, &body, false, &[]))
+    s.write_all(&reply(status, ctype, &body))
+}
+
+/// A whole response with a body of the given type.
+pub fn reply(status: u16, ctype: &str, body: &str) -> Vec<u8> {
+    let mut h = response::Head::new(status);
+    h.header("Server", "gatecache")
+        .header("Content-Type", ctype)
+        .header("Content-Length", body.len())
+        .header("Cache-Control", "no-store");
+    let mut out = h.finish(false);
+    out.extend_from_slice(body.as_bytes());
+    out
+}
+
+fn stats(sh: &Shared) -> String {
+    let s = &sh.upstream.stats;
+    format!(
+        "upstream_requests {}\nupstream_bytes {}\nupstream_errors {}\n",
+        s.requests.load(Ordering::Relaxed),
+        s.bytes.load(Ordering::Relaxed),
+        s.errors.load(Ordering::Relaxed)
+    )
+}
+
+/// The original's four fields for a span of time.
+fn original(t: &Totals) -> serde_json::Value {
+    json!({
+        "hitBytes": t.hit_bytes,
+        "missBytes": t.miss_bytes,
+        "eggressBytes": t.egress(),
+        "hitRatioBytes": t.hit_ratio(),
+        "upstreamBytes": t.upstream_bytes,
+        "bytesSaved": t.egress().saturating_sub(t.upstream_bytes),
+        "requests": t.requests,
+    })
+}
+
+/// `/summary`: the lifetime figures at the top level under the original module's names
+/// (`eggressBytes` spelt as it spells it), the last 15-second period, and ours.
+pub fn summary(sh: &Shared) -> String {
+    let up = &sh.upstream;
+    let life = sh.metrics.totals(up.stats.bytes.load(Ordering::Relaxed));
+    let mut top = original(&life);
+    let cache = up.cache();
+    let (objects, blocks, filling) = cache.counts();
+    let drives: Vec<_> = cache
+        .store()
+        .drives()
+        .iter()
+        .map(|d| {
+            json!({
+                "path": d.path().display().to_string(),
+                "capacityBytes": d.capacity_bytes(),
+                "usedBytes": d.used_bytes(),
+            })
+        })
+        .collect();
+    let now = Instant::now();
+    let extra = json!({
+        "period": { "seconds": crate::metrics::PERIOD.as_secs(), "totals": original(&sh.metrics.last_period()) },
+        "cacheStatus": sh.metrics.by_status().into_iter()
+            .map(|(s, r, b)| (s.to_string(), json!({"requests": r, "bytes": b})))
+            .collect::<serde_json::Map<_, _>>(),
+        "origins": sh.metrics.origins().into_iter()
+            .map(|(o, c)| (o, json!({"requests": c.requests, "hitBytes": c.hit_bytes, "missBytes": c.miss_bytes})))
+            .collect::<serde_json::Map<_, _>>(),
+        "upstream": {
+            "requests": up.stats.requests.load(Ordering::Relaxed),
+            "bytes": up.stats.bytes.load(Ordering::Relaxed),
+            "errors": up.stats.errors.load(Ordering::Relaxed),
+            "fetchesRunning": up.stats.active.load(Ordering::Relaxed),
+            "fillsInFlight": filling,
+        },
+        "parents": up.parents.health(now).into_iter()
+            .map(|(a, ok)| json!({"address": a, "up": ok}))
+            .collect::<Vec<_>>(),
+        "storage": { "objects": objects, "blocks": blocks, "blockSize": cache.block_size(), "drives": drives },
+        "uptimeSeconds": sh.metrics.started.elapsed().as_secs(),
+        "node": sh.cfg.node_name,
+        "version": env!("CARGO_PKG_VERSION"),
+    });
+    if let (Some(t), serde_json::Value::Object(e)) = (top.as_object_mut(), extra) {
+        t.extend(e);
+    }
+    let mut s = serde_json::to_string_pretty(&top).unwrap_or_default();
+    s.push('\n');
+    s
+}
+
+fn metrics(sh: &Shared) -> String {
+    let up = &sh.upstream;
+    let mut out = String::with_capacity(4096);
+    sh.metrics.write_prometheus(&mut out);
+    let cache = up.cache();
+    let (objects, blocks, filling) = cache.counts();
+    let mut gauge = |name: &str, help: &str, kind: &str, v: u64| {
+        let _ = writeln!(
+            out,
+            "# HELP {name} {help}\n# TYPE {name} {kind}\n{name} {v}"
+        );
+    };
+    let st = &up.stats;
+    gauge(
+        "gatecache_upstream_requests_total",
+        "Requests sent upstream (origins and parents).",
+        "counter",
+        st.requests.load(Ordering::Relaxed),
+    );
+    gauge(
+        "gatecache_upstream_received_bytes_total",
+        "Body bytes received from upstream.",
+        "counter",
+        st.bytes.load(Ordering::Relaxed),
+    );
+    gauge(
+        "gatecache_upstream_errors_total",
+        "Upstream requests that failed.",
+        "counter",
+        st.errors.load(Ordering::Relaxed),
+    );
+    gauge(
+        "gatecache_fills_in_flight",
+        "Blocks being filled from upstream now.",
+        "gauge",
+        filling,
+    );
+    gauge("gatecache_objects", "Objects cached.", "gauge", objects);
+    gauge("gatecache_blocks", "Blocks cached.", "gauge", blocks);
+    gauge(
+        "gatecache_uptime_seconds",
+        "Seconds since start.",
+        "gauge",
+        sh.metrics.started.elapsed().as_secs(),
+    );
+    let _ = writeln!(
+        out,
+        "# HELP gatecache_storage_bytes Drive capacity and use.\n# TYPE gatecache_storage_bytes gauge"
+    );
+    for d in cache.store().drives() {
+        let p = d
+            .path()
+            .display()
+            .to_string()
+            .replace(['"', '\\', '\n'], "_");
+        let _ = writeln!(
+            out,
+            "gatecache_storage_bytes{{drive=\"{p}\",kind=\"capacity\"}} {}\n\
+             gatecache_storage_bytes{{drive=\"{p}\",kind=\"used\"}} {}",
+            d.capacity_bytes(),
+            d.used_bytes()
+        );
+    }
+    let _ = writeln!(
+        out,
+        "# HELP gatecache_parent_up Whether a parent cache is answering (1) or backing off (0).\n\
+         # TYPE gatecache_parent_up gauge"
+    );
+    for (a, ok) in up.parents.health(Instant::now()) {
+        let _ = writeln!(
+            out,
+            "gatecache_parent_up{{parent=\"{a}\"}} {}",
+            u8::from(ok)
+        );
+    }
+    out
 }

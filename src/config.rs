@@ -23,6 +23,12 @@ pub struct RawConfig {
     pub head_timeout: Option<String>,
     pub idle_timeout: Option<String>,
     pub node_name: Option<String>,
+    /// Where the access log goes: "stderr" (default, with the service log), "stdout", "off",
+    /// or a file path (reopened on SIGHUP).
+    pub access_log: Option<String>,
+    /// Serve `/summary` on the client listener too, to anyone (the original's
+    /// IS_SUMMARY_ACCESS_UNRESTRICTED).
+    pub summary_unrestricted: Option<bool>,
     pub storage: Vec<RawStorage>,
     pub origin: Vec<RawOrigin>,
     pub route: Vec<RawRoute>,
@@ -34,6 +40,10 @@ pub struct RawConfig {
     /// The proxy came from `UPSTREAM_PROXY`.
     #[serde(skip)]
     pub proxy_from_env: bool,
+    /// Origins added by `CACHEABLE_CUSTOM_<N>_HOST` (they add to the defaults, like the
+    /// original's; origins in the file replace them).
+    #[serde(skip)]
+    pub env_origins: usize,
 }
 
 /// A freshness override for paths matching a pattern (`*` matches any run of characters).
@@ -184,6 +194,7 @@ pub struct Upstream {
     pub parent_backoff: Duration,
     /// `host:port` of the outbound proxy.
     pub proxy: Option<String>,
+    pub ca_file: Option<PathBuf>,
     /// DER certificates from `ca_file`.
     pub ca_certs: Vec<Vec<u8>>,
     pub window: u64,
@@ -204,6 +215,8 @@ pub struct Config {
     pub io_backend: IoBackend,
     /// This node's name in `Via` headers (loop detection): `node_name`, or host name and port.
     pub node_name: String,
+    pub access_log: String,
+    pub summary_unrestricted: bool,
     pub store: StoreConfig,
     pub origins: Vec<Origin>,
     pub routes: Vec<Route>,
@@ -212,6 +225,111 @@ pub struct Config {
 }
 
 impl Config {
+    /// The effective configuration as TOML (`gatecache check-config`): every key, defaults
+    /// and environment included; it reads back as the same configuration.
+    pub fn render(&self) -> String {
+        use toml::{Table, Value};
+        fn s(v: impl ToString) -> Value {
+            Value::String(v.to_string())
+        }
+        fn dur(d: Duration) -> Value {
+            if d.subsec_millis() != 0 || d.as_secs() == 0 {
+                s(format!("{}ms", d.as_millis()))
+            } else {
+                s(format!("{}s", d.as_secs()))
+            }
+        }
+        let mut t = Table::new();
+        t.insert("listen".into(), s(self.listen));
+        t.insert("admin_listen".into(), s(self.admin_listen));
+        t.insert("workers".into(), Value::Integer(self.workers as i64));
+        t.insert(
+            "io_backend".into(),
+            s(match self.io_backend {
+                IoBackend::Auto => "auto",
+                IoBackend::Uring => "uring",
+                IoBackend::Epoll => "epoll",
+            }),
+        );
+        t.insert("block_size".into(), s(self.store.block_size));
+        t.insert("slab_size".into(), s(self.store.slab_size));
+        t.insert("sync_data".into(), Value::Boolean(self.store.sync_data));
+        t.insert("head_timeout".into(), dur(self.head_timeout));
+        t.insert("idle_timeout".into(), dur(self.idle_timeout));
+        t.insert("node_name".into(), s(&self.node_name));
+        t.insert("access_log".into(), s(&self.access_log));
+        t.insert(
+            "summary_unrestricted".into(),
+            Value::Boolean(self.summary_unrestricted),
+        );
+        // An array of tables, one per item, filled by `f`.
+        fn list<T>(t: &mut Table, name: &str, items: &[T], f: impl Fn(&T, &mut Table)) {
+            let v = items
+                .iter()
+                .map(|i| {
+                    let mut x = Table::new();
+                    f(i, &mut x);
+                    Value::Table(x)
+                })
+                .collect();
+            t.insert(name.into(), Value::Array(v));
+        }
+        list(&mut t, "storage", &self.store.drives, |d, x| {
+            x.insert("path".into(), s(d.path.display()));
+            x.insert("size".into(), s(d.size));
+        });
+        list(&mut t, "origin", &self.origins, |o, x| {
+            x.insert("host".into(), s(&o.host));
+            if let Some(c) = &o.canonical {
+                x.insert("canonical".into(), s(c));
+            }
+            if let Some(c) = o.connect {
+                x.insert("connect".into(), s(c));
+            }
+            x.insert("scheme".into(), s(if o.https { "https" } else { "http" }));
+            x.insert("key_query".into(), Value::Boolean(o.key_query));
+            x.insert("immutable".into(), Value::Boolean(o.immutable));
+        });
+        list(&mut t, "route", &self.routes, |r, x| {
+            x.insert("prefix".into(), s(&r.prefix));
+            let scheme = if r.https { "https" } else { "http" };
+            x.insert(
+                "origin".into(),
+                s(format!("{scheme}://{}{}", r.host, r.path)),
+            );
+        });
+        list(&mut t, "rule", &self.rules, |r, x| {
+            x.insert("path".into(), s(&r.path));
+            if let Some(h) = &r.host {
+                x.insert("host".into(), s(h));
+            }
+            x.insert("immutable".into(), Value::Boolean(r.fresh.immutable));
+            if let Some(m) = r.fresh.max_age {
+                x.insert("max_age".into(), dur(Duration::from_secs(m)));
+            }
+        });
+        let u = &self.upstream;
+        let mut up = Table::new();
+        up.insert(
+            "parents".into(),
+            Value::Array(u.parents.iter().map(s).collect()),
+        );
+        up.insert("direct_fallback".into(), Value::Boolean(u.direct_fallback));
+        up.insert("parent_backoff".into(), dur(u.parent_backoff));
+        if let Some(p) = &u.proxy {
+            up.insert("proxy".into(), s(p));
+        }
+        if let Some(f) = &u.ca_file {
+            up.insert("ca_file".into(), s(f.display()));
+        }
+        up.insert("window".into(), s(u.window));
+        up.insert("fetchers".into(), Value::Integer(u.fetchers as i64));
+        up.insert("connect_timeout".into(), dur(u.connect_timeout));
+        up.insert("read_timeout".into(), dur(u.read_timeout));
+        t.insert("upstream".into(), Value::Table(up));
+        toml::to_string(&t).unwrap_or_default()
+    }
+
     /// The freshness override for `path` (no query) on origin `host`: the first matching
     /// `[[rule]]`, else the origin's `immutable`.
     pub fn fresh_rule(
@@ -413,8 +531,82 @@ fn parse_origin_url(key: &str, url: &str) -> Result<(bool, String, String), Conf
 
 impl RawConfig {
     /// The original module's environment variables, over the file: `UPSTREAM_HOST` (the
-    /// parent cache; empty means none) and `UPSTREAM_PROXY`.
-    pub fn apply_env(&mut self, get: impl Fn(&str) -> Option<String>) {
+    /// parent cache; empty means none), `UPSTREAM_PROXY`, `CACHEABLE_CUSTOM_<N>_HOST` and
+    /// `_CANONICAL` (extra origins), `STORAGE_<N>_SIZE_GB` (drive N, a directory
+    /// `<GATECACHE_STORAGE_ROOT>/<N>`, by default under /var/cache/gatecache; these replace the
+    /// file's `[[storage]]`), `IS_SUMMARY_ACCESS_UNRESTRICTED`. A bad value names its variable.
+    pub fn apply_env(&mut self, get: impl Fn(&str) -> Option<String>) -> Result<(), ConfigError> {
+        let get = |k: &str| get(k).map(|v| v.trim().to_string());
+        for n in 1..=99 {
+            let var = format!("CACHEABLE_CUSTOM_{n}_HOST");
+            let Some(h) = get(&var).filter(|h| !h.is_empty()) else {
+                continue;
+            };
+            // The original takes host[:port]; the port does not matter to an allow-list.
+            let host = h.rsplit_once(':').map_or(h.as_str(), |(a, p)| {
+                if p.bytes().all(|b| b.is_ascii_digit()) {
+                    a
+                } else {
+                    h.as_str()
+                }
+            });
+            if !host_ok(host) {
+                return Err(bad(
+                    var,
+                    &h,
+                    "must be a host name (or *.suffix), with an optional :port",
+                ));
+            }
+            let cvar = format!("CACHEABLE_CUSTOM_{n}_CANONICAL");
+            let canonical = get(&cvar).filter(|c| !c.is_empty());
+            if let Some(c) = &canonical
+                && !host_ok(c)
+            {
+                return Err(bad(cvar, c, "must be a name (letters, digits, '.', '-')"));
+            }
+            self.env_origins += 1;
+            self.origin.push(RawOrigin {
+                host: host.to_string(),
+                canonical,
+                connect: None,
+                scheme: None,
+                key_query: None,
+                immutable: None,
+            });
+        }
+        let root = get("GATECACHE_STORAGE_ROOT")
+            .filter(|r| !r.is_empty())
+            .unwrap_or_else(|| "/var/cache/gatecache".into());
+        let mut drives = Vec::new();
+        for n in 1..=9 {
+            let var = format!("STORAGE_{n}_SIZE_GB");
+            let Some(v) = get(&var).filter(|v| !v.is_empty()) else {
+                continue;
+            };
+            match v.parse::<u64>() {
+                Ok(gb) if gb >= 1 => drives.push(RawStorage {
+                    path: PathBuf::from(&root).join(n.to_string()),
+                    size: format!("{gb}GB"),
+                }),
+                _ => return Err(bad(var, v, "must be a whole number of GB, at least 1")),
+            }
+        }
+        if !drives.is_empty() {
+            self.storage = drives;
+        }
+        if let Some(v) = get("IS_SUMMARY_ACCESS_UNRESTRICTED") {
+            self.summary_unrestricted = Some(match v.to_ascii_lowercase().as_str() {
+                "true" | "1" | "yes" => true,
+                "false" | "0" | "no" | "" => false,
+                _ => {
+                    return Err(bad(
+                        "IS_SUMMARY_ACCESS_UNRESTRICTED",
+                        v,
+                        "must be true or false",
+                    ));
+                }
+            });
+        }
         if let Some(p) = get("UPSTREAM_PROXY") {
             let p = p.trim();
             self.upstream.proxy = (!p.is_empty()).then(|| p.to_string());
@@ -429,6 +621,7 @@ impl RawConfig {
             };
             self.parents_from_env = true;
         }
+        Ok(())
     }
 
     pub fn from_toml(text: &str) -> Result<RawConfig, ConfigError> {
@@ -524,7 +717,7 @@ impl RawConfig {
             store.sync_data = s;
         }
         let mut origins = Vec::new();
-        if self.origin.is_empty() && self.route.is_empty() {
+        if self.origin.len() == self.env_origins && self.route.is_empty() {
             origins.extend(DEFAULT_ORIGINS.iter().map(|h| Origin {
                 host: h.to_string(),
                 canonical: None,
@@ -704,11 +897,23 @@ impl RawConfig {
                 format!("{host}:{}", listen.port())
             }
         };
+        let access_log = self.access_log.unwrap_or_else(|| "stderr".into());
+        if !matches!(access_log.as_str(), "stderr" | "stdout" | "off")
+            && !access_log.starts_with('/')
+        {
+            return Err(bad(
+                "access_log",
+                access_log,
+                "must be \"stderr\", \"stdout\", \"off\" or an absolute file path",
+            ));
+        }
         Ok(Config {
             listen,
             admin_listen,
             workers,
             node_name,
+            access_log,
+            summary_unrestricted: self.summary_unrestricted.unwrap_or(false),
             head_timeout: dur("head_timeout", &self.head_timeout, Duration::from_secs(10))?,
             idle_timeout: dur("idle_timeout", &self.idle_timeout, Duration::from_secs(60))?,
             io_backend,
@@ -725,6 +930,7 @@ impl RawConfig {
                     Duration::from_secs(30),
                 )?,
                 proxy,
+                ca_file: u.ca_file.clone(),
                 ca_certs,
                 window,
                 fetchers,
@@ -921,24 +1127,26 @@ mod tests {
     fn upstream_host_env() {
         let env = |v: &'static str| move |k: &str| (k == "UPSTREAM_HOST").then(|| v.to_string());
         let mut raw = RawConfig::from_toml("[upstream]\nparents = [\"a.example.org\"]").unwrap();
-        raw.apply_env(env("l4.example.org:8080"));
+        raw.apply_env(env("l4.example.org:8080")).unwrap();
         let c = raw.validate().unwrap();
         assert_eq!(c.upstream.parents, ["l4.example.org:8080"]);
         // Empty: this node talks to the origin.
         let mut raw = RawConfig::from_toml("[upstream]\nparents = [\"a.example.org\"]").unwrap();
-        raw.apply_env(env(""));
+        raw.apply_env(env("")).unwrap();
         assert!(raw.validate().unwrap().upstream.parents.is_empty());
         let mut raw = RawConfig::default();
-        raw.apply_env(env("bad host"));
+        raw.apply_env(env("bad host")).unwrap();
         assert_eq!(raw.validate().unwrap_err().key, "UPSTREAM_HOST");
         let mut raw = RawConfig::default();
-        raw.apply_env(|k| (k == "UPSTREAM_PROXY").then(|| "dmz-proxy.example.org:3128".into()));
+        raw.apply_env(|k| (k == "UPSTREAM_PROXY").then(|| "dmz-proxy.example.org:3128".into()))
+            .unwrap();
         assert_eq!(
             raw.validate().unwrap().upstream.proxy.as_deref(),
             Some("dmz-proxy.example.org:3128")
         );
         let mut raw = RawConfig::default();
-        raw.apply_env(|k| (k == "UPSTREAM_PROXY").then(|| "no good:1".into()));
+        raw.apply_env(|k| (k == "UPSTREAM_PROXY").then(|| "no good:1".into()))
+            .unwrap();
         assert_eq!(raw.validate().unwrap_err().key, "UPSTREAM_PROXY");
     }
 
@@ -957,6 +1165,102 @@ mod tests {
         let c = cfg("[[rule]]\npath = \"*.deb\"\nmax_age = \"1m\"").unwrap();
         let r = c.fresh_rule("x.example.org", "/a.deb", None);
         assert_eq!((r.immutable, r.max_age), (false, Some(60)));
+    }
+
+    #[test]
+    fn the_original_modules_env() {
+        let vars = [
+            ("CACHEABLE_CUSTOM_1_HOST", "packages.example.com:80"),
+            ("CACHEABLE_CUSTOM_1_CANONICAL", "packages"),
+            ("CACHEABLE_CUSTOM_2_HOST", "*.mirror.example.org"),
+            ("STORAGE_1_SIZE_GB", "10"),
+            ("STORAGE_2_SIZE_GB", "25"),
+            ("GATECACHE_STORAGE_ROOT", "/srv/cache"),
+            ("IS_SUMMARY_ACCESS_UNRESTRICTED", "TRUE"),
+        ];
+        let get = |k: &str| {
+            vars.iter()
+                .find(|(n, _)| *n == k)
+                .map(|(_, v)| v.to_string())
+        };
+        let mut raw = RawConfig::from_toml("[[storage]]\npath = \"/x\"\nsize = \"1GiB\"").unwrap();
+        raw.apply_env(get).unwrap();
+        let c = raw.validate().unwrap();
+        // The defaults stay (no origin in the file), the custom ones are added.
+        assert_eq!(c.origins.len(), DEFAULT_ORIGINS.len() + 2);
+        let custom = &c.origins[DEFAULT_ORIGINS.len()..];
+        assert_eq!(custom[0].host, "packages.example.com");
+        assert_eq!(custom[0].canonical.as_deref(), Some("packages"));
+        assert!(custom[1].matches("eu.mirror.example.org"));
+        let d: Vec<_> = c
+            .store
+            .drives
+            .iter()
+            .map(|d| (d.path.clone(), d.size))
+            .collect();
+        assert_eq!(
+            d,
+            [
+                (PathBuf::from("/srv/cache/1"), 10_000_000_000),
+                (PathBuf::from("/srv/cache/2"), 25_000_000_000)
+            ]
+        );
+        assert!(c.summary_unrestricted);
+        // Each bad value names its variable.
+        for (var, v) in [
+            ("CACHEABLE_CUSTOM_3_HOST", "not a host"),
+            ("STORAGE_4_SIZE_GB", "ten"),
+            ("STORAGE_4_SIZE_GB", "0"),
+            ("IS_SUMMARY_ACCESS_UNRESTRICTED", "maybe"),
+        ] {
+            let e = RawConfig::default()
+                .apply_env(|k| (k == var).then(|| v.to_string()))
+                .unwrap_err();
+            assert_eq!(e.key, var);
+            assert_eq!(e.value, v);
+        }
+    }
+
+    #[test]
+    fn rendered_config_reads_back_the_same() {
+        let text = r#"
+            listen = "127.0.0.1:8080"
+            workers = 2
+            head_timeout = "1500ms"
+            access_log = "/var/log/gatecache/access.log"
+            [[storage]]
+            path = "/tmp/gc"
+            size = "1GiB"
+            [[origin]]
+            host = "*.example.org"
+            canonical = "ex"
+            connect = "127.0.0.1:9000"
+            immutable = true
+            [[route]]
+            prefix = "/debian/"
+            origin = "https://mirror.example.org/debian/"
+            [[rule]]
+            path = "*/InRelease"
+            max_age = "5m"
+            [upstream]
+            parents = ["l4.example.org"]
+            proxy = "dmz-proxy.example.org:3128"
+        "#;
+        let a = cfg(text).unwrap();
+        let rendered = a.render();
+        let b = RawConfig::from_toml(&rendered)
+            .unwrap_or_else(|e| panic!("{e}\n{rendered}"))
+            .validate()
+            .unwrap();
+        assert_eq!(b.render(), rendered);
+        assert_eq!(b.origins, a.origins);
+        assert_eq!(b.routes, a.routes);
+        assert_eq!(b.rules, a.rules);
+        assert_eq!(b.head_timeout, Duration::from_millis(1500));
+        assert!(
+            rendered.contains("parents = [\"l4.example.org:80\"]"),
+            "{rendered}"
+        );
     }
 
     #[test]

@@ -13,6 +13,7 @@ pub mod admin;
 pub mod cache;
 pub mod config;
 pub mod http;
+pub mod metrics;
 pub mod route;
 pub mod server;
 pub mod store;

@@ -254,7 +254,7 @@ fn freshness_holds_down_the_chain() {
         &[("Cache-Control", "max-age=0")],
     );
     assert_same(&r.body, &data, "reloaded");
-    let seen = origin.seen_for("/f.bin");
+    let seen = origin.answered_for("/f.bin");
     assert_eq!(seen.len(), 2, "{seen:?}");
     assert_eq!(seen[1].if_none_match.as_deref(), Some("\"f1\""));
     assert_eq!(seen[1].status, 304);

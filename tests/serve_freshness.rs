@@ -59,7 +59,7 @@ fn stale_is_revalidated_and_a_304_keeps_the_body() {
         "{:?}",
         r.header("cache-status")
     );
-    let seen = o.seen_for("/a.bin");
+    let seen = o.answered_for("/a.bin");
     assert_eq!(seen.len(), 2, "{seen:?}");
     assert_eq!(seen[1].if_none_match.as_deref(), Some("\"v1\""));
     assert_eq!(seen[1].status, 304);
@@ -138,7 +138,7 @@ fn client_cache_control() {
         let r = http::get(g.addr(), "/c.bin", &[(name, value)]);
         assert_same(&r.body, &data, value);
         assert_eq!(o.requests("/c.bin"), before + 1, "{name}: {value}");
-        let last = o.seen_for("/c.bin").pop().unwrap();
+        let last = o.answered_for("/c.bin").pop().unwrap();
         assert_eq!(last.status, 304, "{name}: {value}");
     }
     // A fresh answer is fine for max-age=60, and only-if-cached never goes upstream.
@@ -234,7 +234,7 @@ fn stale_while_revalidate_answers_at_once() {
     while o.seen_for("/s.bin").len() < 2 && t0.elapsed() < Duration::from_secs(5) {
         std::thread::sleep(Duration::from_millis(20));
     }
-    let seen = o.seen_for("/s.bin");
+    let seen = o.answered_for("/s.bin");
     assert_eq!(seen.len(), 2, "{seen:?}");
     assert_eq!(seen[1].if_none_match.as_deref(), Some("\"v1\""));
     std::thread::sleep(Duration::from_millis(200));

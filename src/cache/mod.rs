@@ -469,6 +469,21 @@ impl Cache {
         true
     }
 
+    /// Counts for the summary and metrics: (objects, blocks stored, blocks being filled).
+    pub fn counts(&self) -> (u64, u64, u64) {
+        let idx = &self.inner.index;
+        let (mut objects, mut ready, mut filling) = (0u64, 0u64, 0u64);
+        for i in 0..idx.shard_count() {
+            let shard = idx.shard_at(i);
+            for e in shard.objects.values() {
+                objects += 1;
+                ready += e.ready_blocks() as u64;
+            }
+            filling += shard.fills.len() as u64;
+        }
+        (objects, ready, filling)
+    }
+
     /// Every cached object with its number of cached blocks (for `inspect`).
     pub fn objects(&self) -> Vec<(Object, usize)> {
         let idx = &self.inner.index;

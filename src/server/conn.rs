@@ -55,17 +55,25 @@ pub async fn serve<T: Transport>(mut t: T, peer: std::net::SocketAddr, sh: Arc<S
                     }
                     let started = Instant::now();
                     let out = respond(&mut t, &req, body, &sh, keep).await;
-                    log::info!(
-                        target: "access",
-                        "{} \"{} {}\" {} {} {} {:.3}",
+                    let took = started.elapsed();
+                    sh.metrics.record(
+                        out.origin.as_deref(),
+                        out.status,
+                        out.cache,
+                        out.bytes,
+                        took,
+                    );
+                    sh.access.line(format_args!(
+                        "{} \"{} {}\" {} {} {} {:.3} {:.3}",
                         peer.ip(),
                         req.method_name,
                         req.target,
                         out.status,
                         out.bytes,
                         out.cache,
-                        started.elapsed().as_secs_f64()
-                    );
+                        out.upstream_wait.as_secs_f64(),
+                        took.as_secs_f64()
+                    ));
                     if !out.keep_alive {
                         t.shutdown();
                         return;
@@ -74,7 +82,14 @@ pub async fn serve<T: Transport>(mut t: T, peer: std::net::SocketAddr, sh: Arc<S
                 Ok(None) => break,
                 Err(e) => {
                     bad_request(&mut t, &e).await;
-                    log::info!(target: "access", "{} \"-\" {} 0 {}", peer.ip(), e.status(), e.reason());
+                    sh.metrics
+                        .record(None, e.status(), "BYPASS", 0, std::time::Duration::ZERO);
+                    sh.access.line(format_args!(
+                        "{} \"-\" {} 0 BYPASS 0.000 0.000 {}",
+                        peer.ip(),
+                        e.status(),
+                        e.reason()
+                    ));
                     return;
                 }
             }

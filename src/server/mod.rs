@@ -1,6 +1,7 @@
 //! The server: one worker thread per core, each with its own runtime and SO_REUSEPORT listener,
 //! on io_uring (tokio-uring) or, where that is not allowed, epoll (tokio).
 
+pub mod access;
 pub mod conn;
 pub mod epoll;
 pub mod pass;
@@ -22,6 +23,10 @@ pub struct Shared {
     pub cfg: Config,
     pub upstream: Arc<Upstream>,
     pub limits: Limits,
+    pub metrics: crate::metrics::Metrics,
+    pub access: access::AccessLog,
+    /// Storage recovered and listeners up (`/readyz`).
+    pub ready: std::sync::atomic::AtomicBool,
 }
 
 /// The backend that will run, and why.
@@ -84,7 +89,18 @@ pub fn run(cfg: Config) -> Result<(), String> {
         .map(|_| listener(cfg.listen))
         .collect::<Result<Vec<_>, _>>()
         .map_err(|e| format!("listen {}: {e}", cfg.listen))?;
-    let admin = crate::admin::start(cfg.admin_listen, upstream.clone())
+    let access = access::AccessLog::from_setting(&cfg.access_log)
+        .map_err(|e| format!("access_log {}: {e}", cfg.access_log))?;
+    let shared = Arc::new(Shared {
+        cfg,
+        upstream,
+        limits: Limits::default(),
+        metrics: Default::default(),
+        access,
+        ready: Default::default(),
+    });
+    let cfg = &shared.cfg;
+    let admin = crate::admin::start(cfg.admin_listen, shared.clone())
         .map_err(|e| format!("admin_listen {}: {e}", cfg.admin_listen))?;
     log::info!(
         "serving on {} with {} {:?} workers ({why}); admin on {}",
@@ -93,11 +109,7 @@ pub fn run(cfg: Config) -> Result<(), String> {
         backend,
         admin
     );
-    let shared = Arc::new(Shared {
-        cfg,
-        upstream,
-        limits: Limits::default(),
-    });
+    housekeeping(shared.clone())?;
     for (i, l) in listeners.into_iter().enumerate() {
         let sh = shared.clone();
         std::thread::Builder::new()
@@ -114,23 +126,61 @@ pub fn run(cfg: Config) -> Result<(), String> {
             })
             .map_err(|e| format!("spawn worker: {e}"))?;
     }
+    shared
+        .ready
+        .store(true, std::sync::atomic::Ordering::Relaxed);
     // SIGTERM (systemd, Docker) and SIGINT: blocks fully received but still queued for their
     // flush are committed before the process ends, so a stop loses only transfers in flight.
     let mut signals = signal_hook::iterator::Signals::new([
         signal_hook::consts::SIGTERM,
         signal_hook::consts::SIGINT,
+        signal_hook::consts::SIGHUP,
     ])
     .map_err(|e| format!("signals: {e}"))?;
-    if let Some(sig) = signals.forever().next() {
+    for sig in signals.forever() {
+        if sig == signal_hook::consts::SIGHUP {
+            log::info!("SIGHUP: reopening the access log");
+            shared.access.reopen();
+            continue;
+        }
         log::info!("signal {sig}: finishing fetches and flushing pending blocks, then exiting");
+        shared
+            .ready
+            .store(false, std::sync::atomic::Ordering::Relaxed);
         let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
         let quiet = shared.upstream.quiesce(deadline);
         let left = deadline.saturating_duration_since(std::time::Instant::now());
         if !quiet || !shared.upstream.cache().flush_within(left) {
             log::warn!("fetches still running after 10 s; exiting without their blocks");
         }
+        shared.access.flush();
+        break;
     }
     Ok(())
+}
+
+/// Once a second: flush the access log; every 15 s: close a summary period.
+fn housekeeping(sh: Arc<Shared>) -> Result<(), String> {
+    std::thread::Builder::new()
+        .name("housekeeping".into())
+        .spawn(move || {
+            let mut next_period = std::time::Instant::now() + crate::metrics::PERIOD;
+            loop {
+                std::thread::sleep(std::time::Duration::from_secs(1));
+                sh.access.flush();
+                if std::time::Instant::now() >= next_period {
+                    next_period += crate::metrics::PERIOD;
+                    let up = sh
+                        .upstream
+                        .stats
+                        .bytes
+                        .load(std::sync::atomic::Ordering::Relaxed);
+                    sh.metrics.tick(up);
+                }
+            }
+        })
+        .map(drop)
+        .map_err(|e| format!("spawn housekeeping: {e}"))
 }
 
 fn run_uring(l: TcpListener, sh: Arc<Shared>) -> Result<(), String> {

@@ -16,12 +16,16 @@ use crate::http::response::{self, Head};
 use crate::route::{self, Refusal, Target};
 use crate::upstream::FetchError;
 
-/// What happened, for the access log and the connection.
+/// What happened, for the access log, the metrics and the connection.
 pub struct Outcome {
     pub keep_alive: bool,
     pub status: u16,
     pub bytes: u64,
     pub cache: &'static str,
+    /// The origin host the request was routed to (none when refused before routing).
+    pub origin: Option<String>,
+    /// Time spent waiting for the upstream before the response head (misses, revalidations).
+    pub upstream_wait: std::time::Duration,
 }
 
 impl Outcome {
@@ -31,6 +35,8 @@ impl Outcome {
             status,
             bytes: 0,
             cache,
+            origin: None,
+            upstream_wait: std::time::Duration::ZERO,
         }
     }
 }
@@ -69,8 +75,14 @@ async fn simple<T: Transport>(
     Outcome::new(status, keep && ok, "BYPASS")
 }
 
-/// A revalidation to start once the response is out (stale-while-revalidate).
-type After = Option<(Target, Object, u32, u32)>;
+/// What a response leaves behind for after it is sent.
+#[derive(Default)]
+struct After {
+    /// A revalidation to start once the response is out (stale-while-revalidate).
+    revalidate: Option<(Target, Object, u32, u32)>,
+    origin: Option<String>,
+    upstream_wait: std::time::Duration,
+}
 
 /// Answers one request; `body` is its body (read for the methods that are passed through).
 pub async fn respond<T: Transport>(
@@ -80,11 +92,13 @@ pub async fn respond<T: Transport>(
     sh: &Shared,
     keep: bool,
 ) -> Outcome {
-    let mut after = None;
-    let out = respond_to(t, req, body, sh, keep, &mut after).await;
-    if let Some((target, stale, first, count)) = after {
+    let mut after = After::default();
+    let mut out = respond_to(t, req, body, sh, keep, &mut after).await;
+    if let Some((target, stale, first, count)) = after.revalidate {
         sh.upstream.revalidate(&target, &stale, first, count);
     }
+    out.origin = after.origin;
+    out.upstream_wait = after.upstream_wait;
     out
 }
 
@@ -111,6 +125,13 @@ async fn respond_to<T: Transport>(
             .await;
         }
     };
+    if sh.cfg.summary_unrestricted && req.target == "/summary" {
+        // The original module's summary, open to anyone when the operator says so.
+        let body = crate::admin::summary(sh);
+        let out = crate::admin::reply(200, "application/json", &body);
+        let _ = t.write(Out::Bytes(out)).await;
+        return Outcome::new(200, false, "BYPASS");
+    }
     if req.via_has(&sh.cfg.node_name) {
         // A loop (a route or a parent that leads back here): answer rather than fetch again.
         let msg = format!("loop detected: request already passed {}", sh.cfg.node_name);
@@ -123,6 +144,7 @@ async fn respond_to<T: Transport>(
         }
         Err(Refusal::BadTarget(why)) => return simple(t, 400, why, false, &[]).await,
     };
+    after.origin = Some(target.host.clone());
     // Not for the cache: other methods, a client's credentials, content known not storable.
     if matches!(req.method(), Method::Unsafe | Method::Options)
         || req.authorization.is_some()
@@ -145,7 +167,7 @@ async fn respond_to<T: Transport>(
                     // Revalidated once this response is sent: a new version found meanwhile
                     // would cut this stale stream short.
                     let (first, count) = cold_window(specs.as_deref(), bs, head_only);
-                    *after = Some((target.clone(), o.clone(), first, count));
+                    after.revalidate = Some((target.clone(), o.clone(), first, count));
                     status_override = Some(STALE);
                     o
                 }
@@ -157,12 +179,14 @@ async fn respond_to<T: Transport>(
                     stale_if_5xx,
                 } => {
                     let (first, count) = cold_window(specs.as_deref(), bs, head_only);
-                    match sh
+                    let asked = std::time::Instant::now();
+                    let answer = sh
                         .upstream
                         .revalidate(&target, &o, first, count)
                         .wait()
-                        .await
-                    {
+                        .await;
+                    after.upstream_wait = asked.elapsed();
+                    match answer {
                         Ok(n) if n.version == o.version => {
                             status_override = Some(REVALIDATED);
                             n
@@ -198,8 +222,10 @@ async fn respond_to<T: Transport>(
         None => {
             cold = true;
             let (first, count) = cold_window(specs.as_deref(), bs, head_only);
-            let fetch = sh.upstream.fetch_cold(&target, first, count);
-            match fetch.wait().await {
+            let asked = std::time::Instant::now();
+            let answer = sh.upstream.fetch_cold(&target, first, count).wait().await;
+            after.upstream_wait = asked.elapsed();
+            match answer {
                 Ok(o) => o,
                 Err(FetchError::NotStorable(why)) => {
                     log::debug!("{}: {why}; passing through", target.key);

@@ -279,6 +279,13 @@ impl Drive {
         u64::from(self.region_count()) * u64::from(self.block_size)
     }
 
+    /// Bytes of regions in use (data or metadata), counted like `capacity_bytes`.
+    pub fn used_bytes(&self) -> u64 {
+        let st = self.state.lock();
+        u64::from(st.region_count()).saturating_sub(st.free_region_count() as u64)
+            * u64::from(self.block_size)
+    }
+
     pub fn slabs(&self) -> &[Slab] {
         &self.slabs
     }

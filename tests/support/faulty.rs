@@ -168,6 +168,19 @@ impl FaultOrigin {
             .collect()
     }
 
+    /// [`FaultOrigin::seen_for`] once every one of those requests has been answered (the
+    /// status is recorded after the response is written, which a client may see first).
+    pub fn answered_for(&self, path: &str) -> Vec<Seen> {
+        let t0 = std::time::Instant::now();
+        loop {
+            let v = self.seen_for(path);
+            if v.iter().all(|s| s.status != 0) || t0.elapsed() > Duration::from_secs(5) {
+                return v;
+            }
+            std::thread::sleep(Duration::from_millis(10));
+        }
+    }
+
     pub fn requests(&self, path: &str) -> usize {
         self.seen_for(path).len()
     }

@@ -379,6 +379,17 @@ impl Gate {
             .map_or_else(|| panic!("no stat {name}"), |(_, v)| v)
     }
 
+    /// Sends a signal by name (`HUP`, `TERM`, ...) with kill(1).
+    pub fn signal(&self, sig: &str) {
+        let pid = self.child.as_ref().expect("running").id();
+        let st = Command::new("kill")
+            .arg(format!("-{sig}"))
+            .arg(pid.to_string())
+            .status()
+            .expect("run kill");
+        assert!(st.success(), "kill -{sig} {pid}");
+    }
+
     pub fn is_running(&mut self) -> bool {
         self.child
             .as_mut()

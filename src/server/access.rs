@@ -1,0 +1,77 @@
+//! The access log: one line per response, to the service log (stderr, the default), stdout, or
+//! a file that SIGHUP reopens (for logrotate). File lines are buffered and flushed once a
+//! second by the housekeeping thread, not per request.
+
+use std::fmt::Arguments;
+use std::fs::File;
+use std::io::{BufWriter, Write};
+use std::path::PathBuf;
+
+use parking_lot::Mutex;
+
+pub enum AccessLog {
+    /// Through `log` (target "access"), like the service log.
+    Service,
+    Stdout,
+    File {
+        path: PathBuf,
+        out: Mutex<BufWriter<File>>,
+    },
+    Off,
+}
+
+fn open(path: &PathBuf) -> std::io::Result<BufWriter<File>> {
+    let f = File::options().create(true).append(true).open(path)?;
+    Ok(BufWriter::with_capacity(64 * 1024, f))
+}
+
+impl AccessLog {
+    /// From the `access_log` setting: "stderr", "stdout", "off", or a file path.
+    pub fn from_setting(v: &str) -> std::io::Result<AccessLog> {
+        Ok(match v {
+            "stderr" => AccessLog::Service,
+            "stdout" => AccessLog::Stdout,
+            "off" => AccessLog::Off,
+            path => {
+                let path = PathBuf::from(path);
+                let out = Mutex::new(open(&path)?);
+                AccessLog::File { path, out }
+            }
+        })
+    }
+
+    pub fn line(&self, args: Arguments<'_>) {
+        match self {
+            AccessLog::Service => log::info!(target: "access", "{args}"),
+            AccessLog::Stdout => {
+                let mut o = std::io::stdout().lock();
+                let _ = o.write_fmt(args);
+                let _ = o.write_all(b"\n");
+            }
+            AccessLog::File { out, .. } => {
+                let mut o = out.lock();
+                let _ = o.write_fmt(args);
+                let _ = o.write_all(b"\n");
+            }
+            AccessLog::Off => {}
+        }
+    }
+
+    pub fn flush(&self) {
+        if let AccessLog::File { out, .. } = self {
+            let _ = out.lock().flush();
+        }
+    }
+
+    /// Starts a new file at the same path (logrotate moved the old one away).
+    pub fn reopen(&self) {
+        if let AccessLog::File { path, out } = self {
+            let mut o = out.lock();
+            let _ = o.flush();
+            match open(path) {
+                Ok(n) => *o = n,
+                Err(e) => log::error!("access log {}: cannot reopen: {e}", path.display()),
+            }
+        }
+    }
+}
