@@ -11,7 +11,8 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 DURATION=${DURATION:-5}
-WORK=${WORK:-$(mktemp -d /var/tmp/gc-cap.XXXXXX)}
+# A work dir of our own is removed on exit (it holds GiBs); one given in WORK is kept.
+if [ -z "${WORK:-}" ]; then WORK=$(mktemp -d /var/tmp/gc-cap.XXXXXX); PERF_TMP=$WORK; fi
 ORIGIN_PORT=19200 GC_PORT=19201 GC_ADMIN=19202
 # shellcheck source=perf/lib.sh
 . perf/lib.sh

@@ -21,7 +21,8 @@ DURATION=${DURATION:-10}
 # This machine is shared and noisy: each workload runs ROUNDS times, nginx and gatecache
 # alternating, and the table shows medians.
 ROUNDS=${ROUNDS:-3}
-WORK=${WORK:-$(mktemp -d /var/tmp/gc-perf.XXXXXX)}
+# A work dir of our own is removed on exit (it holds GiBs); one given in WORK is kept.
+if [ -z "${WORK:-}" ]; then WORK=$(mktemp -d /var/tmp/gc-perf.XXXXXX); PERF_TMP=$WORK; fi
 ORIGIN_PORT=19000 ANCHOR_PORT=19001 GC_PORT=19002 GC_ADMIN=19003 FLOOR_PORT=19004
 # shellcheck source=perf/lib.sh
 . perf/lib.sh

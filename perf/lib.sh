@@ -1,9 +1,11 @@
 # Shared by the perf scripts (sourced): process cleanup, package installs, the anchor's config.
 
 PIDS=()
+# PERF_TMP: a work dir the script made for itself, removed on exit.
 perf_cleanup() {
   for p in "${PIDS[@]}"; do kill "$p" 2>/dev/null || true; done
   wait 2>/dev/null || true
+  if [ -n "${PERF_TMP:-}" ]; then rm -rf "$PERF_TMP"; fi
 }
 
 # perf_install CMD:PACKAGE ... installs the Debian packages whose command (or file, if CMD is a

@@ -16,7 +16,8 @@ cd "$(dirname "$0")/.."
 RATE=${RATE:-200mbit}
 DELAY=${DELAY:-0.02}
 SIZE_MIB=${SIZE_MIB:-256}
-WORK=${WORK:-$(mktemp -d /var/tmp/gc-wan.XXXXXX)}
+# A work dir of our own is removed on exit (it holds GiBs); one given in WORK is kept.
+if [ -z "${WORK:-}" ]; then WORK=$(mktemp -d /var/tmp/gc-wan.XXXXXX); PERF_TMP=$WORK; fi
 NS=gcwan$$
 VETH=gcw$$
 HOST_IP=10.77.0.1 ORIGIN_IP=10.77.0.2

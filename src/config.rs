@@ -29,6 +29,8 @@ pub struct RawConfig {
     /// Serve `/summary` on the client listener too, to anyone (the original's
     /// IS_SUMMARY_ACCESS_UNRESTRICTED).
     pub summary_unrestricted: Option<bool>,
+    /// On SIGTERM, how long responses in progress may take to finish.
+    pub shutdown_grace: Option<String>,
     pub storage: Vec<RawStorage>,
     pub origin: Vec<RawOrigin>,
     pub route: Vec<RawRoute>,
@@ -217,6 +219,7 @@ pub struct Config {
     pub node_name: String,
     pub access_log: String,
     pub summary_unrestricted: bool,
+    pub shutdown_grace: Duration,
     pub store: StoreConfig,
     pub origins: Vec<Origin>,
     pub routes: Vec<Route>,
@@ -256,6 +259,7 @@ impl Config {
         t.insert("sync_data".into(), Value::Boolean(self.store.sync_data));
         t.insert("head_timeout".into(), dur(self.head_timeout));
         t.insert("idle_timeout".into(), dur(self.idle_timeout));
+        t.insert("shutdown_grace".into(), dur(self.shutdown_grace));
         t.insert("node_name".into(), s(&self.node_name));
         t.insert("access_log".into(), s(&self.access_log));
         t.insert(
@@ -914,6 +918,11 @@ impl RawConfig {
             node_name,
             access_log,
             summary_unrestricted: self.summary_unrestricted.unwrap_or(false),
+            shutdown_grace: dur(
+                "shutdown_grace",
+                &self.shutdown_grace,
+                Duration::from_secs(10),
+            )?,
             head_timeout: dur("head_timeout", &self.head_timeout, Duration::from_secs(10))?,
             idle_timeout: dur("idle_timeout", &self.idle_timeout, Duration::from_secs(60))?,
             io_backend,

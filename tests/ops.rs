@@ -8,6 +8,7 @@ use std::process::Command;
 use std::time::{Duration, Instant};
 
 use support::data::{F1M3, F100K};
+use support::faulty::{Fault, FaultOrigin, Obj};
 use support::gate::{Gate, GateConfig, admin_get};
 use support::http;
 use support::*;
@@ -233,4 +234,41 @@ fn access_log_file_is_reopened_on_sighup() {
     http::get(g.addr(), &p2, &[]);
     wait_for(&log, &p2);
     assert!(!std::fs::read_to_string(&rotated).unwrap().contains(&p2));
+}
+
+both_backends! {
+    /// SIGTERM: no new connections, the response in progress completes whole, exit 0.
+    fn sigterm_finishes_responses_in_progress_and_refuses_new_ones(backend) {
+    // A body that takes about half a second to arrive.
+    let o = FaultOrigin::start();
+    let data = support::data::generate("drain", 2 * MIB);
+    o.put(
+        "/slow.bin",
+        Obj::new(data.clone(), "\"s\"").with_fault(Fault::Slow {
+            chunk: 64 * KIB as usize,
+            pause: Duration::from_millis(15),
+        }),
+    );
+    let mut g = Gate::start(GateConfig::new(backend).route("/", &o.origin_url()));
+    let mut c = http::Conn::open(g.addr());
+    c.send(http::get_req("/slow.bin", &[]));
+    let head = c.read_head().unwrap().expect("a head");
+    assert_eq!(head.status, 200);
+    let addr = g.addr();
+    g.signal("TERM");
+    // New connections are refused soon after the signal.
+    let t0 = Instant::now();
+    while std::net::TcpStream::connect(addr).is_ok() {
+        assert!(t0.elapsed() < Duration::from_secs(3), "still accepting");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    // The response in progress completes, whole, then the connection closes.
+    let mut body = Vec::new();
+    let got = c.read_body_with(data.len() as u64, |b| body.extend_from_slice(b));
+    assert_eq!(got, data.len() as u64, "the body was cut");
+    support::data::assert_same(&body, &data, "drained response");
+    assert!(c.closed_within(Duration::from_secs(3)));
+    let status = g.wait_exit(Duration::from_secs(15));
+    assert!(status.success(), "{status:?}");
+}
 }

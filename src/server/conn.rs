@@ -2,6 +2,7 @@
 //! pipelining), and close cleanly or abort. Generic over the backend's [`Transport`].
 
 use std::sync::Arc;
+use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant};
 
 use super::Shared;
@@ -54,7 +55,9 @@ pub async fn serve<T: Transport>(mut t: T, peer: std::net::SocketAddr, sh: Arc<S
                         }
                     }
                     let started = Instant::now();
+                    sh.in_flight.fetch_add(1, Ordering::Relaxed);
                     let out = respond(&mut t, &req, body, &sh, keep).await;
+                    sh.in_flight.fetch_sub(1, Ordering::Relaxed);
                     let took = started.elapsed();
                     sh.metrics.record(
                         out.origin.as_deref(),
@@ -74,7 +77,8 @@ pub async fn serve<T: Transport>(mut t: T, peer: std::net::SocketAddr, sh: Arc<S
                         out.upstream_wait.as_secs_f64(),
                         took.as_secs_f64()
                     ));
-                    if !out.keep_alive {
+                    // Stopping: this connection's last response has gone out.
+                    if !out.keep_alive || sh.draining.load(Ordering::Relaxed) {
                         t.shutdown();
                         return;
                     }

@@ -27,6 +27,10 @@ pub struct Shared {
     pub access: access::AccessLog,
     /// Storage recovered and listeners up (`/readyz`).
     pub ready: std::sync::atomic::AtomicBool,
+    /// Stopping: accept nothing more, close connections once their response is sent.
+    pub draining: std::sync::atomic::AtomicBool,
+    /// Responses being produced right now.
+    pub in_flight: std::sync::atomic::AtomicUsize,
 }
 
 /// The backend that will run, and why.
@@ -98,6 +102,8 @@ pub fn run(cfg: Config) -> Result<(), String> {
         metrics: Default::default(),
         access,
         ready: Default::default(),
+        draining: Default::default(),
+        in_flight: Default::default(),
     });
     let cfg = &shared.cfg;
     let admin = crate::admin::start(cfg.admin_listen, shared.clone())
@@ -110,6 +116,12 @@ pub fn run(cfg: Config) -> Result<(), String> {
         admin
     );
     housekeeping(shared.clone())?;
+    // Kept to stop the accept loops at shutdown (a shut-down listener fails its accept).
+    let stoppers = listeners
+        .iter()
+        .map(|l| l.try_clone())
+        .collect::<Result<Vec<_>, _>>()
+        .map_err(|e| format!("listener: {e}"))?;
     for (i, l) in listeners.into_iter().enumerate() {
         let sh = shared.clone();
         std::thread::Builder::new()
@@ -129,6 +141,7 @@ pub fn run(cfg: Config) -> Result<(), String> {
     shared
         .ready
         .store(true, std::sync::atomic::Ordering::Relaxed);
+    notify(&[sd_notify::NotifyState::Ready]);
     // SIGTERM (systemd, Docker) and SIGINT: blocks fully received but still queued for their
     // flush are committed before the process ends, so a stop loses only transfers in flight.
     let mut signals = signal_hook::iterator::Signals::new([
@@ -143,10 +156,31 @@ pub fn run(cfg: Config) -> Result<(), String> {
             shared.access.reopen();
             continue;
         }
-        log::info!("signal {sig}: finishing fetches and flushing pending blocks, then exiting");
+        log::info!(
+            "signal {sig}: no new connections; finishing responses (up to {:?}), fetches and \
+             flushes, then exiting",
+            shared.cfg.shutdown_grace
+        );
+        notify(&[sd_notify::NotifyState::Stopping]);
         shared
             .ready
             .store(false, std::sync::atomic::Ordering::Relaxed);
+        shared
+            .draining
+            .store(true, std::sync::atomic::Ordering::Relaxed);
+        for l in &stoppers {
+            let _ = socket2::SockRef::from(l).shutdown(std::net::Shutdown::Read);
+        }
+        let until = std::time::Instant::now() + shared.cfg.shutdown_grace;
+        while shared.in_flight.load(std::sync::atomic::Ordering::Relaxed) > 0
+            && std::time::Instant::now() < until
+        {
+            std::thread::sleep(std::time::Duration::from_millis(20));
+        }
+        let left = shared.in_flight.load(std::sync::atomic::Ordering::Relaxed);
+        if left > 0 {
+            log::warn!("{left} responses still running at the deadline; they are cut");
+        }
         let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
         let quiet = shared.upstream.quiesce(deadline);
         let left = deadline.saturating_duration_since(std::time::Instant::now());
@@ -157,6 +191,15 @@ pub fn run(cfg: Config) -> Result<(), String> {
         break;
     }
     Ok(())
+}
+
+/// Tells systemd (Type=notify) where we are; nothing when not started by it.
+fn notify(state: &[sd_notify::NotifyState]) {
+    if std::env::var_os("NOTIFY_SOCKET").is_some()
+        && let Err(e) = sd_notify::notify(state)
+    {
+        log::warn!("sd_notify: {e}");
+    }
 }
 
 /// Once a second: flush the access log; every 15 s: close a summary period.
@@ -191,6 +234,10 @@ fn run_uring(l: TcpListener, sh: Arc<Shared>) -> Result<(), String> {
                 Ok((s, peer)) => {
                     tokio_uring::spawn(conn::serve(uring::UringConn::new(s), peer, sh.clone()));
                 }
+                Err(_) if sh.draining.load(std::sync::atomic::Ordering::Relaxed) => {
+                    // Keep the runtime (and the connections on it) until the process ends.
+                    std::future::pending::<()>().await;
+                }
                 Err(e) => {
                     log::warn!("accept: {e}");
                     tokio::time::sleep(std::time::Duration::from_millis(50)).await;
@@ -216,6 +263,9 @@ fn run_epoll(l: TcpListener, sh: Arc<Shared>) -> Result<(), String> {
                         peer,
                         sh.clone(),
                     ));
+                }
+                Err(_) if sh.draining.load(std::sync::atomic::Ordering::Relaxed) => {
+                    std::future::pending::<()>().await;
                 }
                 Err(e) => {
                     log::warn!("accept: {e}");

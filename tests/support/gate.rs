@@ -316,6 +316,23 @@ impl Gate {
         }
     }
 
+    /// Waits for the process to end by itself (after a signal sent with [`Gate::signal`]).
+    pub fn wait_exit(&mut self, within: Duration) -> std::process::ExitStatus {
+        let mut c = self.child.take().expect("running");
+        let t0 = Instant::now();
+        loop {
+            if let Some(status) = c.try_wait().unwrap() {
+                return status;
+            }
+            if t0.elapsed() > within {
+                let _ = c.kill();
+                let _ = c.wait();
+                panic!("gatecache did not exit within {within:?}");
+            }
+            std::thread::sleep(Duration::from_millis(10));
+        }
+    }
+
     /// Stops, then starts again on the same storage and ports.
     pub fn restart(&mut self, how: Stop) {
         self.stop(how);
