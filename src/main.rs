@@ -13,7 +13,19 @@ use gatecache::store::verify::verify_dir;
 #[command(
     name = "gatecache",
     version,
-    about = "HTTP cache for software updates on gateways"
+    about = "HTTP cache for software updates on gateways",
+    long_about = "gatecache: an HTTP cache for software updates (Device Update blobs, OS images, \
+apt packages) on IoT and factory gateways. Clients talk plain HTTP to it; it fetches from the \
+origins (or from parent caches) once, stores on disk, and serves every later request for the \
+same bytes itself.\n\n\
+Configuration: /etc/gatecache/gatecache.toml (see gatecache.example.toml), then the \
+environment variables UPSTREAM_HOST, UPSTREAM_PROXY, CACHEABLE_CUSTOM_<N>_HOST, \
+CACHEABLE_CUSTOM_<N>_CANONICAL, STORAGE_<N>_SIZE_GB (with GATECACHE_STORAGE_ROOT), \
+IS_SUMMARY_ACCESS_UNRESTRICTED, then the flags. RUST_LOG sets the service log's level.\n\n\
+Signals: SIGTERM or SIGINT stop accepting, let responses in progress finish (shutdown_grace), \
+finish fetches, flush and exit 0; SIGHUP reopens the access log file.\n\n\
+Admin listener (127.0.0.1:9180 by default): /summary (JSON), /metrics (Prometheus), /healthz, \
+/readyz."
 )]
 struct Cli {
     #[command(subcommand)]
@@ -35,6 +47,16 @@ enum Command {
     Verify { dir: PathBuf },
     /// List the objects a cache directory holds.
     Inspect { dir: PathBuf },
+    /// Ask a running cache's admin listener whether it is alive (`/healthz`); exit 0 or 1.
+    /// For container health checks, where there is no curl.
+    Healthcheck {
+        /// The admin listener.
+        #[arg(long, default_value = "127.0.0.1:9180")]
+        admin: std::net::SocketAddr,
+    },
+    /// Print the manual page (roff) to standard output.
+    #[command(hide = true)]
+    Man,
 }
 
 #[derive(clap::Args, Default)]
@@ -108,12 +130,44 @@ fn run(cli: Cli) -> Result<ExitCode, String> {
                 ExitCode::from(1)
             })
         }
+        Command::Healthcheck { admin } => Ok(healthcheck(admin)),
+        Command::Man => {
+            let cmd = <Cli as clap::CommandFactory>::command();
+            clap_mangen::Man::new(cmd)
+                .render(&mut std::io::stdout())
+                .map_err(|e| format!("man: {e}"))?;
+            Ok(ExitCode::SUCCESS)
+        }
         Command::Inspect { dir } => {
             let report = verify_dir(&dir).map_err(|e| e.to_string())?;
             for (key, len, blocks) in &report.listing {
                 println!("{key}\t{len} bytes\t{blocks} blocks");
             }
             Ok(ExitCode::SUCCESS)
+        }
+    }
+}
+
+fn healthcheck(admin: std::net::SocketAddr) -> ExitCode {
+    use std::io::{Read, Write};
+    let t = std::time::Duration::from_secs(3);
+    let ok = (|| -> std::io::Result<bool> {
+        let mut s = std::net::TcpStream::connect_timeout(&admin, t)?;
+        s.set_read_timeout(Some(t))?;
+        s.write_all(b"GET /healthz HTTP/1.1\r\nHost: admin\r\nConnection: close\r\n\r\n")?;
+        let mut head = [0u8; 12];
+        s.read_exact(&mut head)?;
+        Ok(head.starts_with(b"HTTP/1.1 200"))
+    })();
+    match ok {
+        Ok(true) => ExitCode::SUCCESS,
+        Ok(false) => {
+            eprintln!("gatecache: {admin}/healthz did not answer 200");
+            ExitCode::from(1)
+        }
+        Err(e) => {
+            eprintln!("gatecache: {admin}/healthz: {e}");
+            ExitCode::from(1)
         }
     }
 }
