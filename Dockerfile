@@ -17,10 +17,11 @@ RUN apt-get update \
 COPY --from=build /src/target/release/gatecache /usr/local/bin/gatecache
 USER gatecache
 WORKDIR /var/cache/gatecache
-# The original module's variables work as they are; drive N is /var/cache/gatecache/N (bind a
-# host directory there). Inside, the cache listens on 8081 like the original (host 80 -> 8081).
+# The original module's variables work as they are: STORAGE_<N>_SIZE_GB makes drive N
+# /var/cache/gatecache/N (bind a host directory there, owned by uid 10001). Without any, the cache
+# is 2 GiB in /var/cache/gatecache/gatecache-cache. Inside, the cache listens on 8081 like the
+# original (host 80 -> 8081).
 ENV GATECACHE_STORAGE_ROOT=/var/cache/gatecache \
-    STORAGE_1_SIZE_GB=10 \
     RUST_LOG=info
 VOLUME /var/cache/gatecache
 EXPOSE 8081

@@ -918,11 +918,21 @@ impl RawConfig {
             node_name,
             access_log,
             summary_unrestricted: self.summary_unrestricted.unwrap_or(false),
-            shutdown_grace: dur(
+            shutdown_grace: match dur(
                 "shutdown_grace",
                 &self.shutdown_grace,
                 Duration::from_secs(10),
-            )?,
+            )? {
+                // systemd and Docker kill a service that takes much longer to stop.
+                d if d > Duration::from_secs(120) => {
+                    return Err(bad(
+                        "shutdown_grace",
+                        self.shutdown_grace.unwrap_or_default(),
+                        "must be at most 2m (raise TimeoutStopSec / docker stop -t with it)",
+                    ));
+                }
+                d => d,
+            },
             head_timeout: dur("head_timeout", &self.head_timeout, Duration::from_secs(10))?,
             idle_timeout: dur("idle_timeout", &self.idle_timeout, Duration::from_secs(60))?,
             io_backend,
@@ -1120,6 +1130,8 @@ mod tests {
                 "upstream.ca_file",
             ),
             ("[[rule]]\npath = \"*.deb\"", "rule[0]"),
+            ("shutdown_grace = \"5m\"", "shutdown_grace"),
+            ("access_log = \"relative/path.log\"", "access_log"),
             ("[[rule]]\npath = \"x\"\nimmutable = true", "rule[0].path"),
             (
                 "[[rule]]\npath = \"*\"\nmax_age = \"soon\"",

@@ -97,6 +97,8 @@ impl Default for Metrics {
 
 impl Metrics {
     /// One response: its origin (none for refusals), status, cache status, body bytes and time.
+    /// Only content counts in the byte totals: refusals and error bodies (no origin, or a
+    /// status of 400 and up) count as requests but not as hit or miss bytes.
     pub fn record(
         &self,
         origin: Option<&str>,
@@ -110,19 +112,25 @@ impl Metrics {
             .position(|s| *s == cache)
             .unwrap_or(STATUSES.len() - 1);
         self.by_status[i].requests.fetch_add(1, Relaxed);
-        self.by_status[i].bytes.fetch_add(bytes, Relaxed);
+        let content = origin.is_some() && status < 400;
+        if content {
+            self.by_status[i].bytes.fetch_add(bytes, Relaxed);
+        }
         if (100..600).contains(&status) {
             self.by_class[usize::from(status / 100 - 1)].fetch_add(1, Relaxed);
         }
-        let secs = took.as_secs_f64();
-        let b = BUCKETS
-            .iter()
-            .position(|&u| secs <= u)
-            .unwrap_or(BUCKETS.len());
-        self.latency[b].fetch_add(1, Relaxed);
-        self.latency_sum_us
-            .fetch_add(took.as_micros() as u64, Relaxed);
-        if let Some(o) = origin {
+        // Heads refused before a response started (took zero) are no latency sample.
+        if !took.is_zero() {
+            let secs = took.as_secs_f64();
+            let b = BUCKETS
+                .iter()
+                .position(|&u| secs <= u)
+                .unwrap_or(BUCKETS.len());
+            self.latency[b].fetch_add(1, Relaxed);
+            self.latency_sum_us
+                .fetch_add(took.as_micros() as u64, Relaxed);
+        }
+        if let Some(o) = origin.filter(|_| content) {
             let mut m = self.origins.lock();
             let c = match m.get_mut(o) {
                 Some(c) => c,
@@ -270,9 +278,12 @@ mod tests {
         m.record(Some("a.example.org"), 206, "HIT", 300, ms);
         m.record(Some("b.example.org"), 200, "STALE", 50, ms);
         m.record(None, 403, "BYPASS", 20, ms);
+        m.record(Some("b.example.org"), 502, "BYPASS", 30, ms);
+        m.record(None, 400, "BYPASS", 0, Duration::ZERO);
         let t = m.totals(1000);
-        assert_eq!((t.hit_bytes, t.miss_bytes, t.egress()), (350, 1020, 1370));
-        assert!((t.hit_ratio() - 350.0 / 1370.0).abs() < 1e-9);
+        assert_eq!((t.hit_bytes, t.miss_bytes, t.egress()), (350, 1000, 1350));
+        assert_eq!(t.requests, 6);
+        assert!((t.hit_ratio() - 350.0 / 1350.0).abs() < 1e-9);
         m.tick(1000);
         assert_eq!(m.last_period(), t);
         m.record(Some("a.example.org"), 200, "HIT", 7, ms);
@@ -299,8 +310,8 @@ mod tests {
             text.contains("gatecache_requests_total{cache=\"HIT\"} 2\n"),
             "{text}"
         );
-        assert!(text.contains("gatecache_responses_total{code=\"4xx\"} 1\n"));
-        assert!(text.contains("gatecache_response_seconds_bucket{le=\"0.005\"} 5\n"));
-        assert!(text.contains("gatecache_response_seconds_count 5\n"));
+        assert!(text.contains("gatecache_responses_total{code=\"4xx\"} 2\n"));
+        assert!(text.contains("gatecache_response_seconds_bucket{le=\"0.005\"} 6\n"));
+        assert!(text.contains("gatecache_response_seconds_count 6\n"));
     }
 }

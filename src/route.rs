@@ -21,6 +21,9 @@ pub struct Target {
     /// The client's `Cache-Control` (or `no-cache` for `Pragma: no-cache`), passed on
     /// upstream so that a reload reaches through a chain of caches to the origin.
     pub client_cc: Option<String>,
+    /// The configured origin this request matched (its `canonical` name, else its host
+    /// pattern): the metrics' origin label, bounded by the configuration whatever clients send.
+    pub origin_label: String,
 }
 
 impl Target {
@@ -106,6 +109,7 @@ fn for_origin(o: &Origin, host: &str, path: &str, query: &str) -> Target {
         via: None,
         rule: Default::default(),
         client_cc: None,
+        origin_label: o.canonical.clone().unwrap_or_else(|| o.host.clone()),
     }
 }
 
@@ -168,6 +172,7 @@ fn route_target(req: &Request, cfg: &Config) -> Result<Target, Refusal> {
                 via: None,
                 rule: Default::default(),
                 client_cc: None,
+                origin_label: r.host.clone(),
             }),
             None => Err(Refusal::NotAllowed(host)),
         };
@@ -192,6 +197,10 @@ fn route_target(req: &Request, cfg: &Config) -> Result<Target, Refusal> {
             via: None,
             rule: Default::default(),
             client_cc: None,
+            origin_label: o.map_or_else(
+                || r.host.clone(),
+                |o| o.canonical.clone().unwrap_or_else(|| o.host.clone()),
+            ),
         });
     }
     Err(Refusal::NotAllowed(host_header.map_or_else(

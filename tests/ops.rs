@@ -7,8 +7,7 @@ mod support;
 use std::process::Command;
 use std::time::{Duration, Instant};
 
-use support::data::{F1M3, F100K};
-use support::faulty::{Fault, FaultOrigin, Obj};
+use support::data::{F1M3, F16M, F100K};
 use support::gate::{Gate, GateConfig, admin_get};
 use support::http;
 use support::*;
@@ -237,38 +236,36 @@ fn access_log_file_is_reopened_on_sighup() {
 }
 
 both_backends! {
-    /// SIGTERM: no new connections, the response in progress completes whole, exit 0.
+    /// SIGTERM: no new connections; a response in progress (a hit, going to a slow reader, so
+    /// no fetch keeps the process up) completes whole; exit 0.
     fn sigterm_finishes_responses_in_progress_and_refuses_new_ones(backend) {
-    // A body that takes about half a second to arrive.
-    let o = FaultOrigin::start();
-    let data = support::data::generate("drain", 2 * MIB);
-    o.put(
-        "/slow.bin",
-        Obj::new(data.clone(), "\"s\"").with_fault(Fault::Slow {
-            chunk: 64 * KIB as usize,
-            pause: Duration::from_millis(15),
-        }),
-    );
-    let mut g = Gate::start(GateConfig::new(backend).route("/", &o.origin_url()));
-    let mut c = http::Conn::open(g.addr());
-    c.send(http::get_req("/slow.bin", &[]));
-    let head = c.read_head().unwrap().expect("a head");
-    assert_eq!(head.status, 200);
-    let addr = g.addr();
-    g.signal("TERM");
-    // New connections are refused soon after the signal.
-    let t0 = Instant::now();
-    while std::net::TcpStream::connect(addr).is_ok() {
-        assert!(t0.elapsed() < Duration::from_secs(3), "still accepting");
-        std::thread::sleep(Duration::from_millis(20));
+        let (_n, mut g) = nginx_and_gate(backend);
+        let path = format!("/{}", F16M.0);
+        let want = support::data::content(F16M);
+        assert_eq!(http::get(g.addr(), &path, &[]).status, 200);
+        support::wait_hit(&g, &path, &[]);
+        let mut c = http::Conn::open(g.addr());
+        c.send(http::get_req(&path, &[]));
+        let head = c.read_head().unwrap().expect("a head");
+        assert_eq!(head.status, 200);
+        let addr = g.addr();
+        g.signal("TERM");
+        // New connections are refused soon after the signal.
+        let t0 = Instant::now();
+        while std::net::TcpStream::connect(addr).is_ok() {
+            assert!(t0.elapsed() < Duration::from_secs(3), "still accepting");
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        // The response in progress completes, read slowly, whole; then the connection closes.
+        let mut body = Vec::new();
+        let got = c.read_body_with(F16M.1, |b| {
+            body.extend_from_slice(b);
+            std::thread::sleep(Duration::from_micros(200));
+        });
+        assert_eq!(got, F16M.1, "the body was cut");
+        support::data::assert_same(&body, &want, "drained response");
+        assert!(c.closed_within(Duration::from_secs(3)));
+        let status = g.wait_exit(Duration::from_secs(15));
+        assert!(status.success(), "{status:?}");
     }
-    // The response in progress completes, whole, then the connection closes.
-    let mut body = Vec::new();
-    let got = c.read_body_with(data.len() as u64, |b| body.extend_from_slice(b));
-    assert_eq!(got, data.len() as u64, "the body was cut");
-    support::data::assert_same(&body, &data, "drained response");
-    assert!(c.closed_within(Duration::from_secs(3)));
-    let status = g.wait_exit(Duration::from_secs(15));
-    assert!(status.success(), "{status:?}");
-}
 }

@@ -54,10 +54,15 @@ pub async fn serve<T: Transport>(mut t: T, peer: std::net::SocketAddr, sh: Arc<S
                             }
                         }
                     }
+                    // Stopping: a request that arrives now on a kept-alive connection is not
+                    // started (the drain may already have seen zero); the client retries.
+                    if sh.draining.load(Ordering::Relaxed) {
+                        return t.shutdown();
+                    }
                     let started = Instant::now();
-                    sh.in_flight.fetch_add(1, Ordering::Relaxed);
+                    let guard = InFlight::enter(&sh.in_flight);
                     let out = respond(&mut t, &req, body, &sh, keep).await;
-                    sh.in_flight.fetch_sub(1, Ordering::Relaxed);
+                    drop(guard);
                     let took = started.elapsed();
                     sh.metrics.record(
                         out.origin.as_deref(),
@@ -126,6 +131,22 @@ pub async fn serve<T: Transport>(mut t: T, peer: std::net::SocketAddr, sh: Arc<S
                 }
             }
         }
+    }
+}
+
+/// Counts a response in progress for as long as it lives, even if its task unwinds.
+struct InFlight<'a>(&'a std::sync::atomic::AtomicUsize);
+
+impl<'a> InFlight<'a> {
+    fn enter(n: &'a std::sync::atomic::AtomicUsize) -> InFlight<'a> {
+        n.fetch_add(1, Ordering::Relaxed);
+        InFlight(n)
+    }
+}
+
+impl Drop for InFlight<'_> {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, Ordering::Relaxed);
     }
 }
 

@@ -116,6 +116,15 @@ pub fn run(cfg: Config) -> Result<(), String> {
         admin
     );
     housekeeping(shared.clone())?;
+    // Installed before any worker runs and before READY=1, so that a stop or a reload sent as
+    // soon as the service is up is handled, not fatal. SIGTERM (systemd, Docker) and SIGINT
+    // drain and flush (a stop loses only transfers in flight); SIGHUP reopens the access log.
+    let mut signals = signal_hook::iterator::Signals::new([
+        signal_hook::consts::SIGTERM,
+        signal_hook::consts::SIGINT,
+        signal_hook::consts::SIGHUP,
+    ])
+    .map_err(|e| format!("signals: {e}"))?;
     // Kept to stop the accept loops at shutdown (a shut-down listener fails its accept).
     let stoppers = listeners
         .iter()
@@ -142,14 +151,7 @@ pub fn run(cfg: Config) -> Result<(), String> {
         .ready
         .store(true, std::sync::atomic::Ordering::Relaxed);
     notify(&[sd_notify::NotifyState::Ready]);
-    // SIGTERM (systemd, Docker) and SIGINT: blocks fully received but still queued for their
-    // flush are committed before the process ends, so a stop loses only transfers in flight.
-    let mut signals = signal_hook::iterator::Signals::new([
-        signal_hook::consts::SIGTERM,
-        signal_hook::consts::SIGINT,
-        signal_hook::consts::SIGHUP,
-    ])
-    .map_err(|e| format!("signals: {e}"))?;
+
     for sig in signals.forever() {
         if sig == signal_hook::consts::SIGHUP {
             log::info!("SIGHUP: reopening the access log");

@@ -144,7 +144,7 @@ async fn respond_to<T: Transport>(
         }
         Err(Refusal::BadTarget(why)) => return simple(t, 400, why, false, &[]).await,
     };
-    after.origin = Some(target.host.clone());
+    after.origin = Some(target.origin_label.clone());
     // Not for the cache: other methods, a client's credentials, content known not storable.
     if matches!(req.method(), Method::Unsafe | Method::Options)
         || req.authorization.is_some()
