@@ -29,7 +29,8 @@ ORIGIN_PORT=19000 ANCHOR_PORT=19001 GC_PORT=19002 GC_ADMIN=19003 FLOOR_PORT=1900
 trap perf_cleanup EXIT
 perf_install nginx:nginx wrk:wrk taskset:util-linux
 cargo build --release -q
-BIN=target/release/gatecache
+# GC_BIN: another gatecache binary to measure (e.g. an older commit built elsewhere).
+BIN=${GC_BIN:-target/release/gatecache}
 
 mkdir -p "$WORK/www" "$WORK/anchor-cache" "$WORK/gc-cache"
 for spec in 1m:1 16m:16 256m:256; do

@@ -67,6 +67,10 @@ size = "$5"
 [[route]]
 prefix = "/"
 origin = "$6"
+# The anchor's proxy_cache_valid 200 206 1d: fresh for a day whatever the origin says.
+[[rule]]
+path = "*"
+max_age = "1d"
 ${7:-}
 CONF
 }

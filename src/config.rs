@@ -404,19 +404,26 @@ pub fn parse_size(s: &str) -> Result<u64, String> {
     n.checked_mul(mult).ok_or_else(|| "too large".to_string())
 }
 
-/// Parses durations like `500ms`, `10s`, `2m`.
+/// Parses durations like `500ms`, `10s`, `2m`, `1h`, `1d`.
 pub fn parse_duration(s: &str) -> Result<Duration, String> {
     let s = s.trim();
     let split = s.find(|c: char| !c.is_ascii_digit()).unwrap_or(s.len());
     let (num, unit) = s.split_at(split);
     let n: u64 = num
         .parse()
-        .map_err(|_| "expected a number with a unit (ms, s, m)".to_string())?;
+        .map_err(|_| "expected a number with a unit (ms, s, m, h, d)".to_string())?;
+    let secs = |mult: u64| {
+        n.checked_mul(mult)
+            .map(Duration::from_secs)
+            .ok_or_else(|| "too large".to_string())
+    };
     match unit {
         "ms" => Ok(Duration::from_millis(n)),
-        "s" | "" => Ok(Duration::from_secs(n)),
-        "m" => Ok(Duration::from_secs(n * 60)),
-        u => Err(format!("unknown unit {u:?} (ms, s, m)")),
+        "s" | "" => secs(1),
+        "m" => secs(60),
+        "h" => secs(3600),
+        "d" => secs(86_400),
+        u => Err(format!("unknown unit {u:?} (ms, s, m, h, d)")),
     }
 }
 
@@ -1308,6 +1315,9 @@ mod tests {
         assert!(parse_size("99999999999TiB").is_err());
         assert_eq!(parse_duration("500ms"), Ok(Duration::from_millis(500)));
         assert_eq!(parse_duration("2m"), Ok(Duration::from_secs(120)));
-        assert!(parse_duration("2h").is_err());
+        assert_eq!(parse_duration("2h"), Ok(Duration::from_secs(7200)));
+        assert_eq!(parse_duration("1d"), Ok(Duration::from_secs(86_400)));
+        assert!(parse_duration("2w").is_err());
+        assert!(parse_duration("99999999999999999999d").is_err());
     }
 }
