@@ -342,7 +342,7 @@ impl Config {
         path: &str,
         origin: Option<&Origin>,
     ) -> crate::http::freshness::Rule {
-        let name = host.split(':').next().unwrap_or(host);
+        let name = strip_port(host);
         let hit = self.rules.iter().find(|r| {
             glob(&r.path, path)
                 && r.host
@@ -459,6 +459,17 @@ fn split_port(host: &str) -> (&str, Option<&str>) {
     }
 }
 
+/// `host` without a `:port` (digits) suffix; bracketed IPv6 literals are left whole.
+pub fn strip_port(host: &str) -> &str {
+    if host.starts_with('[') {
+        return host;
+    }
+    match host.rsplit_once(':') {
+        Some((h, p)) if p.bytes().all(|b| b.is_ascii_digit()) => h,
+        _ => host,
+    }
+}
+
 /// Checks `host[:port]` (a name, an IPv4 address or a bracketed IPv6 one) and returns it with
 /// the port spelled out.
 fn authority(key: &str, v: &str, default_port: u16) -> Result<String, ConfigError> {
@@ -554,13 +565,7 @@ impl RawConfig {
                 continue;
             };
             // The original takes host[:port]; the port does not matter to an allow-list.
-            let host = h.rsplit_once(':').map_or(h.as_str(), |(a, p)| {
-                if p.bytes().all(|b| b.is_ascii_digit()) {
-                    a
-                } else {
-                    h.as_str()
-                }
-            });
+            let host = strip_port(&h);
             if !host_ok(host) {
                 return Err(bad(
                     var,

@@ -1,7 +1,7 @@
 //! Routing: which origin a request is for, what to ask it, and the cache key. Only configured
 //! origins are ever fetched (never an open proxy).
 
-use crate::config::{Config, Origin};
+use crate::config::{Config, Origin, strip_port};
 use crate::http::request::Request;
 
 /// Where a request goes upstream and under which key it is cached.
@@ -58,16 +58,6 @@ fn take_origin_param(query: &str) -> (Option<&str>, String) {
     (origin, rest.join("&"))
 }
 
-fn strip_port(host: &str) -> &str {
-    if host.starts_with('[') {
-        return host;
-    }
-    match host.rsplit_once(':') {
-        Some((h, p)) if p.bytes().all(|b| b.is_ascii_digit()) => h,
-        _ => host,
-    }
-}
-
 fn find<'a>(cfg: &'a Config, host: &str) -> Option<&'a Origin> {
     let name = strip_port(host);
     cfg.origins.iter().find(|o| o.matches(name))
@@ -115,7 +105,7 @@ fn for_origin(o: &Origin, host: &str, path: &str, query: &str) -> Target {
 
 /// Routes a request: `cacheHostOrigin=`, then absolute-form, then `Host`, then path prefixes.
 pub fn route(req: &Request, cfg: &Config) -> Result<Target, Refusal> {
-    let mut t = route_target(req, cfg)?;
+    let (mut t, origin) = route_target(req, cfg)?;
     t.via = req.via.clone();
     t.client_cc = match (&req.cache_control, req.pragma_no_cache) {
         (Some(cc), _) => Some(cc.clone()),
@@ -123,11 +113,15 @@ pub fn route(req: &Request, cfg: &Config) -> Result<Target, Refusal> {
         (None, false) => None,
     };
     let path = t.path.split('?').next().unwrap_or("");
-    t.rule = cfg.fresh_rule(&t.host, path, find(cfg, &t.host));
+    t.rule = cfg.fresh_rule(&t.host, path, origin);
     Ok(t)
 }
 
-fn route_target(req: &Request, cfg: &Config) -> Result<Target, Refusal> {
+/// The target, and the configured origin it matched (if any: a route's host may be none).
+fn route_target<'c>(
+    req: &Request,
+    cfg: &'c Config,
+) -> Result<(Target, Option<&'c Origin>), Refusal> {
     let t = req.target.as_str();
     let (authority, path_query) = if let Some(rest) = t.strip_prefix("http://") {
         let i = rest.find('/').unwrap_or(rest.len());
@@ -159,21 +153,24 @@ fn route_target(req: &Request, cfg: &Config) -> Result<Target, Refusal> {
             return Err(Refusal::BadTarget(malformed));
         }
         if let Some(o) = find(cfg, &host) {
-            return Ok(for_origin(o, &host, path, &query));
+            return Ok((for_origin(o, &host, path, &query), Some(o)));
         }
         // A route's origin may be named too: that is how a child cache asks its parent for
         // content it routes by prefix.
         return match cfg.routes.iter().find(|r| r.host == host) {
-            Some(r) => Ok(Target {
-                https: r.https,
-                host: host.clone(),
-                path: with_query(path, &query),
-                key: key_for(None, &host, path, &query),
-                via: None,
-                rule: Default::default(),
-                client_cc: None,
-                origin_label: r.host.clone(),
-            }),
+            Some(r) => Ok((
+                Target {
+                    https: r.https,
+                    host: host.clone(),
+                    path: with_query(path, &query),
+                    key: key_for(None, &host, path, &query),
+                    via: None,
+                    rule: Default::default(),
+                    client_cc: None,
+                    origin_label: r.host.clone(),
+                },
+                None,
+            )),
             None => Err(Refusal::NotAllowed(host)),
         };
     }
@@ -183,13 +180,13 @@ fn route_target(req: &Request, cfg: &Config) -> Result<Target, Refusal> {
     {
         // The Host names the origin itself (DNS pointed at us): the port is ours, not its.
         let name = strip_port(h);
-        return Ok(for_origin(o, name, path, &query));
+        return Ok((for_origin(o, name, path, &query), Some(o)));
     }
     if let Some(r) = cfg.routes.iter().find(|r| path.starts_with(&r.prefix)) {
         let up_path = format!("{}{}", r.path, &path[r.prefix.len()..]);
         let up_path = up_path.replacen("//", "/", 1);
         let o = find(cfg, &r.host);
-        return Ok(Target {
+        let t = Target {
             https: r.https,
             host: r.host.clone(),
             path: with_query(&up_path, &query),
@@ -201,7 +198,8 @@ fn route_target(req: &Request, cfg: &Config) -> Result<Target, Refusal> {
                 || r.host.clone(),
                 |o| o.canonical.clone().unwrap_or_else(|| o.host.clone()),
             ),
-        });
+        };
+        return Ok((t, o));
     }
     Err(Refusal::NotAllowed(host_header.map_or_else(
         || "(none)".to_string(),

@@ -269,3 +269,27 @@ both_backends! {
         assert!(status.success(), "{status:?}");
     }
 }
+
+#[test]
+fn tells_systemd_when_ready_and_when_stopping() {
+    // systemd's side of Type=notify: a datagram socket named by NOTIFY_SOCKET.
+    use std::os::unix::net::UnixDatagram;
+    let dir = tempfile::tempdir().unwrap();
+    let sock = dir.path().join("notify");
+    let rx = UnixDatagram::bind(&sock).unwrap();
+    rx.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+    let n = support::nginx::Nginx::start();
+    let mut g = Gate::start(
+        GateConfig::new(Backend::Uring)
+            .route("/", &n.origin_url())
+            .env("NOTIFY_SOCKET", sock.to_str().unwrap()),
+    );
+    let mut buf = [0u8; 256];
+    let k = rx.recv(&mut buf).expect("READY=1 within 10 s");
+    assert_eq!(String::from_utf8_lossy(&buf[..k]).trim(), "READY=1");
+    assert_eq!(admin_get(g.admin, "/readyz").unwrap().0, 200);
+    g.signal("TERM");
+    let k = rx.recv(&mut buf).expect("STOPPING=1");
+    assert_eq!(String::from_utf8_lossy(&buf[..k]).trim(), "STOPPING=1");
+    assert!(g.wait_exit(Duration::from_secs(15)).success());
+}

@@ -139,20 +139,25 @@ pub const HEURISTIC_CAP: u64 = 24 * 3600;
 /// Freshness lifetime in seconds (§4.2.1): the operator's rule, then `s-maxage`, `max-age`,
 /// `Expires` - `Date`, then a heuristic from `Last-Modified`; `u64::MAX` for immutable.
 pub fn lifetime(meta: &ObjectMeta, rule: &Rule) -> u64 {
+    let cc = CacheControl::parse(meta.cache_control.as_deref());
+    lifetime_with(meta, rule, &cc, http_date(meta.date.as_deref()))
+}
+
+/// [`lifetime`] with the stored Cache-Control and Date already parsed (once per request).
+fn lifetime_with(meta: &ObjectMeta, rule: &Rule, cc: &CacheControl, date: Option<u64>) -> u64 {
     if rule.immutable {
         return u64::MAX;
     }
     if let Some(s) = rule.max_age {
         return s;
     }
-    let cc = CacheControl::parse(meta.cache_control.as_deref());
     if cc.no_cache {
         return 0;
     }
     if let Some(s) = cc.s_maxage.or(cc.max_age) {
         return s;
     }
-    let date = http_date(meta.date.as_deref()).unwrap_or(meta.stored_at);
+    let date = date.unwrap_or(meta.stored_at);
     if meta.expires.is_some() {
         // An invalid Expires (e.g. "0") means already expired.
         return http_date(meta.expires.as_deref()).map_or(0, |e| e.saturating_sub(date));
@@ -165,7 +170,11 @@ pub fn lifetime(meta: &ObjectMeta, rule: &Rule) -> u64 {
 
 /// Current age in seconds (§4.2.3), with `stored_at` as the response time.
 pub fn age(meta: &ObjectMeta, now: u64) -> u64 {
-    let apparent = http_date(meta.date.as_deref()).map_or(0, |d| meta.stored_at.saturating_sub(d));
+    age_with(meta, http_date(meta.date.as_deref()), now)
+}
+
+fn age_with(meta: &ObjectMeta, date: Option<u64>, now: u64) -> u64 {
+    let apparent = date.map_or(0, |d| meta.stored_at.saturating_sub(d));
     apparent.max(meta.age) + now.saturating_sub(meta.stored_at)
 }
 
@@ -196,8 +205,9 @@ pub fn decide(
         return Decision::Fresh;
     }
     let res = CacheControl::parse(meta.cache_control.as_deref());
-    let life = lifetime(meta, rule);
-    let age = age(meta, now);
+    let date = http_date(meta.date.as_deref());
+    let life = lifetime_with(meta, rule, &res, date);
+    let age = age_with(meta, date, now);
     let fresh = age < life;
     // `immutable`: a client's reload does not revalidate a response that is still fresh.
     // `Pragma: no-cache` counts only from a client that sends no Cache-Control (§5.4).

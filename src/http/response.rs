@@ -61,19 +61,19 @@ impl Head {
     /// the current one.
     pub fn dated(status: u16, date: Option<&str>) -> Head {
         let mut buf = Vec::with_capacity(512);
-        let _ = match date {
-            Some(d) => write!(
-                Writer(&mut buf),
-                "HTTP/1.1 {status} {}\r\nDate: {d}\r\n",
-                reason(status)
-            ),
-            None => write!(
-                Writer(&mut buf),
-                "HTTP/1.1 {status} {}\r\nDate: {}\r\n",
-                reason(status),
-                date_now()
-            ),
+        let now;
+        let date = match date {
+            Some(d) => d,
+            None => {
+                now = date_now();
+                &now
+            }
         };
+        let _ = write!(
+            Writer(&mut buf),
+            "HTTP/1.1 {status} {}\r\nDate: {date}\r\n",
+            reason(status)
+        );
         Head { buf }
     }
 

@@ -302,15 +302,9 @@ impl Upstream {
                     break;
                 }
                 Err(e) => {
-                    self.stats.errors.fetch_add(1, Ordering::Relaxed);
                     log::warn!("{} via {hop:?}: {}", job.target.url(), e.message());
-                    if !(e.is_hop_failure() && matches!(hop, Hop::Parent(..))) {
+                    if !self.hop_failed(&hop, e) {
                         break;
-                    }
-                    // A parent relaying its upstream's 5xx is alive: ask the next hop for this
-                    // request, but keep sending it the others.
-                    if matches!(e, FetchError::Connect(_) | FetchError::Timeout) {
-                        self.parents.failed(&hop, Instant::now());
                     }
                 }
             }
@@ -405,6 +399,21 @@ impl Upstream {
             job.target.key,
             started.elapsed()
         );
+    }
+
+    /// Counts a failed upstream request and says whether the next hop should be asked: yes
+    /// after a parent's failure (it backs off if it could not be reached; one relaying its
+    /// upstream's 5xx is alive and keeps getting the other requests); no for an origin's own
+    /// answer or a failure of the origin itself.
+    pub(super) fn hop_failed(&self, hop: &Hop, e: &FetchError) -> bool {
+        self.stats.errors.fetch_add(1, Ordering::Relaxed);
+        if !(e.is_hop_failure() && matches!(hop, Hop::Parent(..))) {
+            return false;
+        }
+        if matches!(e, FetchError::Connect(_) | FetchError::Timeout) {
+            self.parents.failed(hop, Instant::now());
+        }
+        true
     }
 
     /// Stores `k` again with the freshness headers of a newer answer (a 304 or the same

@@ -21,6 +21,12 @@ struct Parent {
     down_until: Mutex<Option<Instant>>,
 }
 
+impl Parent {
+    fn is_up(&self, now: Instant) -> bool {
+        self.down_until.lock().is_none_or(|t| now >= t)
+    }
+}
+
 pub struct Parents {
     list: Vec<Parent>,
     direct_fallback: bool,
@@ -49,20 +55,14 @@ impl Parents {
         if self.list.is_empty() {
             return vec![Hop::Direct];
         }
-        let (up, down): (Vec<Hop>, Vec<Hop>) = self
-            .list
-            .iter()
-            .enumerate()
-            .map(|(i, p)| Hop::Parent(i, p.addr.clone()))
-            .partition(|h| match h {
-                Hop::Parent(i, _) => self.list[*i].down_until.lock().is_none_or(|t| now >= t),
-                Hop::Direct => true,
-            });
-        let mut hops = up;
+        let (up, down): (Vec<_>, Vec<_>) =
+            (self.list.iter().enumerate()).partition(|(_, p)| p.is_up(now));
+        let hop = |(i, p): (usize, &Parent)| Hop::Parent(i, p.addr.clone());
+        let mut hops: Vec<Hop> = up.into_iter().map(hop).collect();
         if self.direct_fallback {
             hops.push(Hop::Direct);
         }
-        hops.extend(down);
+        hops.extend(down.into_iter().map(hop));
         hops
     }
 
@@ -91,7 +91,7 @@ impl Parents {
     pub fn health(&self, now: Instant) -> Vec<(String, bool)> {
         self.list
             .iter()
-            .map(|p| (p.addr.clone(), p.down_until.lock().is_none_or(|t| now >= t)))
+            .map(|p| (p.addr.clone(), p.is_up(now)))
             .collect()
     }
 }

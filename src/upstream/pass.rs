@@ -114,19 +114,13 @@ impl Upstream {
                 }
                 Ok(resp) => resp,
                 Err(e) => {
-                    self.stats
-                        .errors
-                        .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
                     log::warn!("{} via {hop:?} (pass): {}", req.target.url(), e.message());
-                    let connect = matches!(e, FetchError::Connect(_));
-                    if matches!(hop, Hop::Parent(..)) && e.is_hop_failure() {
-                        self.parents.failed(&hop, Instant::now());
-                        if idempotent || connect {
-                            last = e;
-                            continue;
-                        }
-                    }
+                    let next = self.hop_failed(&hop, &e)
+                        && (idempotent || matches!(e, FetchError::Connect(_)));
                     last = e;
+                    if next {
+                        continue;
+                    }
                     break;
                 }
             };
