@@ -7,6 +7,7 @@ use std::time::Duration;
 
 use serde::Deserialize;
 
+use crate::http::authority::{self, Authority, Host};
 use crate::store::{DriveConfig, StoreConfig};
 
 /// The file as written, before validation.
@@ -69,10 +70,16 @@ pub struct RawStorage {
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct RawOrigin {
+    /// `name`, `*.suffix` or an address, with an optional `:port` (where a request that names
+    /// no port is fetched; the scheme's default otherwise).
     pub host: String,
     pub canonical: Option<String>,
     pub connect: Option<String>,
     pub scheme: Option<String>,
+    /// Other ports a request may name for this origin (default: none besides `host`'s).
+    pub ports: Option<Vec<i64>>,
+    /// Refuse DNS answers that are loopback, private, link-local or otherwise not public.
+    pub deny_private: Option<bool>,
     /// Keep the query string in the cache key (default true).
     pub key_query: Option<bool>,
     /// Content never changes at a given URL: fresh forever, never revalidated.
@@ -114,15 +121,26 @@ pub enum IoBackend {
     Epoll,
 }
 
-/// An allowed origin host (`example.org` or `*.example.org`).
+/// An allowed origin (`example.org`, `*.example.org` or an address) and the ports a request may
+/// ask it on.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Origin {
+    /// The host pattern, lower case, without a port: a name, `*.suffix` (names only) or an
+    /// address as written in a URL (`10.0.0.5`, `[fd00::5]`).
     pub host: String,
+    /// Where a request that names no port is fetched (`host`'s port, else the scheme's).
+    pub port: u16,
+    /// Further ports a request may name (RFC 3986 §3.2.3); any other is refused with a 403.
+    /// Ignored with `connect`, which fixes the address whatever the request names.
+    pub ports: Vec<u16>,
     pub canonical: Option<String>,
     pub connect: Option<SocketAddr>,
     pub https: bool,
     pub key_query: bool,
     pub immutable: bool,
+    /// DNS answers for this origin that are not public addresses are refused (a name that an
+    /// attacker's DNS points at 127.0.0.1 or 169.254.169.254 reaches nothing).
+    pub deny_private: bool,
 }
 
 /// A validated `[[rule]]`.
@@ -159,9 +177,17 @@ pub fn glob(pattern: &str, text: &str) -> bool {
 }
 
 impl Origin {
-    /// Does `host` (no port, lower case) match this entry?
-    pub fn matches(&self, host: &str) -> bool {
-        Origin::pattern_matches(&self.host, host)
+    /// Does `host` match this entry? A wildcard matches names only, never an address.
+    pub fn matches(&self, host: &Host) -> bool {
+        match host {
+            Host::Name(n) => Origin::pattern_matches(&self.host, n),
+            ip => self.host == ip.to_string(),
+        }
+    }
+
+    /// May a request name `port` for this origin?
+    pub fn allows_port(&self, port: u16) -> bool {
+        self.connect.is_some() || port == self.port || self.ports.contains(&port)
     }
 
     /// Does `host` match `pattern` (`example.org` or `*.example.org`)?
@@ -181,7 +207,10 @@ impl Origin {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Route {
     pub prefix: String,
-    /// Origin host (and port, if any), e.g. `origin.test` or `origin.test:8080`.
+    /// The origin's authority, its port spelled out.
+    pub authority: Authority,
+    /// Origin host, with the port when not the scheme's default: `origin.test` or
+    /// `origin.test:8080`.
     pub host: String,
     pub https: bool,
     /// Path on the origin that `prefix` maps to.
@@ -283,7 +312,17 @@ impl Config {
             x.insert("size".into(), s(d.size));
         });
         list(&mut t, "origin", &self.origins, |o, x| {
-            x.insert("host".into(), s(&o.host));
+            let host = if o.port == authority::default_port(o.https) {
+                o.host.clone()
+            } else {
+                format!("{}:{}", o.host, o.port)
+            };
+            x.insert("host".into(), s(host));
+            if !o.ports.is_empty() {
+                let ports = o.ports.iter().map(|&p| Value::Integer(p.into())).collect();
+                x.insert("ports".into(), Value::Array(ports));
+            }
+            x.insert("deny_private".into(), Value::Boolean(o.deny_private));
             if let Some(c) = &o.canonical {
                 x.insert("canonical".into(), s(c));
             }
@@ -338,16 +377,16 @@ impl Config {
     /// `[[rule]]`, else the origin's `immutable`.
     pub fn fresh_rule(
         &self,
-        host: &str,
+        host: &Host,
         path: &str,
         origin: Option<&Origin>,
     ) -> crate::http::freshness::Rule {
-        let name = strip_port(host);
+        let name = host.to_string();
         let hit = self.rules.iter().find(|r| {
             glob(&r.path, path)
                 && r.host
                     .as_ref()
-                    .is_none_or(|h| Origin::pattern_matches(h, name))
+                    .is_none_or(|h| Origin::pattern_matches(h, &name))
         });
         match hit {
             Some(r) => r.fresh,
@@ -434,39 +473,28 @@ pub const DEFAULT_ORIGINS: &[&str] = &[
     "*.download.windowsupdate.com",
 ];
 
-fn host_ok(h: &str) -> bool {
-    let h = h.strip_prefix("*.").unwrap_or(h);
-    !h.is_empty()
-        && h.split('.').all(|l| {
-            !l.is_empty()
-                && l.len() <= 63
-                && l.bytes()
-                    .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_')
-        })
+/// Checks a host pattern (`name`, `*.suffix` or an address, optionally `:port`): the
+/// pattern as matched (lower case, no port) and the port if one was written.
+fn host_pattern(key: &str, v: &str) -> Result<(String, Option<u16>), ConfigError> {
+    let (wild, rest) = match v.strip_prefix("*.") {
+        Some(r) => (true, r),
+        None => (false, v),
+    };
+    let a = Authority::parse(rest).map_err(|e| bad(key, v, e.to_string()))?;
+    let host = match (&a.host, wild) {
+        (Host::Name(n), true) => format!("*.{n}"),
+        (_, true) => return Err(bad(key, v, "a wildcard needs a name after \"*.\"")),
+        (h, false) => h.to_string(),
+    };
+    Ok((host, a.port))
 }
 
-/// The port of `host:port`, if it has one (IPv6 literals in brackets).
-fn split_port(host: &str) -> (&str, Option<&str>) {
-    if let Some(rest) = host.strip_prefix('[') {
-        return match rest.split_once(']') {
-            Some((_, tail)) => (&host[..host.len() - tail.len()], tail.strip_prefix(':')),
-            None => (host, None),
-        };
-    }
-    match host.rsplit_once(':') {
-        Some((h, p)) => (h, Some(p)),
-        None => (host, None),
-    }
-}
-
-/// `host` without a `:port` (digits) suffix; bracketed IPv6 literals are left whole.
-pub fn strip_port(host: &str) -> &str {
-    if host.starts_with('[') {
-        return host;
-    }
-    match host.rsplit_once(':') {
-        Some((h, p)) if p.bytes().all(|b| b.is_ascii_digit()) => h,
-        _ => host,
+/// Checks a name (a canonical key namespace): a host name without a port.
+fn name_ok(key: &str, v: &str) -> Result<String, ConfigError> {
+    match authority::parse_host(v) {
+        Ok(Host::Name(n)) => Ok(n),
+        Ok(_) => Err(bad(key, v, "must be a name, not an address")),
+        Err(e) => Err(bad(key, v, e.to_string())),
     }
 }
 
@@ -475,27 +503,14 @@ pub fn strip_port(host: &str) -> &str {
 fn authority(key: &str, v: &str, default_port: u16) -> Result<String, ConfigError> {
     let v = v.trim();
     let v = v.strip_prefix("http://").unwrap_or(v).trim_end_matches('/');
-    let (host, port) = split_port(v);
-    let port = match port {
-        None => default_port,
-        Some(p) => p
-            .parse::<u16>()
-            .ok()
-            .filter(|&p| p > 0)
-            .ok_or_else(|| bad(key, v, "port must be 1 to 65535"))?,
-    };
-    let ip6 = host
-        .strip_prefix('[')
-        .and_then(|h| h.strip_suffix(']'))
-        .is_some_and(|h| h.parse::<std::net::Ipv6Addr>().is_ok());
-    if !(ip6 || host_ok(host)) || host.starts_with("*.") {
-        return Err(bad(
+    let a = Authority::parse(v).map_err(|e| {
+        bad(
             key,
             v,
-            "must be host[:port], e.g. parent.example.org:80",
-        ));
-    }
-    Ok(format!("{}:{port}", host.to_ascii_lowercase()))
+            format!("must be host[:port], e.g. parent.example.org:80 ({e})"),
+        )
+    })?;
+    Ok(a.with_port(Some(a.port_or(default_port))).to_string())
 }
 
 /// The certificates of a PEM file, as DER; an unreadable file, or one without a certificate,
@@ -526,8 +541,8 @@ fn scheme_https(key: &str, s: Option<&str>) -> Result<bool, ConfigError> {
     }
 }
 
-/// Splits `http://host[:port][/path]` into (https, host, path).
-fn parse_origin_url(key: &str, url: &str) -> Result<(bool, String, String), ConfigError> {
+/// Splits `http://host[:port][/path]` into (https, authority with its port, path).
+fn parse_origin_url(key: &str, url: &str) -> Result<(bool, Authority, String), ConfigError> {
     let (https, rest) = if let Some(r) = url.strip_prefix("http://") {
         (false, r)
     } else if let Some(r) = url.strip_prefix("https://") {
@@ -539,16 +554,16 @@ fn parse_origin_url(key: &str, url: &str) -> Result<(bool, String, String), Conf
         Some(i) => (&rest[..i], &rest[i..]),
         None => (rest, "/"),
     };
-    let name = host.rsplit_once(':').map_or(
-        host,
-        |(h, p)| {
-            if p.parse::<u16>().is_ok() { h } else { host }
-        },
-    );
-    if !host_ok(name) || name.starts_with("*.") {
-        return Err(bad(key, url, "needs a host name"));
+    let a = Authority::parse(host).map_err(|e| bad(key, url, e.to_string()))?;
+    if crate::http::path::check_target(path).is_err() || path.contains('?') {
+        return Err(bad(
+            key,
+            url,
+            "the path must be plain ASCII, with no query or fragment",
+        ));
     }
-    Ok((https, host.to_ascii_lowercase(), path.to_string()))
+    let port = a.port_or(authority::default_port(https));
+    Ok((https, a.with_port(Some(port)), path.to_string()))
 }
 
 impl RawConfig {
@@ -564,28 +579,21 @@ impl RawConfig {
             let Some(h) = get(&var).filter(|h| !h.is_empty()) else {
                 continue;
             };
-            // The original takes host[:port]; the port does not matter to an allow-list.
-            let host = strip_port(&h);
-            if !host_ok(host) {
-                return Err(bad(
-                    var,
-                    &h,
-                    "must be a host name (or *.suffix), with an optional :port",
-                ));
-            }
+            // The original takes host[:port]: the port is where the origin is fetched.
+            host_pattern(&var, &h)?;
             let cvar = format!("CACHEABLE_CUSTOM_{n}_CANONICAL");
             let canonical = get(&cvar).filter(|c| !c.is_empty());
-            if let Some(c) = &canonical
-                && !host_ok(c)
-            {
-                return Err(bad(cvar, c, "must be a name (letters, digits, '.', '-')"));
+            if let Some(c) = &canonical {
+                name_ok(&cvar, c)?;
             }
             self.env_origins += 1;
             self.origin.push(RawOrigin {
-                host: host.to_string(),
+                host: h,
                 canonical,
                 connect: None,
                 scheme: None,
+                ports: None,
+                deny_private: None,
                 key_query: None,
                 immutable: None,
             });
@@ -736,22 +744,33 @@ impl RawConfig {
         if self.origin.len() == self.env_origins && self.route.is_empty() {
             origins.extend(DEFAULT_ORIGINS.iter().map(|h| Origin {
                 host: h.to_string(),
+                port: 80,
+                ports: Vec::new(),
                 canonical: None,
                 connect: None,
                 https: false,
                 key_query: true,
                 // Device Update and Windows Update files are named by their content.
                 immutable: true,
+                // Public CDNs: an answer pointing inside the network is not theirs.
+                deny_private: true,
             }));
         }
         for (i, o) in self.origin.into_iter().enumerate() {
-            let host = o.host.to_ascii_lowercase();
-            if !host_ok(&host) {
-                return Err(bad(
-                    format!("origin[{i}].host"),
-                    o.host,
-                    "must be a host name or *.suffix",
-                ));
+            let (host, port) = host_pattern(&format!("origin[{i}].host"), o.host.trim())?;
+            let https = scheme_https(&format!("origin[{i}].scheme"), o.scheme.as_deref())?;
+            let mut ports = Vec::new();
+            for (j, p) in o.ports.iter().flatten().enumerate() {
+                match u16::try_from(*p) {
+                    Ok(p) if p > 0 => ports.push(p),
+                    _ => {
+                        return Err(bad(
+                            format!("origin[{i}].ports[{j}]"),
+                            p.to_string(),
+                            "must be 1 to 65535",
+                        ));
+                    }
+                }
             }
             let connect = match o.connect {
                 None => None,
@@ -763,22 +782,20 @@ impl RawConfig {
                     )
                 })?),
             };
-            if let Some(c) = &o.canonical
-                && !host_ok(c)
-            {
-                return Err(bad(
-                    format!("origin[{i}].canonical"),
-                    c,
-                    "must be a name (letters, digits, '.', '-')",
-                ));
-            }
+            let canonical = match &o.canonical {
+                Some(c) => Some(name_ok(&format!("origin[{i}].canonical"), c)?),
+                None => None,
+            };
             origins.push(Origin {
                 host,
-                canonical: o.canonical.map(|c| c.to_ascii_lowercase()),
+                port: port.unwrap_or(authority::default_port(https)),
+                ports,
+                canonical,
                 connect,
-                https: scheme_https(&format!("origin[{i}].scheme"), o.scheme.as_deref())?,
+                https,
                 key_query: o.key_query.unwrap_or(true),
                 immutable: o.immutable.unwrap_or(false),
+                deny_private: o.deny_private.unwrap_or(false),
             });
         }
         let mut routes = Vec::new();
@@ -790,10 +807,19 @@ impl RawConfig {
                     "must start with /",
                 ));
             }
-            let (https, host, path) = parse_origin_url(&format!("route[{i}].origin"), &r.origin)?;
+            let (https, authority, path) =
+                parse_origin_url(&format!("route[{i}].origin"), &r.origin)?;
+            if crate::http::path::check_target(&r.prefix).is_err() || r.prefix.contains('?') {
+                return Err(bad(
+                    format!("route[{i}].prefix"),
+                    r.prefix,
+                    "must be plain ASCII, with no query or fragment",
+                ));
+            }
             routes.push(Route {
                 prefix: r.prefix,
-                host,
+                host: authority.for_scheme(authority::default_port(https)),
+                authority,
                 https,
                 path,
             });
@@ -809,15 +835,15 @@ impl RawConfig {
                     "must start with / or *",
                 ));
             }
-            if let Some(h) = &r.host
-                && !host_ok(h)
-            {
-                return Err(bad(
-                    format!("rule[{i}].host"),
-                    h,
-                    "must be a host name or *.suffix",
-                ));
-            }
+            let host = match &r.host {
+                Some(h) => match host_pattern(&format!("rule[{i}].host"), h)? {
+                    (p, None) => Some(p),
+                    (_, Some(_)) => {
+                        return Err(bad(format!("rule[{i}].host"), h, "takes no port"));
+                    }
+                },
+                None => None,
+            };
             let max_age = match &r.max_age {
                 None => None,
                 Some(v) => Some(
@@ -835,7 +861,7 @@ impl RawConfig {
             }
             rules.push(Rule {
                 path: r.path,
-                host: r.host.map(|h| h.to_ascii_lowercase()),
+                host,
                 fresh: crate::http::freshness::Rule {
                     immutable: r.immutable.unwrap_or(false),
                     max_age,
@@ -984,6 +1010,10 @@ impl RawConfig {
 mod tests {
     use super::*;
 
+    fn h(s: &str) -> Host {
+        authority::parse_host(s).unwrap()
+    }
+
     fn cfg(t: &str) -> Result<Config, ConfigError> {
         RawConfig::from_toml(t)?.validate()
     }
@@ -999,12 +1029,12 @@ mod tests {
         assert!(
             c.origins
                 .iter()
-                .any(|o| o.matches("x--y.b.nlu.dl.adu.microsoft.com"))
+                .any(|o| o.matches(&h("x--y.b.nlu.dl.adu.microsoft.com")))
         );
         assert!(
             c.origins
                 .iter()
-                .any(|o| o.matches("au.download.windowsupdate.com"))
+                .any(|o| o.matches(&h("au.download.windowsupdate.com")))
         );
     }
 
@@ -1059,17 +1089,28 @@ mod tests {
     fn wildcard_matching() {
         let o = Origin {
             host: "*.example.org".into(),
+            port: 80,
+            ports: Vec::new(),
             canonical: None,
             connect: None,
             https: false,
             key_query: true,
             immutable: false,
+            deny_private: false,
         };
-        assert!(o.matches("a.example.org"));
-        assert!(o.matches("a.b.example.org"));
-        assert!(!o.matches("example.org"));
-        assert!(!o.matches("badexample.org"));
-        assert!(!o.matches("a.example.org.evil.test"));
+        assert!(o.matches(&h("a.example.org")));
+        assert!(o.matches(&h("a.b.example.org")));
+        assert!(!o.matches(&h("example.org")));
+        assert!(!o.matches(&h("badexample.org")));
+        assert!(!o.matches(&h("a.example.org.evil.test")));
+        // A wildcard never matches an address; an address entry matches that address only.
+        assert!(!o.matches(&h("10.0.0.1")));
+        let ip = Origin {
+            host: "[fd00::5]".into(),
+            ..o
+        };
+        assert!(ip.matches(&h("[FD00:0::5]")));
+        assert!(!ip.matches(&h("[fd00::6]")));
     }
 
     #[test]
@@ -1187,7 +1228,7 @@ mod tests {
     fn package_files_are_immutable_index_files_are_not() {
         let c = cfg("[[origin]]\nhost = \"deb.example.org\"").unwrap();
         let o = c.origins.first();
-        let rule = |p: &str| c.fresh_rule("deb.example.org", p, o).immutable;
+        let rule = |p: &str| c.fresh_rule(&h("deb.example.org"), p, o).immutable;
         assert!(rule("/debian/pool/main/h/hello/hello_2.10-3_amd64.deb"));
         assert!(rule(
             "/debian/dists/stable/main/binary-amd64/by-hash/SHA256/0a1b"
@@ -1196,7 +1237,7 @@ mod tests {
         assert!(!rule("/debian/dists/stable/main/binary-amd64/Packages.xz"));
         // An operator's rule wins.
         let c = cfg("[[rule]]\npath = \"*.deb\"\nmax_age = \"1m\"").unwrap();
-        let r = c.fresh_rule("x.example.org", "/a.deb", None);
+        let r = c.fresh_rule(&h("x.example.org"), "/a.deb", None);
         assert_eq!((r.immutable, r.max_age), (false, Some(60)));
     }
 
@@ -1224,7 +1265,7 @@ mod tests {
         let custom = &c.origins[DEFAULT_ORIGINS.len()..];
         assert_eq!(custom[0].host, "packages.example.com");
         assert_eq!(custom[0].canonical.as_deref(), Some("packages"));
-        assert!(custom[1].matches("eu.mirror.example.org"));
+        assert!(custom[1].matches(&h("eu.mirror.example.org")));
         let d: Vec<_> = c
             .store
             .drives

@@ -1,14 +1,27 @@
 //! Routing: which origin a request is for, what to ask it, and the cache key. Only configured
-//! origins are ever fetched (never an open proxy).
+//! origins are ever fetched, at allowed ports (never an open proxy).
+//!
+//! Every source of an origin name (`cacheHostOrigin`, an absolute-form target, `Host`, a route)
+//! is parsed once into an [`Authority`]; matching and the upstream URL both use that value, and
+//! the URL is assembled from parts by the `http` crate ([`Target::uri_for`]), never by joining
+//! text a client sent.
 
-use crate::config::{Config, Origin, strip_port};
+use ureq::http::Uri;
+use ureq::http::uri::{Authority as UriAuthority, PathAndQuery, Scheme};
+
+use crate::config::{Config, Origin, Route};
+use crate::http::authority::{Authority, AuthorityError, Host, default_port};
+use crate::http::path::{self, PathError};
 use crate::http::request::Request;
 
 /// Where a request goes upstream and under which key it is cached.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Target {
     pub https: bool,
-    /// `Host` for the upstream request: name, plus `:port` when not the default.
+    /// The upstream's host and port (the port always spelled out).
+    pub authority: Authority,
+    /// `Host` for the upstream request: the authority, its port only when not the scheme's
+    /// default (RFC 9110 §7.2).
     pub host: String,
     /// Path and query to ask the upstream for (`cacheHostOrigin` removed).
     pub path: String,
@@ -26,60 +39,132 @@ pub struct Target {
     pub origin_label: String,
 }
 
+/// A URL could not be assembled from a target's parts (cannot happen for a routed target:
+/// every part was validated; kept as an error rather than a panic).
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("cannot build the upstream URL: {0}")]
+pub struct UrlError(String);
+
+fn build_uri(https: bool, authority: &str, path_query: &str) -> Result<Uri, UrlError> {
+    let e = |e: &dyn std::fmt::Display| UrlError(e.to_string());
+    let authority = UriAuthority::try_from(authority).map_err(|x| e(&x))?;
+    let pq = PathAndQuery::try_from(path_query).map_err(|x| e(&x))?;
+    Uri::builder()
+        .scheme(if https { Scheme::HTTPS } else { Scheme::HTTP })
+        .authority(authority)
+        .path_and_query(pq)
+        .build()
+        .map_err(|x| e(&x))
+}
+
 impl Target {
+    /// The origin's URL for this target (for logs; upstream requests use [`Target::uri_for`]).
     pub fn url(&self) -> String {
         let scheme = if self.https { "https" } else { "http" };
         format!("{scheme}://{}{}", self.host, self.path)
     }
+
+    /// The URL to ask for this target: the origin itself (`parent` = `None`), or a parent cache
+    /// (`host:port` from the configuration) in the form a Delivery Optimization client uses,
+    /// `http://<parent><path>?<query>&cacheHostOrigin=<origin>`, so a parent may be gatecache
+    /// or the original.
+    pub fn uri_for(&self, parent: Option<&str>) -> Result<Uri, UrlError> {
+        match parent {
+            None => build_uri(self.https, &self.host, &self.path),
+            Some(p) => {
+                let sep = if self.path.contains('?') { '&' } else { '?' };
+                let pq = format!("{}{sep}{ORIGIN_PARAM}={}", self.path, self.host);
+                build_uri(false, p, &pq)
+            }
+        }
+    }
 }
 
+/// Why a request is not routed; each maps to one status code.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Refusal {
     /// 403: the origin is not in the allow-list.
     NotAllowed(String),
-    /// 400: the target cannot be understood.
-    BadTarget(&'static str),
+    /// 403: the origin is allowed, but not at the port the request names.
+    PortNotAllowed(String),
+    /// 400: the target or a host field cannot be understood; the reason names the field.
+    BadTarget(String),
+}
+
+impl Refusal {
+    pub fn status(&self) -> u16 {
+        match self {
+            Refusal::NotAllowed(_) | Refusal::PortNotAllowed(_) => 403,
+            Refusal::BadTarget(_) => 400,
+        }
+    }
+
+    pub fn message(&self) -> String {
+        match self {
+            Refusal::NotAllowed(h) => format!("origin not allowed: {h}"),
+            Refusal::PortNotAllowed(a) => format!("port not allowed: {a}"),
+            Refusal::BadTarget(why) => why.clone(),
+        }
+    }
 }
 
 /// The query parameter Delivery Optimization clients append to name the origin host.
 pub const ORIGIN_PARAM: &str = "cacheHostOrigin";
 
-/// Splits a query into the `cacheHostOrigin` value and the rest (order kept).
-fn take_origin_param(query: &str) -> (Option<&str>, String) {
+/// Where an origin name came from: the field a 400 names.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Source {
+    Param,
+    Absolute,
+    HostField,
+}
+
+impl Source {
+    fn field(self) -> &'static str {
+        match self {
+            Source::Param => "cacheHostOrigin",
+            Source::Absolute => "host in request target",
+            Source::HostField => "Host",
+        }
+    }
+
+    fn parse(self, text: &str) -> Result<Authority, Refusal> {
+        let bad =
+            |e: AuthorityError| Refusal::BadTarget(format!("malformed {}: {e}", self.field()));
+        let a = Authority::parse(text).map_err(bad)?;
+        Ok(match (self, a.port) {
+            // http://host:80/ is http://host/ (RFC 9110 §4.2.3).
+            (Source::Absolute, Some(80)) => a.with_port(None),
+            _ => a,
+        })
+    }
+}
+
+fn bad_path(e: PathError) -> Refusal {
+    Refusal::BadTarget(e.to_string())
+}
+
+/// Splits a query into the `cacheHostOrigin` value and the rest (order kept). The parameter
+/// twice is refused: two hosts are one too many.
+fn take_origin_param(query: &str) -> Result<(Option<&str>, String), Refusal> {
     let mut origin = None;
     let mut rest = Vec::new();
     for part in query.split('&') {
         match part.split_once('=') {
-            Some((k, v)) if k == ORIGIN_PARAM => origin = Some(v),
+            Some((k, v)) if k == ORIGIN_PARAM => {
+                if origin.replace(v).is_some() {
+                    return Err(Refusal::BadTarget(format!("repeated {ORIGIN_PARAM}")));
+                }
+            }
             _ if part.is_empty() => {}
             _ => rest.push(part),
         }
     }
-    (origin, rest.join("&"))
+    Ok((origin, rest.join("&")))
 }
 
-fn find<'a>(cfg: &'a Config, host: &str) -> Option<&'a Origin> {
-    let name = strip_port(host);
-    cfg.origins.iter().find(|o| o.matches(name))
-}
-
-fn valid_host(h: &str) -> bool {
-    !h.is_empty()
-        && h.len() <= 255
-        && h.bytes()
-            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'.' | b'-' | b'_' | b':'))
-}
-
-fn key_for(o: Option<&Origin>, host: &str, path: &str, query: &str) -> String {
-    let ns = o
-        .and_then(|o| o.canonical.clone())
-        .unwrap_or_else(|| host.to_string());
-    let keep_query = o.is_none_or(|o| o.key_query);
-    if keep_query && !query.is_empty() {
-        format!("{ns}{path}?{query}")
-    } else {
-        format!("{ns}{path}")
-    }
+fn find<'a>(cfg: &'a Config, host: &Host) -> Option<&'a Origin> {
+    cfg.origins.iter().find(|o| o.matches(host))
 }
 
 fn with_query(path: &str, query: &str) -> String {
@@ -90,16 +175,102 @@ fn with_query(path: &str, query: &str) -> String {
     }
 }
 
-fn for_origin(o: &Origin, host: &str, path: &str, query: &str) -> Target {
+/// The cache key: `ns` + path [+ query unless the origin says not to].
+fn key_for(o: Option<&Origin>, ns: &str, path: &str, query: &str) -> String {
+    let keep_query = o.is_none_or(|o| o.key_query);
+    if keep_query && !query.is_empty() {
+        format!("{ns}{path}?{query}")
+    } else {
+        format!("{ns}{path}")
+    }
+}
+
+/// The key namespace of origin `o`'s `host` at `port`: its canonical name, else the host;
+/// another port than the origin's own is another resource, so it is part of the name.
+fn origin_ns(o: &Origin, host: &Host, port: u16) -> String {
+    let ns = o.canonical.clone().unwrap_or_else(|| host.to_string());
+    if port == o.port {
+        ns
+    } else {
+        format!("{ns}:{port}")
+    }
+}
+
+/// A target for origin `o`, host `host`, fetched at `port` (already allowed).
+fn for_origin(o: &Origin, host: &Host, port: u16, path: &str, query: &str) -> Target {
+    let authority = Authority {
+        host: host.clone(),
+        port: Some(port),
+    };
+    let host_field = authority.for_scheme(default_port(o.https));
+    let ns = origin_ns(o, host, port);
     Target {
         https: o.https,
-        host: host.to_string(),
+        key: key_for(Some(o), &ns, path, query),
+        authority,
+        host: host_field,
         path: with_query(path, query),
-        key: key_for(Some(o), host, path, query),
         via: None,
         rule: Default::default(),
         client_cc: None,
         origin_label: o.canonical.clone().unwrap_or_else(|| o.host.clone()),
+    }
+}
+
+/// A target for route `r`'s origin, at `up_path` (already inside the route).
+fn for_route<'c>(
+    cfg: &'c Config,
+    r: &Route,
+    up_path: &str,
+    query: &str,
+) -> (Target, Option<&'c Origin>) {
+    let o = find(cfg, &r.authority.host);
+    let port = r.authority.port_or(default_port(r.https));
+    let ns = match o {
+        Some(o) => origin_ns(o, &r.authority.host, port),
+        None => r.host.clone(),
+    };
+    let t = Target {
+        https: r.https,
+        authority: r.authority.clone(),
+        host: r.host.clone(),
+        path: with_query(up_path, query),
+        key: key_for(o, &ns, up_path, query),
+        via: None,
+        rule: Default::default(),
+        client_cc: None,
+        origin_label: o.map_or_else(
+            || r.host.clone(),
+            |o| o.canonical.clone().unwrap_or_else(|| o.host.clone()),
+        ),
+    };
+    (t, o)
+}
+
+/// Normalises `path` for a prefix match (RFC 3986 §6.2.2, §5.2.4): `Ok(None)` if the path is
+/// under none of `prefixes`. A path whose raw form is under a prefix but whose normalised form
+/// is not (it climbs out with dot-segments) is a 400, as is an encoded separator.
+fn under_prefix<'p>(
+    path: &str,
+    prefixes: impl Iterator<Item = &'p str> + Clone,
+) -> Result<Option<(&'p str, String)>, Refusal> {
+    let decoded = path::decode_unreserved(path).map_err(bad_path)?;
+    let norm = path::remove_dot_segments(path).map_err(bad_path)?;
+    let hit = prefixes.clone().find(|p| norm.starts_with(p));
+    if prefixes
+        .clone()
+        .any(|p| decoded.starts_with(p) && !norm.starts_with(p))
+    {
+        return Err(Refusal::BadTarget(
+            "path climbs above its route prefix ('..')".into(),
+        ));
+    }
+    match hit {
+        Some(p) => {
+            path::check_routed(path).map_err(bad_path)?;
+            Ok(Some((p, norm)))
+        }
+        None => Ok(None),
     }
 }
 
@@ -113,8 +284,37 @@ pub fn route(req: &Request, cfg: &Config) -> Result<Target, Refusal> {
         (None, false) => None,
     };
     let path = t.path.split('?').next().unwrap_or("");
-    t.rule = cfg.fresh_rule(&t.host, path, origin);
+    t.rule = cfg.fresh_rule(&t.authority.host, path, origin);
+    // Refuse here anything the upstream URL could not be made of.
+    t.uri_for(None)
+        .map_err(|e| Refusal::BadTarget(e.to_string()))?;
     Ok(t)
+}
+
+/// Splits a request target into the authority of an absolute-form one (RFC 9112 §3.2.2) and
+/// the path and query.
+fn split_target(t: &str) -> Result<(Option<&str>, &str), Refusal> {
+    path::check_target(t).map_err(bad_path)?;
+    if t.starts_with('/') {
+        return Ok((None, t));
+    }
+    let scheme_end = t.find("://").unwrap_or(0);
+    let scheme = &t[..scheme_end];
+    if scheme.eq_ignore_ascii_case("https") {
+        return Err(Refusal::BadTarget(
+            "https targets are not proxied; use http".into(),
+        ));
+    }
+    if !scheme.eq_ignore_ascii_case("http") {
+        return Err(Refusal::BadTarget(
+            "request target must be a path or an http:// URL".into(),
+        ));
+    }
+    let rest = &t[scheme_end + 3..];
+    // The authority ends at the first '/', '?' or '#' (RFC 3986 §3.2); '#' was refused above.
+    let end = rest.find(['/', '?']).unwrap_or(rest.len());
+    let pq = &rest[end..];
+    Ok((Some(&rest[..end]), if pq.is_empty() { "/" } else { pq }))
 }
 
 /// The target, and the configured origin it matched (if any: a route's host may be none).
@@ -122,89 +322,93 @@ fn route_target<'c>(
     req: &Request,
     cfg: &'c Config,
 ) -> Result<(Target, Option<&'c Origin>), Refusal> {
-    let t = req.target.as_str();
-    let (authority, path_query) = if let Some(rest) = t.strip_prefix("http://") {
-        let i = rest.find('/').unwrap_or(rest.len());
-        (
-            Some(&rest[..i]),
-            if i < rest.len() { &rest[i..] } else { "/" },
-        )
-    } else if t.starts_with("https://") {
-        return Err(Refusal::BadTarget(
-            "https targets are not proxied; use http",
-        ));
-    } else if t.starts_with('/') {
-        (None, t)
-    } else {
-        return Err(Refusal::BadTarget(
-            "request target must be a path or an http:// URL",
-        ));
-    };
+    let (absolute, path_query) = split_target(&req.target)?;
     let (path, query) = path_query.split_once('?').unwrap_or((path_query, ""));
-    let (param, query) = take_origin_param(query);
+    // "http://h?x" has an empty path: it is "/" (RFC 9112 §3.2.2).
+    let path = if path.is_empty() { "/" } else { path };
+    let (param, query) = take_origin_param(query)?;
+    // RFC 9112 §3.2: an invalid Host is a 400 whatever else the request says. An empty one
+    // names nothing.
+    let host_field = match req.host.as_deref().map(str::trim) {
+        Some(h) if !h.is_empty() => Some(Source::HostField.parse(h)?),
+        _ => None,
+    };
 
     // A host named by the request itself: DO's parameter first, then an absolute-form target.
-    let named = param
-        .map(|h| (h, "malformed cacheHostOrigin"))
-        .or(authority.map(|h| (h, "malformed host in request target")));
-    if let Some((host, malformed)) = named {
-        let host = host.to_ascii_lowercase();
-        if !valid_host(&host) {
-            return Err(Refusal::BadTarget(malformed));
-        }
-        if let Some(o) = find(cfg, &host) {
-            return Ok((for_origin(o, &host, path, &query), Some(o)));
-        }
-        // A route's origin may be named too: that is how a child cache asks its parent for
-        // content it routes by prefix.
-        return match cfg.routes.iter().find(|r| r.host == host) {
-            Some(r) => Ok((
-                Target {
-                    https: r.https,
-                    host: host.clone(),
-                    path: with_query(path, &query),
-                    key: key_for(None, &host, path, &query),
-                    via: None,
-                    rule: Default::default(),
-                    client_cc: None,
-                    origin_label: r.host.clone(),
-                },
-                None,
-            )),
-            None => Err(Refusal::NotAllowed(host)),
-        };
+    let named = match (param, absolute) {
+        (Some(p), _) => Some(Source::Param.parse(p)?),
+        (None, Some(a)) => Some(Source::Absolute.parse(a)?),
+        (None, None) => None,
+    };
+    if let Some(a) = named {
+        return named_target(cfg, &a, path, &query);
     }
-    let host_header = req.host.as_deref().map(str::to_ascii_lowercase);
-    if let Some(h) = &host_header
-        && let Some(o) = find(cfg, h)
+    if let Some(h) = &host_field
+        && let Some(o) = find(cfg, &h.host)
     {
         // The Host names the origin itself (DNS pointed at us): the port is ours, not its.
-        let name = strip_port(h);
-        return Ok((for_origin(o, name, path, &query), Some(o)));
+        return Ok((for_origin(o, &h.host, o.port, path, &query), Some(o)));
     }
-    if let Some(r) = cfg.routes.iter().find(|r| path.starts_with(&r.prefix)) {
-        let up_path = format!("{}{}", r.path, &path[r.prefix.len()..]);
+    let prefixes = cfg.routes.iter().map(|r| r.prefix.as_str());
+    if let Some((prefix, norm)) = under_prefix(path, prefixes)? {
+        let r = cfg
+            .routes
+            .iter()
+            .find(|r| r.prefix == prefix)
+            .expect("prefix comes from a route");
+        let up_path = format!("{}{}", r.path, &norm[r.prefix.len()..]);
         let up_path = up_path.replacen("//", "/", 1);
-        let o = find(cfg, &r.host);
-        let t = Target {
-            https: r.https,
-            host: r.host.clone(),
-            path: with_query(&up_path, &query),
-            key: key_for(o, &r.host, &up_path, &query),
-            via: None,
-            rule: Default::default(),
-            client_cc: None,
-            origin_label: o.map_or_else(
-                || r.host.clone(),
-                |o| o.canonical.clone().unwrap_or_else(|| o.host.clone()),
-            ),
-        };
-        return Ok((t, o));
+        return Ok(for_route(cfg, r, &up_path, &query));
     }
-    Err(Refusal::NotAllowed(host_header.map_or_else(
+    Err(Refusal::NotAllowed(host_field.map_or_else(
         || "(none)".to_string(),
-        |h| strip_port(&h).to_string(),
+        |h| h.host.to_string(),
     )))
+}
+
+/// A request that names its origin (`cacheHostOrigin` or absolute-form): a configured origin
+/// at an allowed port, or a route's origin (how a child cache asks its parent for content it
+/// routes by prefix), within the paths that route serves.
+fn named_target<'c>(
+    cfg: &'c Config,
+    a: &Authority,
+    path: &str,
+    query: &str,
+) -> Result<(Target, Option<&'c Origin>), Refusal> {
+    // Routes to this very authority (scheme default port when the request names none).
+    let routes: Vec<&Route> = cfg
+        .routes
+        .iter()
+        .filter(|r| {
+            r.authority.host == a.host && Some(a.port_or(default_port(r.https))) == r.authority.port
+        })
+        .collect();
+    if let Some(o) = find(cfg, &a.host) {
+        let port = if o.connect.is_some() {
+            // The address is fixed; the port a client names changes nothing.
+            o.port
+        } else {
+            a.port.unwrap_or(o.port)
+        };
+        if o.allows_port(port) || !routes.is_empty() {
+            return Ok((for_origin(o, &a.host, port, path, query), Some(o)));
+        }
+        return Err(Refusal::PortNotAllowed(a.with_port(Some(port)).to_string()));
+    }
+    if routes.is_empty() {
+        return Err(Refusal::NotAllowed(a.host.to_string()));
+    }
+    // Only what the routes to this origin serve: a route's origin path is a boundary too.
+    match under_prefix(path, routes.iter().map(|r| r.path.as_str()))? {
+        Some((_, norm)) => {
+            let r = routes[0];
+            Ok(for_route(cfg, r, &norm, query))
+        }
+        None => Err(Refusal::NotAllowed(format!(
+            "{}{path} (outside the routes to this origin)",
+            a.host
+        ))),
+    }
 }
 
 #[cfg(test)]

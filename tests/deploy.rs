@@ -53,6 +53,7 @@ fn example_config_is_valid_and_documents_every_key() {
             "connect",
             "scheme",
             "key_query",
+            "ports",
             "host",
         ]
         .map(String::from),

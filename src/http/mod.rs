@@ -1,7 +1,9 @@
 //! HTTP/1.1 pieces that do no I/O: request heads, ranges, conditionals, response heads.
 
+pub mod authority;
 pub mod conditional;
 pub mod freshness;
+pub mod path;
 pub mod range;
 pub mod request;
 pub mod response;

@@ -139,10 +139,11 @@ async fn respond_to<T: Transport>(
     }
     let target = match route::route(req, &sh.cfg) {
         Ok(t) => t,
-        Err(Refusal::NotAllowed(host)) => {
-            return simple(t, 403, &format!("origin not allowed: {host}"), keep, &[]).await;
+        Err(r) => {
+            // A 400 closes the connection: what follows a bad head cannot be trusted.
+            let keep = keep && !matches!(r, Refusal::BadTarget(_));
+            return simple(t, r.status(), &r.message(), keep, &[]).await;
         }
-        Err(Refusal::BadTarget(why)) => return simple(t, 400, why, false, &[]).await,
     };
     after.origin = Some(target.origin_label.clone());
     // Not for the cache: other methods, a client's credentials, content known not storable.

@@ -3,7 +3,7 @@
 //! resolution, so that https to an overridden origin still names it in SNI and the
 //! certificate check.
 
-use std::net::SocketAddr;
+use std::net::IpAddr;
 use std::sync::Arc;
 
 use ureq::config::Config as UreqConfig;
@@ -13,12 +13,60 @@ use ureq::unversioned::resolver::{DefaultResolver, ResolvedSocketAddrs, Resolver
 use ureq::unversioned::transport::{DefaultConnector, NextTimeout};
 
 use crate::config::{Config, Origin};
+use crate::http::authority;
 
-/// Resolves origins that have a `connect` address to it; everything else as usual.
+/// Resolves origins that have a `connect` address to it; everything else through DNS, with
+/// the answers of `deny_private` origins kept to public addresses.
 #[derive(Debug)]
 struct OverrideResolver {
     origins: Vec<Origin>,
     inner: DefaultResolver,
+}
+
+/// Is `ip` an address on the public internet? Loopback, private (RFC 1918, RFC 4193), shared
+/// (RFC 6598), link-local (cloud metadata lives at 169.254.169.254), unspecified, multicast,
+/// broadcast and reserved ranges are not; IPv4 inside IPv6 (mapped, NAT64) is judged as IPv4.
+pub fn is_public(ip: IpAddr) -> bool {
+    match ip {
+        IpAddr::V4(a) => {
+            let o = a.octets();
+            !(a.is_private()
+                || a.is_loopback()
+                || a.is_link_local()
+                || a.is_unspecified()
+                || a.is_broadcast()
+                || a.is_multicast()
+                || a.is_documentation()
+                || o[0] == 0
+                || o[0] >= 240
+                || (o[0] == 100 && (o[1] & 0xc0) == 64)
+                || (o[0] == 192 && o[1] == 0 && o[2] == 0)
+                || (o[0] == 198 && (o[1] & 0xfe) == 18))
+        }
+        IpAddr::V6(a) => {
+            if let Some(v4) = a.to_ipv4_mapped() {
+                return is_public(IpAddr::V4(v4));
+            }
+            let s = a.segments();
+            if s[0] == 0x64 && s[1] == 0xff9b && s[2..6] == [0, 0, 0, 0] {
+                let v4 = std::net::Ipv4Addr::new(
+                    (s[6] >> 8) as u8,
+                    s[6] as u8,
+                    (s[7] >> 8) as u8,
+                    s[7] as u8,
+                );
+                return is_public(IpAddr::V4(v4));
+            }
+            !(a.is_loopback()
+                || a.is_unspecified()
+                || a.is_multicast()
+                || (s[0] & 0xfe00) == 0xfc00
+                || (s[0] & 0xffc0) == 0xfe80
+                || (s[0] & 0xffc0) == 0xfec0
+                || s[0] == 0x2001 && s[1] == 0xdb8
+                || s[..6] == [0, 0, 0, 0, 0, 0])
+        }
+    }
 }
 
 impl Resolver for OverrideResolver {
@@ -28,20 +76,33 @@ impl Resolver for OverrideResolver {
         config: &UreqConfig,
         timeout: NextTimeout,
     ) -> Result<ResolvedSocketAddrs, ureq::Error> {
-        let host = uri.host().unwrap_or("").to_ascii_lowercase();
-        let over: Option<SocketAddr> = self
-            .origins
-            .iter()
-            .find(|o| o.connect.is_some() && o.matches(&host))
-            .and_then(|o| o.connect);
-        match over {
-            Some(addr) => {
-                let mut v = self.empty();
-                v.push(addr);
-                Ok(v)
-            }
-            None => self.inner.resolve(uri, config, timeout),
+        let host = uri.host().and_then(|h| authority::parse_host(h).ok());
+        let origin = host
+            .as_ref()
+            .and_then(|h| self.origins.iter().find(|o| o.matches(h)));
+        if let Some(addr) = origin.and_then(|o| o.connect) {
+            let mut v = self.empty();
+            v.push(addr);
+            return Ok(v);
         }
+        let answers = self.inner.resolve(uri, config, timeout)?;
+        if !origin.is_some_and(|o| o.deny_private) {
+            return Ok(answers);
+        }
+        let mut v = self.empty();
+        for a in answers.iter().filter(|a| is_public(a.ip())) {
+            v.push(*a);
+        }
+        if v.is_empty() {
+            return Err(ureq::Error::Io(std::io::Error::new(
+                std::io::ErrorKind::PermissionDenied,
+                format!(
+                    "{} resolved only to addresses that are not public (deny_private)",
+                    uri.host().unwrap_or("")
+                ),
+            )));
+        }
+        Ok(v)
     }
 }
 
@@ -76,7 +137,9 @@ pub fn build(cfg: &Config) -> Result<ureq::Agent, String> {
     };
     let config = ureq::Agent::config_builder()
         .http_status_as_error(false)
-        .max_redirects(5)
+        // Never follow a redirect: its Location could name any address (the 3xx is the
+        // origin's answer, relayed or refused by the caller).
+        .max_redirects(0)
         .timeout_connect(Some(u.connect_timeout))
         .timeout_recv_response(Some(u.read_timeout))
         .timeout_per_read(Some(u.read_timeout))

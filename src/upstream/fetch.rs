@@ -4,11 +4,11 @@
 use std::time::{SystemTime, UNIX_EPOCH};
 
 use ureq::Agent;
-use ureq::http::HeaderMap;
+use ureq::http::{HeaderMap, Uri};
 
 use super::parents::Hop;
 use crate::http::freshness::{self, CacheControl};
-use crate::route::{ORIGIN_PARAM, Target};
+use crate::route::Target;
 use crate::store::ObjectMeta;
 
 /// Why an upstream fetch gave nothing to store. Each maps to what the client is told.
@@ -24,6 +24,9 @@ pub enum FetchError {
     Status { status: u16, body: Vec<u8> },
     /// The range starts past the end of the object; the total length if known (416).
     Unsatisfiable(Option<u64>),
+    /// A redirect (3xx): never followed upstream, since its `Location` could name any address
+    /// (502 until redirects are relayed).
+    Redirect(u16),
     /// A response that may not be stored (`no-store`, `private`, `Vary`, no length): the
     /// request is passed through instead.
     NotStorable(&'static str),
@@ -33,7 +36,10 @@ impl FetchError {
     /// Status code to give a client that has not been sent a head yet.
     pub fn status(&self) -> u16 {
         match self {
-            FetchError::Connect(_) | FetchError::Invalid(_) | FetchError::NotStorable(_) => 502,
+            FetchError::Connect(_)
+            | FetchError::Invalid(_)
+            | FetchError::NotStorable(_)
+            | FetchError::Redirect(_) => 502,
             FetchError::Timeout => 504,
             FetchError::Status { status, .. } => *status,
             FetchError::Unsatisfiable(_) => 416,
@@ -57,6 +63,9 @@ impl FetchError {
             FetchError::Status { status, .. } => format!("upstream answered {status}"),
             FetchError::Unsatisfiable(_) => "range not satisfiable".into(),
             FetchError::NotStorable(why) => format!("not storable: {why}"),
+            FetchError::Redirect(s) => {
+                format!("upstream redirected ({s}); redirects are not followed")
+            }
         }
     }
 }
@@ -130,21 +139,19 @@ pub(super) fn map_err(e: ureq::Error) -> FetchError {
     }
 }
 
-/// The URL to ask `hop` for `target`, and the `Host` to send.
-pub(super) fn upstream_url<'a>(target: &'a Target, hop: &'a Hop) -> (String, &'a str) {
-    match hop {
-        // The form a DO client uses, so a parent may be gatecache or the original.
-        Hop::Parent(_, addr) => {
-            let sep = if target.path.contains('?') { '&' } else { '?' };
-            let url = format!(
-                "http://{addr}{}{sep}{ORIGIN_PARAM}={}",
-                target.path, target.host
-            );
-            (url, addr.as_str())
-        }
+/// The URL to ask `hop` for `target` (assembled from validated parts, see
+/// [`Target::uri_for`]), and the `Host` to send.
+pub(super) fn upstream_url<'a>(
+    target: &'a Target,
+    hop: &'a Hop,
+) -> Result<(Uri, &'a str), FetchError> {
+    let (uri, host) = match hop {
+        Hop::Parent(_, addr) => (target.uri_for(Some(addr)), addr.as_str()),
         // A `connect` override is applied when the name is resolved (see agent.rs).
-        Hop::Direct => (target.url(), target.host.as_str()),
-    }
+        Hop::Direct => (target.uri_for(None), target.host.as_str()),
+    };
+    uri.map(|u| (u, host))
+        .map_err(|e| FetchError::Invalid(e.to_string()))
 }
 
 /// The `Via` to send: the client's entries, then ours.
@@ -173,10 +180,10 @@ pub fn fetch(
     hop: &Hop,
     revalidate: Option<&ObjectMeta>,
 ) -> Result<Fetched, FetchError> {
-    let (url, host) = upstream_url(target, hop);
+    let (url, host) = upstream_url(target, hop)?;
     let via = via_chain(target, via);
     let mut req = agent
-        .get(&url)
+        .get(url)
         .header("Host", host)
         .header(
             "User-Agent",
@@ -275,6 +282,8 @@ pub fn fetch(
                 body: bytes,
             })
         }
+        // RFC 9110 §15.4: the target moved. Following it would let an origin send us anywhere.
+        s if (300..400).contains(&s) && s != 304 => Err(FetchError::Redirect(s)),
         s => Err(FetchError::Invalid(format!("upstream status {s}"))),
     }
 }

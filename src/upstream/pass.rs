@@ -88,10 +88,16 @@ impl Upstream {
             self.stats
                 .requests
                 .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-            let (url, host) = upstream_url(&req.target, &hop);
+            let (url, host) = match upstream_url(&req.target, &hop) {
+                Ok(x) => x,
+                Err(e) => {
+                    last = e;
+                    break;
+                }
+            };
             let mut b = ureq::http::Request::builder()
                 .method(req.method.as_str())
-                .uri(&url)
+                .uri(url)
                 .header("Host", host)
                 .header("Via", via_chain(&req.target, &self.via));
             for (k, v) in &req.headers {

@@ -1,0 +1,192 @@
+//! Request paths: the characters a request target may carry, and the normalisation that keeps a
+//! routed path under its prefix (RFC 3986 §6.2.2 and §5.2.4).
+
+/// Why a path was refused (a 400 naming the reason).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+pub enum PathError {
+    #[error("request target has a fragment ('#')")]
+    Fragment,
+    #[error("request target has a non-ASCII, whitespace or control byte")]
+    Byte,
+    #[error("malformed percent-encoding in path")]
+    Percent,
+    #[error("path climbs above its root ('..')")]
+    AboveRoot,
+    #[error("encoded '/' or '\\' (or a '\\') in a routed path")]
+    Separator,
+}
+
+/// Checks the bytes of a whole request target: visible ASCII only, no fragment (RFC 9112 §3.2
+/// has none; RFC 3986 §2 allows no other bytes).
+pub fn check_target(t: &str) -> Result<(), PathError> {
+    for b in t.bytes() {
+        match b {
+            b'#' => return Err(PathError::Fragment),
+            0x21..=0x7e => {}
+            _ => return Err(PathError::Byte),
+        }
+    }
+    Ok(())
+}
+
+fn hex(b: u8) -> Option<u8> {
+    (b as char).to_digit(16).map(|d| d as u8)
+}
+
+fn unreserved(b: u8) -> bool {
+    b.is_ascii_alphanumeric() || matches!(b, b'-' | b'.' | b'_' | b'~')
+}
+
+/// Decodes percent-encoded unreserved characters and upper-cases the hex of the rest
+/// (RFC 3986 §6.2.2.1-6.2.2.2): `%2e%2E` becomes `..`, `%2f` becomes `%2F`.
+pub fn decode_unreserved(path: &str) -> Result<String, PathError> {
+    let b = path.as_bytes();
+    let mut out = String::with_capacity(b.len());
+    let mut i = 0;
+    while i < b.len() {
+        if b[i] == b'%' {
+            let (Some(h), Some(l)) = (
+                b.get(i + 1).copied().and_then(hex),
+                b.get(i + 2).copied().and_then(hex),
+            ) else {
+                return Err(PathError::Percent);
+            };
+            let v = h << 4 | l;
+            if unreserved(v) {
+                out.push(v as char);
+            } else {
+                out.push('%');
+                out.push(b[i + 1].to_ascii_uppercase() as char);
+                out.push(b[i + 2].to_ascii_uppercase() as char);
+            }
+            i += 3;
+        } else {
+            out.push(b[i] as char);
+            i += 1;
+        }
+    }
+    Ok(out)
+}
+
+/// Removes `.` and `..` segments from an absolute path (RFC 3986 §5.2.4, after
+/// [`decode_unreserved`]). A `..` that would climb above `/` is an error rather than being
+/// dropped silently: such a request is an attempt to leave a prefix.
+pub fn remove_dot_segments(path: &str) -> Result<String, PathError> {
+    let path = decode_unreserved(path)?;
+    let mut segs: Vec<&str> = Vec::new();
+    let mut parts = path.split('/').skip(1).peekable();
+    // A trailing "." or ".." names a directory: the result ends with '/'.
+    let mut trailing_slash = false;
+    while let Some(s) = parts.next() {
+        let last = parts.peek().is_none();
+        match s {
+            "." => trailing_slash = last,
+            ".." => {
+                if segs.pop().is_none() {
+                    return Err(PathError::AboveRoot);
+                }
+                trailing_slash = last;
+            }
+            s => {
+                segs.push(s);
+                trailing_slash = false;
+            }
+        }
+    }
+    let mut out = String::with_capacity(path.len());
+    for s in &segs {
+        out.push('/');
+        out.push_str(s);
+    }
+    if trailing_slash || out.is_empty() {
+        out.push('/');
+    }
+    Ok(out)
+}
+
+/// Refuses what an origin might decode into a separator after we matched a prefix: `%2F`,
+/// `%5C` and a literal `\` (which some servers read as `/`).
+pub fn check_routed(path: &str) -> Result<(), PathError> {
+    let upper = path.to_ascii_uppercase();
+    if upper.contains("%2F") || upper.contains("%5C") || path.contains('\\') {
+        return Err(PathError::Separator);
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn dot_segments_rfc3986_examples() {
+        // RFC 3986 §5.2.4's examples, and the normal cases.
+        for (input, want) in [
+            ("/a/b/c/./../../g", "/a/g"),
+            ("/mid/content=5/../6", "/mid/6"),
+            ("/a/./b", "/a/b"),
+            ("/a/b/..", "/a/"),
+            ("/a/b/.", "/a/b/"),
+            ("/", "/"),
+            ("/a//b", "/a//b"),
+            ("/debian/pool/a.deb", "/debian/pool/a.deb"),
+            ("/debian/%2e%2E/debian/x", "/debian/x"),
+            ("/a/%7euser", "/a/~user"),
+            ("/a/%3f", "/a/%3F"),
+            ("/a/..", "/"),
+        ] {
+            assert_eq!(remove_dot_segments(input).as_deref(), Ok(want), "{input:?}");
+        }
+    }
+
+    #[test]
+    fn climbing_above_the_root_is_refused() {
+        for input in [
+            "/..",
+            "/../a",
+            "/a/../../b",
+            "/%2e%2e/a",
+            "/.%2E/a",
+            "/a/./../..",
+        ] {
+            assert_eq!(
+                remove_dot_segments(input),
+                Err(PathError::AboveRoot),
+                "{input:?}"
+            );
+        }
+    }
+
+    #[test]
+    fn malformed_percent_is_refused() {
+        for input in ["/a%", "/a%2", "/a%zz", "/a%2g"] {
+            assert_eq!(
+                decode_unreserved(input),
+                Err(PathError::Percent),
+                "{input:?}"
+            );
+        }
+    }
+
+    #[test]
+    fn target_bytes() {
+        assert_eq!(check_target("/a?b=c&d"), Ok(()));
+        assert_eq!(check_target("/a#frag"), Err(PathError::Fragment));
+        assert_eq!(check_target("/a b"), Err(PathError::Byte));
+        assert_eq!(check_target("/ä"), Err(PathError::Byte));
+        assert_eq!(check_target("/a\u{7f}"), Err(PathError::Byte));
+    }
+
+    #[test]
+    fn routed_separators() {
+        assert_eq!(check_routed("/debian/pool/a.deb"), Ok(()));
+        for input in [
+            "/debian/..%2Fa",
+            "/debian/..%2fa",
+            "/debian/..%5Ca",
+            "/debian/..\\a",
+        ] {
+            assert_eq!(check_routed(input), Err(PathError::Separator), "{input:?}");
+        }
+    }
+}
