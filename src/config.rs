@@ -1296,6 +1296,86 @@ mod tests {
     }
 
     #[test]
+    fn origin_ports_and_deny_private() {
+        let c = cfg(r#"
+            [[origin]]
+            host = "Mirror.Example.org:8080"
+            ports = [8081]
+            [[origin]]
+            host = "tls.example.org"
+            scheme = "https"
+            deny_private = true
+            "#)
+        .unwrap();
+        let (m, t) = (&c.origins[0], &c.origins[1]);
+        assert_eq!((m.host.as_str(), m.port), ("mirror.example.org", 8080));
+        assert!(m.allows_port(8080) && m.allows_port(8081) && !m.allows_port(80));
+        assert!(!m.deny_private);
+        assert_eq!(t.port, 443);
+        assert!(t.allows_port(443) && !t.allows_port(80));
+        assert!(t.deny_private);
+        // The built-in origins are public CDNs: private answers are refused.
+        assert!(cfg("").unwrap().origins.iter().all(|o| o.deny_private));
+        for (text, key) in [
+            (
+                "[[origin]]\nhost = \"a.test\"\nports = [0]",
+                "origin[0].ports[0]",
+            ),
+            (
+                "[[origin]]\nhost = \"a.test\"\nports = [65536]",
+                "origin[0].ports[0]",
+            ),
+            ("[[origin]]\nhost = \"a.test:x\"", "origin[0].host"),
+            ("[[origin]]\nhost = \"a.test:0\"", "origin[0].host"),
+            ("[[origin]]\nhost = \"u@a.test\"", "origin[0].host"),
+            ("[[origin]]\nhost = \"a.test/x\"", "origin[0].host"),
+            ("[[origin]]\nhost = \"*.10.0.0.1\"", "origin[0].host"),
+            ("[[origin]]\nhost = \"127.1\"", "origin[0].host"),
+            (
+                "[[route]]\nprefix = \"/a/\"\norigin = \"http://a.test?x/\"",
+                "route[0].origin",
+            ),
+            (
+                "[[route]]\nprefix = \"/a/\"\norigin = \"http://a.test/p?q\"",
+                "route[0].origin",
+            ),
+            (
+                "[[route]]\nprefix = \"/a#\"\norigin = \"http://a.test/\"",
+                "route[0].prefix",
+            ),
+            (
+                "[upstream]\nparents = [\"p.test:8080/x\"]",
+                "upstream.parents[0]",
+            ),
+        ] {
+            assert_eq!(cfg(text).unwrap_err().key, key, "{text}");
+        }
+    }
+
+    #[test]
+    fn custom_host_env_port_is_where_the_origin_is_fetched() {
+        let mut raw = RawConfig::from_toml("").unwrap();
+        let get =
+            |k: &str| (k == "CACHEABLE_CUSTOM_1_HOST").then(|| "pkgs.example.com:8080".to_string());
+        raw.apply_env(get).unwrap();
+        let c = raw.validate().unwrap();
+        let o = c
+            .origins
+            .iter()
+            .find(|o| o.host == "pkgs.example.com")
+            .unwrap();
+        assert_eq!(o.port, 8080);
+        assert!(!o.allows_port(80));
+        let mut raw = RawConfig::from_toml("").unwrap();
+        let get =
+            |k: &str| (k == "CACHEABLE_CUSTOM_1_HOST").then(|| "pkgs.example.com:x".to_string());
+        assert_eq!(
+            raw.apply_env(get).unwrap_err().key,
+            "CACHEABLE_CUSTOM_1_HOST"
+        );
+    }
+
+    #[test]
     fn rendered_config_reads_back_the_same() {
         let text = r#"
             listen = "127.0.0.1:8080"
@@ -1310,9 +1390,16 @@ mod tests {
             canonical = "ex"
             connect = "127.0.0.1:9000"
             immutable = true
+            [[origin]]
+            host = "mirror.example.com:8080"
+            ports = [8081, 8082]
+            deny_private = true
             [[route]]
             prefix = "/debian/"
             origin = "https://mirror.example.org/debian/"
+            [[route]]
+            prefix = "/alt/"
+            origin = "http://[fd00::5]:8080/alt/"
             [[rule]]
             path = "*/InRelease"
             max_age = "5m"

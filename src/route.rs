@@ -196,17 +196,27 @@ fn origin_ns(o: &Origin, host: &Host, port: u16) -> String {
     }
 }
 
-/// A target for origin `o`, host `host`, fetched at `port` (already allowed).
-fn for_origin(o: &Origin, host: &Host, port: u16, path: &str, query: &str) -> Target {
+/// A target for origin `o`, host `host`, fetched at `port` (already allowed). The path goes
+/// upstream as the client wrote it (RFC 9110 §7.7: a proxy does not rewrite it); the key uses
+/// its normalised form (RFC 9110 §4.2.3, RFC 3986 §6.2.2), so `/a/./b` and `/a/%62` are the
+/// object `/a/b` is, whichever way a client (apt's flat repositories write `./`) names it.
+fn for_origin(
+    o: &Origin,
+    host: &Host,
+    port: u16,
+    path: &str,
+    query: &str,
+) -> Result<Target, Refusal> {
+    let norm = path::remove_dot_segments(path).map_err(bad_path)?;
     let authority = Authority {
         host: host.clone(),
         port: Some(port),
     };
     let host_field = authority.for_scheme(default_port(o.https));
     let ns = origin_ns(o, host, port);
-    Target {
+    Ok(Target {
         https: o.https,
-        key: key_for(Some(o), &ns, path, query),
+        key: key_for(Some(o), &ns, &norm, query),
         authority,
         host: host_field,
         path: with_query(path, query),
@@ -214,7 +224,7 @@ fn for_origin(o: &Origin, host: &Host, port: u16, path: &str, query: &str) -> Ta
         rule: Default::default(),
         client_cc: None,
         origin_label: o.canonical.clone().unwrap_or_else(|| o.host.clone()),
-    }
+    })
 }
 
 /// A target for route `r`'s origin, at `up_path` (already inside the route).
@@ -347,7 +357,7 @@ fn route_target<'c>(
         && let Some(o) = find(cfg, &h.host)
     {
         // The Host names the origin itself (DNS pointed at us): the port is ours, not its.
-        return Ok((for_origin(o, &h.host, o.port, path, &query), Some(o)));
+        return Ok((for_origin(o, &h.host, o.port, path, &query)?, Some(o)));
     }
     let prefixes = cfg.routes.iter().map(|r| r.prefix.as_str());
     if let Some((prefix, norm)) = under_prefix(path, prefixes)? {
@@ -391,7 +401,7 @@ fn named_target<'c>(
             a.port.unwrap_or(o.port)
         };
         if o.allows_port(port) || !routes.is_empty() {
-            return Ok((for_origin(o, &a.host, port, path, query), Some(o)));
+            return Ok((for_origin(o, &a.host, port, path, query)?, Some(o)));
         }
         return Err(Refusal::PortNotAllowed(a.with_port(Some(port)).to_string()));
     }
@@ -431,6 +441,12 @@ mod tests {
             [[origin]]
             host = "cdn.example.com"
             key_query = false
+            [[origin]]
+            host = "ports.example.org"
+            ports = [8080]
+            [[origin]]
+            host = "tls.example.org"
+            scheme = "https"
             [[route]]
             prefix = "/debian/"
             origin = "http://mirror.example.org/debian/"
@@ -568,6 +584,202 @@ mod tests {
                 &c
             )
             .is_err()
+        );
+    }
+
+    fn refused(target: &str, host: &str) -> Refusal {
+        route(&req(target, host), &cfg()).unwrap_err()
+    }
+
+    fn bad(target: &str, host: &str) -> String {
+        match refused(target, host) {
+            Refusal::BadTarget(why) => why,
+            r => panic!("{target:?} / Host {host:?}: {r:?}, not a 400"),
+        }
+    }
+
+    #[test]
+    fn regression_port_text_made_another_host() {
+        // The port was stripped only when all digits, so this ended in an allowed suffix and
+        // the URL built from it named 169.254.169.254 (RFC 3986 §3.2.3: a port is digits).
+        for host in [
+            "169.254.169.254:x.download.windowsupdate.com",
+            "10.0.0.1:x.download.windowsupdate.com",
+        ] {
+            let why = bad(&format!("/x?cacheHostOrigin={host}"), "gw");
+            assert!(
+                why.starts_with("malformed cacheHostOrigin: bad port"),
+                "{why}"
+            );
+            let why = bad(&format!("http://{host}/x"), "gw");
+            assert!(why.starts_with("malformed host in request target"), "{why}");
+            let why = bad("/x", host);
+            assert!(why.starts_with("malformed Host"), "{why}");
+        }
+    }
+
+    #[test]
+    fn regression_delimiters_in_a_host_ended_the_authority_early() {
+        for c in ["?", "/", "#", "@", "%2f", " ", "\\", "é", "\t"] {
+            let host = format!("10.0.0.1{c}.download.windowsupdate.com");
+            let why = bad("/x", &host);
+            assert!(why.starts_with("malformed Host"), "{host:?}: {why}");
+            let why = bad(&format!("/x?cacheHostOrigin={host}"), "gw");
+            assert!(
+                why.contains("cacheHostOrigin") || why.contains("request target"),
+                "{host:?}: {why}"
+            );
+        }
+        // In an absolute-form target the authority ends at '/' or '?' (RFC 3986 §3.2): what
+        // follows is path or query, and the host left over is not allowed.
+        assert_eq!(
+            refused("http://10.0.0.1?.download.windowsupdate.com/x", "gw"),
+            Refusal::NotAllowed("10.0.0.1".into())
+        );
+        assert_eq!(
+            refused("http://10.0.0.1/.download.windowsupdate.com/x", "gw"),
+            Refusal::NotAllowed("10.0.0.1".into())
+        );
+        let why = bad("http://origin.test@a.download.windowsupdate.com/x", "gw");
+        assert!(why.contains("userinfo"), "{why}");
+        // A fragment never belongs in a request target (RFC 9112 §3.2).
+        assert!(bad("/x#.download.windowsupdate.com", "gw").contains("fragment"));
+    }
+
+    #[test]
+    fn an_invalid_host_field_is_a_400_whatever_the_route() {
+        // RFC 9112 §3.2: a Host with an invalid value is answered 400.
+        let why = bad("/debian/dists/stable/InRelease", "gw.example.org:x");
+        assert!(why.starts_with("malformed Host"), "{why}");
+        // An empty Host names nothing (allowed when the target has no authority).
+        let t = route(&req("/debian/dists/stable/InRelease", ""), &cfg()).unwrap();
+        assert_eq!(t.host, "mirror.example.org");
+    }
+
+    #[test]
+    fn ports_are_part_of_the_allow_list() {
+        assert_eq!(
+            refused("/x?cacheHostOrigin=cdn.example.com:22", "gw"),
+            Refusal::PortNotAllowed("cdn.example.com:22".into())
+        );
+        assert_eq!(
+            refused("http://cdn.example.com:9180/summary", "gw"),
+            Refusal::PortNotAllowed("cdn.example.com:9180".into())
+        );
+        // The default port, named or not (RFC 9110 §4.2.3), and a listed one.
+        let c = cfg();
+        let plain = route(&req("/x?cacheHostOrigin=cdn.example.com", "gw"), &c).unwrap();
+        let named = route(&req("http://cdn.example.com:80/x", "gw"), &c).unwrap();
+        assert_eq!(plain.uri_for(None), named.uri_for(None));
+        assert_eq!(plain.key, named.key);
+        let t = route(&req("/x?cacheHostOrigin=ports.example.org:8080", "gw"), &c).unwrap();
+        assert_eq!(t.url(), "http://ports.example.org:8080/x");
+        assert_eq!(
+            t.key, "ports.example.org:8080/x",
+            "another port, another key"
+        );
+        let t = route(&req("/x?cacheHostOrigin=tls.example.org", "gw"), &c).unwrap();
+        assert_eq!(
+            t.uri_for(None).unwrap().to_string(),
+            "https://tls.example.org/x"
+        );
+        assert_eq!(
+            refused("/x?cacheHostOrigin=tls.example.org:80", "gw"),
+            Refusal::PortNotAllowed("tls.example.org:80".into())
+        );
+    }
+
+    #[test]
+    fn a_connect_address_ignores_the_named_port() {
+        let t = route(
+            &req("/x?cacheHostOrigin=eu.archive.example.org:22", "gw"),
+            &cfg(),
+        )
+        .unwrap();
+        assert_eq!(t.host, "eu.archive.example.org");
+        assert_eq!(t.key, "archive/x");
+    }
+
+    #[test]
+    fn route_prefixes_cannot_be_left() {
+        for target in [
+            "/debian/../a.bin",
+            "/debian/%2e%2e/a.bin",
+            "/debian/%2E%2e/a.bin",
+            "/debian/.%2e/a.bin",
+            "/debian/pool/../../a.bin",
+        ] {
+            let why = bad(target, "gw");
+            assert!(why.contains("climbs above"), "{target}: {why}");
+        }
+        for target in [
+            "/debian/..%2fa.bin",
+            "/debian/..%5Ca.bin",
+            "/debian/..\\a.bin",
+        ] {
+            let why = bad(target, "gw");
+            assert!(why.contains("encoded '/'"), "{target}: {why}");
+        }
+        // Dot-segments that stay inside are removed (RFC 3986 §5.2.4).
+        let t = route(&req("/debian/pool/./x/../a.deb", "gw"), &cfg()).unwrap();
+        assert_eq!(t.path, "/debian/pool/a.deb");
+        // A route's origin named in the proxy form: normalised too (the route is a boundary),
+        // with the key of the same object.
+        let c = cfg();
+        let p = route(
+            &req("http://mirror.example.org/debian/./pool/a.deb", "gw"),
+            &c,
+        )
+        .unwrap();
+        assert_eq!(p.path, "/debian/pool/a.deb");
+        let r = route(&req("/debian/pool/a.deb", "gw"), &c).unwrap();
+        assert_eq!(p.key, r.key);
+        // An allowed origin's path goes upstream as written (RFC 9110 §7.7); the key is the
+        // normalised one (RFC 9110 §4.2.3).
+        let o = route(&req("/a/./b/%63?cacheHostOrigin=cdn.example.com", "gw"), &c).unwrap();
+        assert_eq!(
+            (o.path.as_str(), o.key.as_str()),
+            ("/a/./b/%63", "cdn.example.com/a/b/c")
+        );
+        // The route's origin named directly: only what the route serves.
+        assert!(matches!(
+            refused("/secret?cacheHostOrigin=mirror.example.org", "gw"),
+            Refusal::NotAllowed(_)
+        ));
+        assert!(
+            bad("/debian/../secret?cacheHostOrigin=mirror.example.org", "gw").contains("climbs")
+        );
+        assert!(matches!(
+            refused("http://mirror.example.org/secret", "gw"),
+            Refusal::NotAllowed(_)
+        ));
+    }
+
+    #[test]
+    fn the_parameter_twice_is_refused() {
+        assert!(
+            bad(
+                "/x?cacheHostOrigin=cdn.example.com&cacheHostOrigin=evil.test",
+                "gw"
+            )
+            .contains("repeated")
+        );
+    }
+
+    #[test]
+    fn upstream_urls_are_built_from_the_validated_parts() {
+        let t = route(
+            &req("/f?a=1&cacheHostOrigin=A.Download.WindowsUpdate.com.", "gw"),
+            &cfg(),
+        )
+        .unwrap();
+        let u = t.uri_for(None).unwrap();
+        assert_eq!(u.host(), Some("a.download.windowsupdate.com"));
+        assert_eq!(u.port_u16(), None);
+        let p = t.uri_for(Some("parent.example.org:8080")).unwrap();
+        assert_eq!(
+            p.to_string(),
+            "http://parent.example.org:8080/f?a=1&cacheHostOrigin=a.download.windowsupdate.com"
         );
     }
 }
