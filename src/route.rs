@@ -131,12 +131,7 @@ impl Source {
     fn parse(self, text: &str) -> Result<Authority, Refusal> {
         let bad =
             |e: AuthorityError| Refusal::BadTarget(format!("malformed {}: {e}", self.field()));
-        let a = Authority::parse(text).map_err(bad)?;
-        Ok(match (self, a.port) {
-            // http://host:80/ is http://host/ (RFC 9110 §4.2.3).
-            (Source::Absolute, Some(80)) => a.with_port(None),
-            _ => a,
-        })
+        Authority::parse(text).map_err(bad)
     }
 }
 
@@ -781,5 +776,32 @@ mod tests {
             p.to_string(),
             "http://parent.example.org:8080/f?a=1&cacheHostOrigin=a.download.windowsupdate.com"
         );
+    }
+
+    #[test]
+    fn an_explicit_port_is_checked_in_every_form() {
+        // An origin fetched at 8080: naming port 80 is another port, whichever form names it
+        // (the absolute form once took ":80" as "no port" and fetched 8080).
+        let c = RawConfig::from_toml("[[origin]]\nhost = \"pkgs.example.com:8080\"")
+            .unwrap()
+            .validate()
+            .unwrap();
+        for target in [
+            "/b?cacheHostOrigin=pkgs.example.com:80",
+            "http://pkgs.example.com:80/b",
+        ] {
+            assert_eq!(
+                route(&req(target, "gw"), &c),
+                Err(Refusal::PortNotAllowed("pkgs.example.com:80".into())),
+                "{target}"
+            );
+        }
+        for target in [
+            "/b?cacheHostOrigin=pkgs.example.com",
+            "http://pkgs.example.com/b",
+        ] {
+            let t = route(&req(target, "gw"), &c).unwrap();
+            assert_eq!(t.url(), "http://pkgs.example.com:8080/b", "{target}");
+        }
     }
 }

@@ -116,6 +116,27 @@ fn join(slot: &mut Option<String>, v: &str) {
     }
 }
 
+/// httparse reads whatever follows the second space as the version, so a space inside the
+/// target (`GET /a b HTTP/1.1`) reaches it as a bad version. Only a well-formed request line
+/// naming another `HTTP/x.y` is a 505 (RFC 9110 §15.6.6); anything else is a 400 (RFC 9112 §3).
+fn version_error(buf: &[u8]) -> HeadError {
+    let line = buf.split(|&b| b == b'\n').next().unwrap_or_default();
+    let line = line.strip_suffix(b"\r").unwrap_or(line);
+    let parts: Vec<&[u8]> = line.split(|&b| b == b' ').collect();
+    match parts.as_slice() {
+        [_, _, v]
+            if v.len() == 8
+                && v.starts_with(b"HTTP/")
+                && v[5].is_ascii_digit()
+                && v[6] == b'.'
+                && v[7].is_ascii_digit() =>
+        {
+            HeadError::Version
+        }
+        _ => HeadError::Bad("malformed request line"),
+    }
+}
+
 /// Parses one request head from the front of `buf`. `Ok(None)`: incomplete, read more.
 /// `Ok(Some((req, n)))`: the head took `n` bytes.
 pub fn parse(buf: &[u8], limits: &Limits) -> Result<Option<(Request, usize)>, HeadError> {
@@ -135,7 +156,7 @@ pub fn parse(buf: &[u8], limits: &Limits) -> Result<Option<(Request, usize)>, He
             return Ok(None);
         }
         Err(httparse::Error::TooManyHeaders) => return Err(HeadError::TooManyHeaders),
-        Err(httparse::Error::Version) => return Err(HeadError::Version),
+        Err(httparse::Error::Version) => return Err(version_error(buf)),
         Err(httparse::Error::HeaderName) | Err(httparse::Error::HeaderValue) => {
             return Err(HeadError::Bad("malformed header field"));
         }
@@ -295,6 +316,9 @@ mod tests {
             "GET / HTTP/1.1\r\nHost: a\r\nHost: b\r\n\r\n",
             "GET  / HTTP/1.1\r\nHost: a\r\n\r\n",
             "GET / HTTP/1.1 extra\r\nHost: a\r\n\r\n",
+            // A space inside the target is a malformed line, not another version.
+            "GET /x?cacheHostOrigin=127.0.0.1:9 .example.org HTTP/1.1\r\nHost: a\r\n\r\n",
+            "GET http://a b/x HTTP/1.1\r\nHost: a\r\n\r\n",
         ] {
             let e = p(head).unwrap_err();
             assert_eq!(e.status(), 400, "{head:?}: {e:?}");

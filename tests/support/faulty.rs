@@ -25,7 +25,8 @@ pub enum Fault {
         chunk: usize,
         pause: Duration,
     },
-    /// Answer this status with a one-line body.
+    /// Answer this status with a one-line body (and, for a 3xx, the object's headers, such
+    /// as a `Location`).
     Status(u16),
 }
 
@@ -372,11 +373,14 @@ fn answer(s: &mut TcpStream, req: &ReqHead, obj: Option<&Obj>, seen: &mut Seen) 
     if let Fault::Status(code) = obj.fault {
         seen.status = code;
         let body = format!("fault-origin says {code}\n");
-        return write_head(
-            s,
-            code,
-            &[("Content-Length".into(), body.len().to_string())],
-        ) && s.write_all(body.as_bytes()).is_ok();
+        let mut headers = vec![("Content-Length".into(), body.len().to_string())];
+        if (300..400).contains(&code) {
+            // A redirect carries the object's headers (its `Location`).
+            headers.extend(obj.headers.iter().cloned());
+        }
+        // No body after the head of a HEAD (RFC 9110 §9.3.2): the connection is reused.
+        return write_head(s, code, &headers)
+            && (req.method == "HEAD" || s.write_all(body.as_bytes()).is_ok());
     }
     if !matches!(req.method.as_str(), "GET" | "HEAD") {
         // An API call: answered, never content.

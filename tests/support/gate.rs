@@ -22,6 +22,9 @@ pub struct GateConfig {
     pub routes: Vec<(String, String)>,
     /// `[[origin]]`: (host pattern, connect address, canonical).
     pub origins: Vec<(String, Option<SocketAddr>, Option<String>)>,
+    /// More `[[origin]]` tables, after those: (host pattern, connect address, extra lines
+    /// such as `ports = [8080]` or `deny_private = true`).
+    pub origins_with: Vec<(String, Option<SocketAddr>, Vec<String>)>,
     pub window: Option<String>,
     pub read_timeout: Option<String>,
     pub sync_data: Option<bool>,
@@ -44,6 +47,7 @@ impl GateConfig {
             storage_size: "64MiB".into(),
             routes: Vec::new(),
             origins: Vec::new(),
+            origins_with: Vec::new(),
             window: None,
             read_timeout: None,
             sync_data: None,
@@ -95,6 +99,13 @@ impl GateConfig {
         self
     }
 
+    /// An allowed origin host (`connect` optional) with extra lines in its table.
+    pub fn origin_with(mut self, host: &str, connect: Option<SocketAddr>, lines: &[&str]) -> Self {
+        let lines = lines.iter().map(|l| l.to_string()).collect();
+        self.origins_with.push((host.into(), connect, lines));
+        self
+    }
+
     pub fn window(mut self, w: &str) -> Self {
         self.window = Some(w.into());
         self
@@ -139,6 +150,15 @@ impl GateConfig {
             }
             if let Some(c) = canonical {
                 let _ = writeln!(s, "canonical = \"{c}\"");
+            }
+        }
+        for (host, connect, lines) in &self.origins_with {
+            let _ = writeln!(s, "[[origin]]\nhost = \"{host}\"");
+            if let Some(c) = connect {
+                let _ = writeln!(s, "connect = \"{c}\"");
+            }
+            for l in lines {
+                let _ = writeln!(s, "{l}");
             }
         }
         let _ = writeln!(s, "[upstream]");

@@ -1,8 +1,10 @@
 //! Support for the serving integration tests (`tests/serve_*.rs`): the real `gatecache` binary
 //! on loopback ([`gate`]), an nginx origin ([`nginx`]), a fault-injecting origin ([`faulty`]),
-//! real clients ([`curl`]) and a raw HTTP/1.1 client ([`http`]).
+//! real clients ([`curl`]), a raw HTTP/1.1 client ([`http`]) and a listener that counts the
+//! connections it should never get ([`canary`]).
 #![allow(dead_code)]
 
+pub mod canary;
 pub mod curl;
 pub mod data;
 pub mod faulty;
