@@ -9,9 +9,7 @@ use std::time::{Duration, Instant};
 use hashbrown::HashMap;
 use parking_lot::Mutex;
 
-/// Cache statuses as the access log names them; the first three are served from the cache.
-pub const STATUSES: [&str; 6] = ["HIT", "REVALIDATED", "STALE", "MISS", "PARTIAL", "BYPASS"];
-const FROM_CACHE: usize = 3;
+use crate::http::cache_status::{CacheStatus, FROM_CACHE, LABELS as STATUSES};
 
 /// Upper bounds (seconds) of the response-time histogram.
 pub const BUCKETS: [f64; 14] = [
@@ -103,14 +101,11 @@ impl Metrics {
         &self,
         origin: Option<&str>,
         status: u16,
-        cache: &str,
+        cache: CacheStatus,
         bytes: u64,
         took: Duration,
     ) {
-        let i = STATUSES
-            .iter()
-            .position(|s| *s == cache)
-            .unwrap_or(STATUSES.len() - 1);
+        let i = cache.slot();
         self.by_status[i].requests.fetch_add(1, Relaxed);
         let content = origin.is_some() && status < 400;
         if content {
@@ -269,24 +264,27 @@ impl Metrics {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::http::cache_status::BypassReason;
+
+    const ANSWERED: CacheStatus = CacheStatus::Bypass(BypassReason::Answered);
 
     #[test]
     fn totals_periods_and_origins() {
         let m = Metrics::default();
         let ms = Duration::from_millis(3);
-        m.record(Some("a.example.org"), 200, "MISS", 1000, ms);
-        m.record(Some("a.example.org"), 206, "HIT", 300, ms);
-        m.record(Some("b.example.org"), 200, "STALE", 50, ms);
-        m.record(None, 403, "BYPASS", 20, ms);
-        m.record(Some("b.example.org"), 502, "BYPASS", 30, ms);
-        m.record(None, 400, "BYPASS", 0, Duration::ZERO);
+        m.record(Some("a.example.org"), 200, CacheStatus::Miss, 1000, ms);
+        m.record(Some("a.example.org"), 206, CacheStatus::Hit, 300, ms);
+        m.record(Some("b.example.org"), 200, CacheStatus::Stale, 50, ms);
+        m.record(None, 403, ANSWERED, 20, ms);
+        m.record(Some("b.example.org"), 502, ANSWERED, 30, ms);
+        m.record(None, 400, ANSWERED, 0, Duration::ZERO);
         let t = m.totals(1000);
         assert_eq!((t.hit_bytes, t.miss_bytes, t.egress()), (350, 1000, 1350));
         assert_eq!(t.requests, 6);
         assert!((t.hit_ratio() - 350.0 / 1350.0).abs() < 1e-9);
         m.tick(1000);
         assert_eq!(m.last_period(), t);
-        m.record(Some("a.example.org"), 200, "HIT", 7, ms);
+        m.record(Some("a.example.org"), 200, CacheStatus::Hit, 7, ms);
         m.tick(1000);
         let p = m.last_period();
         assert_eq!(

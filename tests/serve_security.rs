@@ -465,8 +465,7 @@ both_backends! {
         // `Host` naming the origin itself: the port in it is the gate's own (DNS pointed the
         // client at us), so the origin is asked at its configured port (80), never the one in
         // `Host`. What port 80 says depends on the machine; only the canary is checked.
-        let r = send(&g, &get_raw(b"/x", t.text("localhost:{c}").as_bytes()));
-        assert!(!r.body_text().contains(canary::BODY), "Host port: {}", r.body_text());
+        let _ = send(&g, &get_raw(b"/x", t.text("localhost:{c}").as_bytes()));
         canary.assert_settled_untouched("allowed origin, other ports");
     }
 }

@@ -22,15 +22,70 @@ impl Default for Limits {
     }
 }
 
+/// A request method (RFC 9110 §9). Methods the cache does not serve or relay are `Other`
+/// (answered 405); the request keeps its name for the log.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Method {
     Get,
     Head,
-    /// POST, PUT, DELETE, PATCH: passed through, never stored; success invalidates.
-    Unsafe,
-    /// OPTIONS: passed through.
     Options,
+    Post,
+    Put,
+    Delete,
+    Patch,
     Other,
+}
+
+impl Method {
+    /// The method of a request line's token (case-sensitive, RFC 9110 §9.1).
+    pub fn from_token(t: &str) -> Method {
+        match t {
+            "GET" => Method::Get,
+            "HEAD" => Method::Head,
+            "OPTIONS" => Method::Options,
+            "POST" => Method::Post,
+            "PUT" => Method::Put,
+            "DELETE" => Method::Delete,
+            "PATCH" => Method::Patch,
+            _ => Method::Other,
+        }
+    }
+
+    /// The token, for a known method; `None` for `Other` (see [`Request::method_name`]).
+    pub fn as_str(self) -> Option<&'static str> {
+        Some(match self {
+            Method::Get => "GET",
+            Method::Head => "HEAD",
+            Method::Options => "OPTIONS",
+            Method::Post => "POST",
+            Method::Put => "PUT",
+            Method::Delete => "DELETE",
+            Method::Patch => "PATCH",
+            Method::Other => return None,
+        })
+    }
+
+    /// Read-only by definition (RFC 9110 §9.2.1): GET, HEAD, OPTIONS (TRACE is never served).
+    pub fn is_safe(self) -> bool {
+        matches!(self, Method::Get | Method::Head | Method::Options)
+    }
+
+    /// Repeating it has the effect of sending it once (RFC 9110 §9.2.2): the safe methods,
+    /// PUT and DELETE.
+    pub fn is_idempotent(self) -> bool {
+        self.is_safe() || matches!(self, Method::Put | Method::Delete)
+    }
+
+    /// Served from the cache (GET and HEAD); every other known method is passed through.
+    pub fn is_cacheable(self) -> bool {
+        matches!(self, Method::Get | Method::Head)
+    }
+
+    /// Passed through to the upstream, never stored: OPTIONS and the unsafe methods, whose
+    /// success invalidates what is stored for the target (RFC 9111 §4.4).
+    pub fn is_passed(self) -> bool {
+        !self.is_cacheable() && self != Method::Other
+    }
 }
 
 /// Why a head was refused; each maps to one status code.
@@ -171,13 +226,7 @@ pub fn parse(buf: &[u8], limits: &Limits) -> Result<Option<(Request, usize)>, He
     }
     let method_name = raw.method.unwrap_or_default();
     let mut req = Request {
-        method: Some(match method_name {
-            "GET" => Method::Get,
-            "HEAD" => Method::Head,
-            "POST" | "PUT" | "DELETE" | "PATCH" => Method::Unsafe,
-            "OPTIONS" => Method::Options,
-            _ => Method::Other,
-        }),
+        method: Some(Method::from_token(method_name)),
         method_name: method_name.to_string(),
         target: target.to_string(),
         http10: raw.version == Some(0),
@@ -378,7 +427,42 @@ mod tests {
         );
         assert_eq!(r.target, "http://mirror.example.org/debian/dists/x");
         let r = ok("DELETE / HTTP/1.1\r\nHost: a\r\n\r\n");
-        assert_eq!(r.method(), Method::Unsafe);
+        assert_eq!(r.method(), Method::Delete);
         assert_eq!(r.method_name, "DELETE");
+    }
+
+    #[test]
+    fn method_properties_rfc9110_9_2() {
+        use Method::*;
+        // (method, safe, idempotent, cacheable, passed)
+        for (m, safe, idem, cache, pass) in [
+            (Get, true, true, true, false),
+            (Head, true, true, true, false),
+            (Options, true, true, false, true),
+            (Post, false, false, false, true),
+            (Put, false, true, false, true),
+            (Delete, false, true, false, true),
+            (Patch, false, false, false, true),
+            (Other, false, false, false, false),
+        ] {
+            assert_eq!(
+                (
+                    m.is_safe(),
+                    m.is_idempotent(),
+                    m.is_cacheable(),
+                    m.is_passed()
+                ),
+                (safe, idem, cache, pass),
+                "{m:?}"
+            );
+            if m != Other {
+                assert_eq!(Method::from_token(m.as_str().unwrap()), m);
+            }
+        }
+        assert_eq!(
+            Method::from_token("get"),
+            Other,
+            "methods are case-sensitive"
+        );
     }
 }

@@ -6,9 +6,9 @@ use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant};
 
 use super::Shared;
-use super::respond::respond;
+use super::respond::{ANSWERED, respond};
 use super::transport::{Out, Transport};
-use crate::http::request::{self, HeadError, Method};
+use crate::http::request::{self, HeadError};
 use crate::http::response;
 
 /// Request bodies (allowed on GET by HTTP, never used by our clients) are skipped up to this.
@@ -28,7 +28,7 @@ pub async fn serve<T: Transport>(mut t: T, peer: std::net::SocketAddr, sh: Arc<S
                     buf.drain(..n);
                     head_started = None;
                     let mut keep = req.keep_alive;
-                    let passed = matches!(req.method(), Method::Unsafe | Method::Options);
+                    let passed = req.method().is_passed();
                     let mut body = Vec::new();
                     if passed && req.body_len > MAX_PASSED_BODY {
                         let msg = format!("request body over {MAX_PASSED_BODY} bytes");
@@ -78,7 +78,7 @@ pub async fn serve<T: Transport>(mut t: T, peer: std::net::SocketAddr, sh: Arc<S
                         req.target,
                         out.status,
                         out.bytes,
-                        out.cache,
+                        out.cache.label(),
                         out.upstream_wait.as_secs_f64(),
                         took.as_secs_f64()
                     ));
@@ -92,11 +92,12 @@ pub async fn serve<T: Transport>(mut t: T, peer: std::net::SocketAddr, sh: Arc<S
                 Err(e) => {
                     bad_request(&mut t, &e).await;
                     sh.metrics
-                        .record(None, e.status(), "BYPASS", 0, std::time::Duration::ZERO);
+                        .record(None, e.status(), ANSWERED, 0, std::time::Duration::ZERO);
                     sh.access.line(format_args!(
-                        "{} \"-\" {} 0 BYPASS 0.000 0.000 {}",
+                        "{} \"-\" {} 0 {} 0.000 0.000 {}",
                         peer.ip(),
                         e.status(),
+                        ANSWERED.label(),
                         e.reason()
                     ));
                     return;

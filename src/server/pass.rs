@@ -5,13 +5,12 @@
 use super::Shared;
 use super::respond::{Outcome, upstream_error};
 use super::transport::{Out, Transport};
-use crate::http::request::{Method, Request};
+use crate::http::cache_status::{BypassReason, CacheStatus};
+use crate::http::request::Request;
 use crate::http::response::Head;
 use crate::route::Target;
 use crate::upstream::FetchError;
 use crate::upstream::pass::{PassMsg, PassRequest};
-
-pub const BYPASS: &str = "gatecache; fwd=bypass";
 
 /// The client's end-to-end headers worth forwarding.
 fn forwarded(req: &Request) -> Vec<(&'static str, String)> {
@@ -33,8 +32,8 @@ fn forwarded(req: &Request) -> Vec<(&'static str, String)> {
     h
 }
 
-/// Passes `req` (with `body`) to the upstream and relays the answer. A successful unsafe
-/// method drops what is stored for the target (RFC 9111 §4.4).
+/// Passes `req` (with `body`) to the upstream, for reason `why`, and relays the answer. A
+/// successful unsafe method drops what is stored for the target (RFC 9111 §4.4).
 pub async fn relay<T: Transport>(
     t: &mut T,
     sh: &Shared,
@@ -42,10 +41,12 @@ pub async fn relay<T: Transport>(
     target: Target,
     body: Vec<u8>,
     keep: bool,
+    why: BypassReason,
 ) -> Outcome {
+    let cs = CacheStatus::Bypass(why);
     let key = target.key.clone();
     let mut rx = sh.upstream.pass(PassRequest {
-        method: req.method_name.clone(),
+        method: req.method(),
         target,
         headers: forwarded(req),
         body,
@@ -59,7 +60,7 @@ pub async fn relay<T: Transport>(
             let chunked = len.is_none() && !req.http10 && !matches!(status, 204 | 304);
             let mut h = Head::new(status);
             h.header("Server", "gatecache")
-                .header("Cache-Status", BYPASS);
+                .header("Cache-Status", cs.field_value());
             for (k, v) in &headers {
                 h.header(k, v);
             }
@@ -74,11 +75,11 @@ pub async fn relay<T: Transport>(
             }
             // Without a length or chunking, the end of the body is the end of the connection.
             let keep = keep && (len.is_some() || chunked || matches!(status, 204 | 304));
-            if req.method() == Method::Unsafe && status < 400 && sh.upstream.cache().remove(&key) {
+            if !req.method().is_safe() && status < 400 && sh.upstream.cache().remove(&key) {
                 log::info!("{key}: invalidated by {}", req.method_name);
             }
             if t.write(Out::Bytes(h.finish(keep))).await.is_err() {
-                return Outcome::new(status, false, "BYPASS");
+                return Outcome::new(status, false, cs);
             }
             (status, chunked, keep)
         }
@@ -88,7 +89,7 @@ pub async fn relay<T: Transport>(
             return upstream_error(t, &e, keep).await;
         }
     };
-    let mut out = Outcome::new(status, keep, "BYPASS");
+    let mut out = Outcome::new(status, keep, cs);
     loop {
         match rx.recv().await {
             Some(PassMsg::Data(d)) => {

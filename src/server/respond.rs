@@ -8,6 +8,7 @@ use super::pass;
 use super::stream::{BlockStream, StreamError};
 use super::transport::{Out, Transport};
 use crate::cache::Object;
+use crate::http::cache_status::{BypassReason, CacheStatus};
 use crate::http::conditional;
 use crate::http::freshness::{self, CacheControl, Decision};
 use crate::http::range::{self, Resolved, Spec};
@@ -21,7 +22,7 @@ pub struct Outcome {
     pub keep_alive: bool,
     pub status: u16,
     pub bytes: u64,
-    pub cache: &'static str,
+    pub cache: CacheStatus,
     /// The origin host the request was routed to (none when refused before routing).
     pub origin: Option<String>,
     /// Time spent waiting for the upstream before the response head (misses, revalidations).
@@ -29,7 +30,7 @@ pub struct Outcome {
 }
 
 impl Outcome {
-    pub(super) fn new(status: u16, keep_alive: bool, cache: &'static str) -> Outcome {
+    pub(super) fn new(status: u16, keep_alive: bool, cache: CacheStatus) -> Outcome {
         Outcome {
             keep_alive,
             status,
@@ -41,27 +42,9 @@ impl Outcome {
     }
 }
 
-/// RFC 9211 `Cache-Status` values, also used as the access log's cache field.
-const HIT: &str = "gatecache; hit";
-const MISS: &str = "gatecache; fwd=miss; stored";
-const PARTIAL: &str = "gatecache; fwd=partial; stored";
-/// Stale, checked with the upstream (304 or same version): served from the cache.
-const REVALIDATED: &str = "gatecache; fwd=stale; fwd-status=304";
-/// Stale and served as such (stale-while-revalidate, or the upstream is down).
-const STALE: &str = "gatecache; hit; detail=stale";
-/// Stale and changed upstream: the new version is being fetched.
-const REFRESHED: &str = "gatecache; fwd=stale; stored";
-
-fn log_name(cache_status: &'static str) -> &'static str {
-    match cache_status {
-        HIT => "HIT",
-        MISS | REFRESHED => "MISS",
-        PARTIAL => "PARTIAL",
-        REVALIDATED => "REVALIDATED",
-        STALE => "STALE",
-        _ => "BYPASS",
-    }
-}
+/// What the cache answers by itself (refusals, errors, the summary).
+pub(super) const ANSWERED: CacheStatus = CacheStatus::Bypass(BypassReason::Answered);
+const NOT_STORABLE: BypassReason = BypassReason::NotStorable;
 
 async fn simple<T: Transport>(
     t: &mut T,
@@ -72,7 +55,7 @@ async fn simple<T: Transport>(
 ) -> Outcome {
     let out = response::simple(status, body, keep, extra);
     let ok = t.write(Out::Bytes(out)).await.is_ok();
-    Outcome::new(status, keep && ok, "BYPASS")
+    Outcome::new(status, keep && ok, ANSWERED)
 }
 
 /// What a response leaves behind for after it is sent.
@@ -113,7 +96,7 @@ async fn respond_to<T: Transport>(
     let head_only = match req.method() {
         Method::Get => false,
         Method::Head => true,
-        Method::Unsafe | Method::Options => false,
+        Method::Options | Method::Post | Method::Put | Method::Delete | Method::Patch => false,
         Method::Other => {
             return simple(
                 t,
@@ -130,7 +113,7 @@ async fn respond_to<T: Transport>(
         let body = crate::admin::summary(sh);
         let out = crate::admin::reply(200, "application/json", &body);
         let _ = t.write(Out::Bytes(out)).await;
-        return Outcome::new(200, false, "BYPASS");
+        return Outcome::new(200, false, ANSWERED);
     }
     if req.via_has(&sh.cfg.node_name) {
         // A loop (a route or a parent that leads back here): answer rather than fetch again.
@@ -147,11 +130,17 @@ async fn respond_to<T: Transport>(
     };
     after.origin = Some(target.origin_label.clone());
     // Not for the cache: other methods, a client's credentials, content known not storable.
-    if matches!(req.method(), Method::Unsafe | Method::Options)
-        || req.authorization.is_some()
-        || sh.upstream.is_pass(&target.key)
-    {
-        return pass::relay(t, sh, req, target, body, keep).await;
+    let bypass = if req.method().is_passed() {
+        Some(BypassReason::Method)
+    } else if req.authorization.is_some() {
+        Some(BypassReason::Authorization)
+    } else if sh.upstream.is_pass(&target.key) {
+        Some(BypassReason::HitForPass)
+    } else {
+        None
+    };
+    if let Some(why) = bypass {
+        return pass::relay(t, sh, req, target, body, keep, why).await;
     }
     let specs = req.range.as_deref().and_then(range::parse);
     let bs = u64::from(sh.upstream.cache().block_size());
@@ -169,7 +158,7 @@ async fn respond_to<T: Transport>(
                     // would cut this stale stream short.
                     let (first, count) = cold_window(specs.as_deref(), bs, head_only);
                     after.revalidate = Some((target.clone(), o.clone(), first, count));
-                    status_override = Some(STALE);
+                    status_override = Some(CacheStatus::Stale);
                     o
                 }
                 Decision::Revalidate { .. } if req_cc.only_if_cached => {
@@ -189,11 +178,11 @@ async fn respond_to<T: Transport>(
                     after.upstream_wait = asked.elapsed();
                     match answer {
                         Ok(n) if n.version == o.version => {
-                            status_override = Some(REVALIDATED);
+                            status_override = Some(CacheStatus::Revalidated);
                             n
                         }
                         Ok(n) => {
-                            status_override = Some(REFRESHED);
+                            status_override = Some(CacheStatus::Refreshed);
                             n
                         }
                         Err(FetchError::NotStorable(why)) => {
@@ -201,7 +190,7 @@ async fn respond_to<T: Transport>(
                             log::info!("{}: now {why}; dropped, passing through", target.key);
                             sh.upstream.cache().remove(&target.key);
                             sh.upstream.mark_pass(&target.key);
-                            return pass::relay(t, sh, req, target, body, keep).await;
+                            return pass::relay(t, sh, req, target, body, keep, NOT_STORABLE).await;
                         }
                         Err(e)
                             if (stale_if_unreachable
@@ -209,7 +198,7 @@ async fn respond_to<T: Transport>(
                                 || (stale_if_5xx && e.status() >= 500) =>
                         {
                             log::info!("{}: serving stale: {}", target.key, e.message());
-                            status_override = Some(STALE);
+                            status_override = Some(CacheStatus::Stale);
                             o
                         }
                         Err(e) => return upstream_error(t, &e, keep).await,
@@ -231,7 +220,7 @@ async fn respond_to<T: Transport>(
                 Err(FetchError::NotStorable(why)) => {
                     log::debug!("{}: {why}; passing through", target.key);
                     sh.upstream.mark_pass(&target.key);
-                    return pass::relay(t, sh, req, target, body, keep).await;
+                    return pass::relay(t, sh, req, target, body, keep, NOT_STORABLE).await;
                 }
                 Err(e) => return upstream_error(t, &e, keep).await,
             }
@@ -241,13 +230,18 @@ async fn respond_to<T: Transport>(
     let etag = meta.etag.as_deref();
     let lm = meta.last_modified.as_deref();
     if conditional::not_modified(req, etag, lm) {
-        let cs = status_override.unwrap_or(if cold { MISS } else { HIT });
+        let cs = status_override.unwrap_or(if cold {
+            CacheStatus::Miss
+        } else {
+            CacheStatus::Hit
+        });
         let mut h = Head::dated(304, obj.meta.date.as_deref());
-        h.header("Server", "gatecache").header("Cache-Status", cs);
+        h.header("Server", "gatecache")
+            .header("Cache-Status", cs.field_value());
         validators(&mut h, &obj);
         freshness_headers(&mut h, &obj, now);
         let ok = t.write(Out::Bytes(h.finish(keep))).await.is_ok();
-        return Outcome::new(304, keep && ok, log_name(cs));
+        return Outcome::new(304, keep && ok, cs);
     }
     let total = meta.total_len;
     let resolved = match &specs {
@@ -270,7 +264,7 @@ async fn respond_to<T: Transport>(
         }
     };
     let cache_status = match status_override {
-        _ if cold => MISS,
+        _ if cold => CacheStatus::Miss,
         Some(s) => s,
         None => cache_status_for(sh, &target, &ranges, bs),
     };
@@ -283,7 +277,7 @@ async fn respond_to<T: Transport>(
     h.header("Server", "gatecache")
         .header("Content-Length", r.end - r.start)
         .header("Accept-Ranges", "bytes")
-        .header("Cache-Status", cache_status);
+        .header("Cache-Status", cache_status.field_value());
     if partial {
         h.header("Content-Range", range::content_range(&r, total));
     }
@@ -292,7 +286,7 @@ async fn respond_to<T: Transport>(
     freshness_headers(&mut h, &obj, now);
     if head_only || r.is_empty() {
         let ok = t.write(Out::Bytes(h.finish(keep))).await.is_ok();
-        return Outcome::new(status, keep && ok, log_name(cache_status));
+        return Outcome::new(status, keep && ok, cache_status);
     }
     let mut stream = BlockStream::new(&sh.upstream, &target, &obj, r);
     // The first bytes are in hand before the head goes out, so an upstream failure can still
@@ -302,7 +296,7 @@ async fn respond_to<T: Transport>(
         Ok(None) => unreachable!("non-empty range"),
         Err(e) => return stream_error_before_head(t, &e, keep).await,
     };
-    let mut out = Outcome::new(status, keep, log_name(cache_status));
+    let mut out = Outcome::new(status, keep, cache_status);
     out.bytes = first.len() as u64;
     if t.write(Out::HeadAndSlot(h.finish(keep), first))
         .await
@@ -345,7 +339,7 @@ async fn multipart<T: Transport>(
     ranges: &[Range<u64>],
     head_only: bool,
     keep: bool,
-    cache_status: &'static str,
+    cache_status: CacheStatus,
 ) -> Outcome {
     let total = obj.meta.total_len;
     let boundary = format!("gatecache-{:016x}", obj.version ^ total.rotate_left(17));
@@ -378,10 +372,10 @@ async fn multipart<T: Transport>(
         )
         .header("Content-Length", len)
         .header("Accept-Ranges", "bytes")
-        .header("Cache-Status", cache_status);
+        .header("Cache-Status", cache_status.field_value());
     validators(&mut h, obj);
     freshness_headers(&mut h, obj, freshness::unix_now());
-    let mut out = Outcome::new(206, keep, log_name(cache_status));
+    let mut out = Outcome::new(206, keep, cache_status);
     if head_only {
         out.keep_alive &= t.write(Out::Bytes(h.finish(keep))).await.is_ok();
         return out;
@@ -437,7 +431,7 @@ fn cold_window(specs: Option<&[Spec]>, bs: u64, head_only: bool) -> (u32, u32) {
     }
 }
 
-fn cache_status_for(sh: &Shared, target: &Target, ranges: &[Range<u64>], bs: u64) -> &'static str {
+fn cache_status_for(sh: &Shared, target: &Target, ranges: &[Range<u64>], bs: u64) -> CacheStatus {
     let (mut all, mut any) = (true, false);
     for r in ranges.iter().filter(|r| !r.is_empty()) {
         let blocks = (r.start / bs) as u32..((r.end - 1) / bs) as u32 + 1;
@@ -446,13 +440,13 @@ fn cache_status_for(sh: &Shared, target: &Target, ranges: &[Range<u64>], bs: u64
                 all &= a;
                 any |= y;
             }
-            None => return MISS,
+            None => return CacheStatus::Miss,
         }
     }
     match (all, any) {
-        (true, _) => HIT,
-        (false, true) => PARTIAL,
-        _ => MISS,
+        (true, _) => CacheStatus::Hit,
+        (false, true) => CacheStatus::Partial,
+        _ => CacheStatus::Miss,
     }
 }
 

@@ -11,11 +11,13 @@ use tokio::sync::mpsc;
 use super::Upstream;
 use super::fetch::{FetchError, map_err, upstream_url, via_chain};
 use super::parents::Hop;
+use crate::http::request::Method;
 use crate::route::Target;
 
 /// What to send upstream.
 pub struct PassRequest {
-    pub method: String,
+    /// A known method (`Other` is answered 405 before anything is passed).
+    pub method: Method,
     pub target: Target,
     /// End-to-end request headers to forward (Range, conditionals, credentials, ...).
     pub headers: Vec<(&'static str, String)>,
@@ -82,7 +84,13 @@ impl Upstream {
     pub(super) fn run_pass(&self, req: PassRequest, tx: mpsc::Sender<PassMsg>) {
         // Only a request that never reached anyone may go to the next parent; an unsafe one
         // that a parent received must not be sent twice.
-        let idempotent = matches!(req.method.as_str(), "GET" | "HEAD" | "OPTIONS");
+        // (RFC 9110 §9.2.2 would allow PUT and DELETE again too; only safe ones are resent.)
+        let resendable = req.method.is_safe();
+        let Some(method) = req.method.as_str() else {
+            let e = FetchError::Invalid("no method to pass through".into());
+            let _ = tx.blocking_send(PassMsg::Failed(e));
+            return;
+        };
         let mut last = FetchError::Connect("no upstream to ask".into());
         for hop in self.parents.plan(Instant::now()) {
             self.stats
@@ -96,7 +104,7 @@ impl Upstream {
                 }
             };
             let mut b = ureq::http::Request::builder()
-                .method(req.method.as_str())
+                .method(method)
                 .uri(url)
                 .header("Host", host)
                 .header("Via", via_chain(&req.target, &self.via));
@@ -112,7 +120,7 @@ impl Upstream {
                     if matches!(hop, Hop::Parent(..))
                         && resp.status().as_u16() >= 500
                         && resp.status().as_u16() != 508
-                        && idempotent =>
+                        && resendable =>
                 {
                     // Alive but relaying a failure: ask the next hop, no back-off.
                     last = FetchError::Invalid(format!("upstream status {}", resp.status()));
@@ -122,7 +130,7 @@ impl Upstream {
                 Err(e) => {
                     log::warn!("{} via {hop:?} (pass): {}", req.target.url(), e.message());
                     let next = self.hop_failed(&hop, &e)
-                        && (idempotent || matches!(e, FetchError::Connect(_)));
+                        && (resendable || matches!(e, FetchError::Connect(_)));
                     last = e;
                     if next {
                         continue;
@@ -131,7 +139,7 @@ impl Upstream {
                 }
             };
             self.parents.succeeded(&hop);
-            self.relay(resp, &req.method, &tx);
+            self.relay(resp, req.method, &tx);
             return;
         }
         let _ = tx.blocking_send(PassMsg::Failed(last));
@@ -140,7 +148,7 @@ impl Upstream {
     fn relay(
         &self,
         resp: ureq::http::Response<ureq::Body>,
-        method: &str,
+        method: Method,
         tx: &mpsc::Sender<PassMsg>,
     ) {
         let status = resp.status().as_u16();
@@ -166,7 +174,7 @@ impl Upstream {
         {
             return;
         }
-        if method == "HEAD" || matches!(status, 204 | 304) {
+        if method == Method::Head || matches!(status, 204 | 304) {
             let _ = tx.blocking_send(PassMsg::End);
             return;
         }
