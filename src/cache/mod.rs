@@ -434,10 +434,12 @@ impl Cache {
                     BlockStatus::Ready => {
                         let len = e.meta.block_len(inner.store.block_size(), u64::from(block));
                         let addr = state.addr();
-                        let buf = inner
-                            .store
-                            .drive(addr.drive())
-                            .committed(addr, len as usize);
+                        let drive = inner.store.drive(addr.drive());
+                        // SAFETY: the shard lock is held and the block is `Ready` at `addr`: its
+                        // writer committed. Every path that frees a `Ready` slot first takes it
+                        // out of the index under this lock, so it cannot be freed (let alone
+                        // handed to a new writer) before `committed` has pinned it.
+                        let buf = unsafe { drive.committed(addr, len as usize) };
                         (buf, state.verified())
                     }
                 }

@@ -5,7 +5,7 @@ use std::fs::{File, OpenOptions};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
-use parking_lot::Mutex;
+use parking_lot::{Mutex, MutexGuard};
 
 use super::alloc::Allocator;
 use super::format::{
@@ -17,26 +17,17 @@ use super::{SlotAddr, StoreError};
 
 /// Removes index entries for slots the drive wants to evict. Implemented by the cache index:
 /// it returns true only if the slot was live, unpinned, and is now unreachable.
-pub trait Evictor {
+pub(crate) trait Evictor {
     fn evict(&self, addr: SlotAddr, header: &SlotHeader) -> bool;
 }
 
-/// An evictor that refuses everything (recovery, tests of the bare store).
-pub struct NoEvict;
-
-impl Evictor for NoEvict {
-    fn evict(&self, _: SlotAddr, _: &SlotHeader) -> bool {
-        false
-    }
-}
-
 /// A slab file as found on disk when the drive was opened.
-pub struct SlabOpen {
+pub(crate) struct SlabOpen {
     /// Regions whose contents may be trusted (0 when the file was new or re-initialised).
-    pub valid_regions: u32,
+    pub(crate) valid_regions: u32,
     /// Length of the file before it was resized: slot data past it was lost.
-    pub original_len: u64,
-    pub reinitialised: Option<String>,
+    pub(crate) original_len: u64,
+    pub(crate) reinitialised: Option<String>,
 }
 
 pub struct Drive {
@@ -142,7 +133,7 @@ pub fn slab_path(dir: &Path, n: u32) -> PathBuf {
 
 impl Drive {
     /// Opens (creating or resizing as needed) the slab files of one directory.
-    pub fn open(
+    pub(crate) fn open(
         id: u8,
         dir: &Path,
         size: u64,
@@ -286,7 +277,7 @@ impl Drive {
             * u64::from(self.block_size)
     }
 
-    pub fn slabs(&self) -> &[Slab] {
+    pub(crate) fn slabs(&self) -> &[Slab] {
         &self.slabs
     }
 
@@ -332,14 +323,49 @@ impl Drive {
 
     /// Pins a live slot. The caller guarantees `addr` is live (it holds the index lock that
     /// makes it reachable), so the slot cannot be freed between the lookup and the pin.
-    pub fn pin(self: &Arc<Self>, addr: SlotAddr) -> Arc<PinGuard> {
+    fn pin(self: &Arc<Self>, addr: SlotAddr) -> Arc<PinGuard> {
         let mut st = self.state.lock();
         self.pin_locked(&mut st, addr, true)
     }
 
     /// A pinned view of `len` committed data bytes of a live slot (see [`Drive::pin`]).
-    pub fn committed(self: &Arc<Self>, addr: SlotAddr, len: usize) -> SlotBuf {
-        SlotBuf::committed(self.pin(addr), len)
+    ///
+    /// # Safety
+    ///
+    /// `addr` is a live slot of this drive whose writer has committed, and it cannot be freed
+    /// before the pin is taken: the caller holds the cache index lock under which `addr` is a
+    /// `Ready` block. Otherwise the view could overlap bytes a [`SlotWriter`] is still writing.
+    ///
+    /// # Panics
+    ///
+    /// If `len` exceeds the slot's capacity, or `addr`'s region is not assigned.
+    pub(crate) unsafe fn committed(self: &Arc<Self>, addr: SlotAddr, len: usize) -> SlotBuf {
+        let pin = self.pin(addr);
+        // SAFETY: by the caller's contract the slot's writer has committed, so nothing writes
+        // its data again; the pin just taken keeps it from being handed to a new writer.
+        unsafe { SlotBuf::committed(pin, len) }
+    }
+
+    /// The header of slot `addr`, read from the map. `st` is the witness that this drive's
+    /// lock is held (checked): the slot's region layout is then the one `st` records, and no
+    /// header of it is written meanwhile.
+    fn slot_header(
+        &self,
+        st: &MutexGuard<'_, Allocator>,
+        addr: SlotAddr,
+    ) -> Result<SlotHeader, HeaderError> {
+        assert!(
+            std::ptr::eq(MutexGuard::mutex(st), &self.state),
+            "slot_header: the guard is not this drive's lock"
+        );
+        let size = st
+            .region_slot_size(addr.region())
+            .ok_or(HeaderError::Empty)?;
+        let (slab, off) = self.slot_at(addr, size);
+        // SAFETY: `st` guards this drive's allocator (asserted above) and is held for the call;
+        // `off` is `addr`'s slot header in the layout `st` records for its region
+        // (`read_header_mapped`, first case).
+        SlotHeader::decode(&unsafe { slab.read_header_mapped(off) })
     }
 
     pub fn is_pinned(&self, addr: SlotAddr) -> bool {
@@ -347,7 +373,7 @@ impl Drive {
     }
 
     /// Allocates a slot for `data_len` bytes, evicting data regions if the drive is full.
-    pub fn alloc(
+    pub(crate) fn alloc(
         self: &Arc<Self>,
         kind: SlotKind,
         data_len: u32,
@@ -394,18 +420,20 @@ impl Drive {
                     slab.write_header(off, &[0u8; 64]);
                     let pin = self.pin_locked(&mut st, t.addr, false);
                     drop(st);
-                    return Ok(SlotWriter::new(Fill::new(pin, data_len as usize)));
+                    // SAFETY: the allocator just handed `t.addr` out: it was free and unpinned,
+                    // so no writer and no view of its bytes exist, and the `Fill` is new.
+                    let w = unsafe { SlotWriter::new(Fill::new(pin, data_len as usize)) };
+                    return Ok(w);
                 }
                 let Some((region, used)) = st.begin_eviction() else {
                     return Err(StoreError::Full);
                 };
-                let size = st.region_slot_size(region).expect("assigned");
+                assert!(st.region_slot_size(region).is_some(), "assigned");
                 let headers: Vec<_> = used
                     .into_iter()
                     .map(|s| {
                         let addr = SlotAddr::new(self.id, region, s);
-                        let (slab, off) = self.slot_at(addr, size);
-                        (addr, SlotHeader::decode(&slab.read_header(off)))
+                        (addr, self.slot_header(&st, addr))
                     })
                     .collect();
                 (region, headers)
@@ -436,7 +464,7 @@ impl Drive {
     /// on disk always describes complete data). Returns a pinned view of the data.
     ///
     /// With `flush` false the caller has already flushed the data (see [`Drive::sync_data`]).
-    pub fn commit(
+    pub(crate) fn commit(
         &self,
         w: &SlotWriter,
         mut header: SlotHeader,
@@ -458,11 +486,14 @@ impl Drive {
             header.region_generation = generation;
             slab.write_header(pin.header_off, &header.encode());
         }
-        Ok(SlotBuf::committed(w.pin().clone(), w.capacity()))
+        // SAFETY: `w` is complete (asserted above): it has no spare bytes left, so nothing
+        // writes the slot's data again; its pin, cloned into the view, keeps the slot from
+        // being handed to a new writer.
+        Ok(unsafe { SlotBuf::committed(w.pin().clone(), w.capacity()) })
     }
 
     /// Flushes all data written to this drive so far (a batch of commits shares one flush).
-    pub fn sync_data(&self) -> Result<(), StoreError> {
+    pub(crate) fn sync_data(&self) -> Result<(), StoreError> {
         if !self.sync_data {
             return Ok(());
         }
@@ -472,12 +503,12 @@ impl Drive {
         Ok(())
     }
 
-    pub fn syncs_data(&self) -> bool {
+    pub(crate) fn syncs_data(&self) -> bool {
         self.sync_data
     }
 
     /// Frees a slot (now, or when its last pin drops) and clears its header.
-    pub fn free(&self, addr: SlotAddr) {
+    pub(crate) fn free(&self, addr: SlotAddr) {
         let mut st = self.state.lock();
         let size = st
             .region_slot_size(addr.region())
@@ -489,13 +520,9 @@ impl Drive {
     }
 
     /// Reads the header of a live slot (lazy verification after a restart).
-    pub fn read_slot_header(&self, addr: SlotAddr) -> Result<SlotHeader, HeaderError> {
+    pub(crate) fn read_slot_header(&self, addr: SlotAddr) -> Result<SlotHeader, HeaderError> {
         let st = self.state.lock();
-        let size = st
-            .region_slot_size(addr.region())
-            .ok_or(HeaderError::Empty)?;
-        let (slab, off) = self.slot_at(addr, size);
-        SlotHeader::decode(&slab.read_header(off))
+        self.slot_header(&st, addr)
     }
 
     /// Recovery only (before the drive is shared): direct access to the allocator.
@@ -509,16 +536,41 @@ impl Drive {
         slab.write_header(off, &[0u8; 64]);
     }
 
-    /// Recovery only: the data bytes of a slot with a valid header.
-    pub(super) fn slot_data_crc(&self, addr: SlotAddr, slot_size: u32, len: u32) -> u32 {
+    /// Recovery only: the crc of the first `len` data bytes of a slot with a valid header.
+    ///
+    /// # Safety
+    ///
+    /// No writer owns the slot: the drive is not shared yet (recovery, before the store
+    /// exists), so the allocator has handed out no [`SlotWriter`].
+    ///
+    /// # Panics
+    ///
+    /// If the slot's data range is outside its slab.
+    pub(super) unsafe fn slot_data_crc(&self, addr: SlotAddr, slot_size: u32, len: u32) -> u32 {
         let (slab, off) = self.slot_at(addr, slot_size);
-        slab.crc(off + SLOT_HEADER_LEN, len as usize)
+        // SAFETY: no writer exists on this drive (the caller's contract).
+        unsafe { slab.crc(off + SLOT_HEADER_LEN, len as usize) }
     }
 
-    pub(super) fn slot_data_copy(&self, addr: SlotAddr, slot_size: u32, len: u32) -> Vec<u8> {
+    /// Recovery only: a copy of the first `len` data bytes of a slot with a valid header.
+    ///
+    /// # Safety
+    ///
+    /// As for [`Drive::slot_data_crc`]: the drive is not shared yet.
+    ///
+    /// # Panics
+    ///
+    /// If the slot's data range is outside its slab.
+    pub(super) unsafe fn slot_data_copy(
+        &self,
+        addr: SlotAddr,
+        slot_size: u32,
+        len: u32,
+    ) -> Vec<u8> {
         let (slab, off) = self.slot_at(addr, slot_size);
         let mut out = vec![0u8; len as usize];
-        slab.read_into(off + SLOT_HEADER_LEN, &mut out);
+        // SAFETY: no writer exists on this drive (the caller's contract).
+        unsafe { slab.read_into(off + SLOT_HEADER_LEN, &mut out) };
         out
     }
 

@@ -8,18 +8,21 @@ pub mod alloc;
 pub mod drive;
 pub mod evict;
 pub mod format;
-pub mod recover;
-pub mod slab;
+pub(crate) mod recover;
+pub(crate) mod slab;
 pub mod verify;
 
 use std::path::PathBuf;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 
-pub use drive::{Drive, Evictor, NoEvict, PinGuard};
+pub(crate) use drive::Evictor;
+pub use drive::{Drive, PinGuard};
 pub use format::{ObjectMeta, SlotKind};
-pub use recover::{RecoveredObject, RecoveryReport};
-pub use slab::{Fill, FillState, SlotBuf, SlotWriter};
+pub(crate) use recover::RecoveredObject;
+pub use recover::RecoveryReport;
+pub(crate) use slab::SlotWriter;
+pub use slab::{Fill, FillState, Slab, SlotBuf};
 
 /// Smallest and largest block size the store accepts.
 pub const MIN_BLOCK_SIZE: u32 = 64 * 1024;
@@ -150,7 +153,7 @@ pub struct Store {
 
 impl Store {
     /// Opens every drive and recovers what they hold.
-    pub fn open(
+    pub(crate) fn open(
         cfg: &StoreConfig,
     ) -> Result<(Store, Vec<RecoveredObject>, RecoveryReport), StoreError> {
         cfg.validate()?;
@@ -202,7 +205,7 @@ impl Store {
     }
 
     /// The drive a block lives on: spread by hash, in proportion to each drive's size.
-    pub fn drive_for(&self, key_hash: u128, block: u32) -> &Arc<Drive> {
+    pub(crate) fn drive_for(&self, key_hash: u128, block: u32) -> &Arc<Drive> {
         if self.drives.len() == 1 {
             return &self.drives[0];
         }
@@ -215,7 +218,7 @@ impl Store {
         &self.drives[i]
     }
 
-    pub fn next_seq(&self) -> u64 {
+    pub(crate) fn next_seq(&self) -> u64 {
         self.seq.fetch_add(1, Ordering::Relaxed)
     }
 

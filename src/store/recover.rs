@@ -20,10 +20,10 @@ use super::format::{
 
 /// A slot with a valid header, found by the scan.
 #[derive(Debug, Clone, Copy)]
-pub struct Found {
-    pub addr: SlotAddr,
-    pub slot_size: u32,
-    pub header: SlotHeader,
+pub(crate) struct Found {
+    pub(crate) addr: SlotAddr,
+    pub(crate) slot_size: u32,
+    pub(crate) header: SlotHeader,
 }
 
 /// What recovery kept and why it dropped the rest.
@@ -102,6 +102,8 @@ pub struct RecoveredObject {
 
 /// Scans every region of a drive's slabs that may be trusted. Restores region assignments in
 /// the drive's allocator; the slots themselves are restored by [`recover`] once judged.
+///
+/// Runs before the drive is shared (see [`recover`]): one thread per drive, no writer.
 fn scan_drive(drive: &Drive, opened: &[SlabOpen], report: &mut RecoveryReport) -> Vec<Found> {
     let classes = format::slot_classes(drive.block_size());
     let (region_len, per_slab) = drive.region_geometry();
@@ -128,7 +130,10 @@ fn scan_drive(drive: &Drive, opened: &[SlabOpen], report: &mut RecoveryReport) -
         for r in 0..open.valid_regions {
             let region = i as u32 * per_slab + r;
             let (slab, off) = drive.region_at(region);
-            let rh = match RegionHeader::decode(&slab.read_header(off)) {
+            // SAFETY: recovery runs before the store exists, so the allocator has handed out no
+            // writer and this thread is the only one touching this drive (`read_header_mapped`,
+            // second case).
+            let rh = match RegionHeader::decode(&unsafe { slab.read_header_mapped(off) }) {
                 Ok(rh) => rh,
                 Err(HeaderError::Empty) => continue,
                 Err(_) => {
@@ -151,7 +156,8 @@ fn scan_drive(drive: &Drive, opened: &[SlabOpen], report: &mut RecoveryReport) -
             for s in 0..n {
                 let addr = SlotAddr::new(drive.id(), region, s as u16);
                 let hoff = off + REGION_HEADER_LEN + u64::from(s) * u64::from(rh.slot_size);
-                let h = match SlotHeader::decode(&slab.read_header(hoff)) {
+                // SAFETY: as for the region header above: the drive is not shared yet.
+                let h = match SlotHeader::decode(&unsafe { slab.read_header_mapped(hoff) }) {
                     Ok(h) => h,
                     Err(HeaderError::Empty) => continue,
                     Err(_) => {
@@ -193,18 +199,28 @@ fn wipe_region(slab: &super::slab::Slab, off: u64, region_len: u64) {
 }
 
 /// Reads a metadata record and checks its crc, key hash and version against its header.
-fn read_meta(drive: &Drive, f: &Found) -> Option<ObjectMeta> {
-    if drive.slot_data_crc(f.addr, f.slot_size, f.header.data_len) != f.header.data_crc {
+///
+/// # Safety
+///
+/// `drive` is not shared yet (see [`Drive::slot_data_crc`]).
+unsafe fn read_meta(drive: &Drive, f: &Found) -> Option<ObjectMeta> {
+    // SAFETY: the drive is not shared yet (the caller's contract).
+    let crc = unsafe { drive.slot_data_crc(f.addr, f.slot_size, f.header.data_len) };
+    if crc != f.header.data_crc {
         return None;
     }
-    let meta =
-        ObjectMeta::decode(&drive.slot_data_copy(f.addr, f.slot_size, f.header.data_len)).ok()?;
+    // SAFETY: as above.
+    let record = unsafe { drive.slot_data_copy(f.addr, f.slot_size, f.header.data_len) };
+    let meta = ObjectMeta::decode(&record).ok()?;
     (format::key_hash(&meta.key) == f.header.key_hash && meta.version() == f.header.object_version)
         .then_some(meta)
 }
 
 /// Recovers all drives: returns the surviving objects, the report and the highest sequence seen.
-pub fn recover(
+///
+/// Called by `Store::open` on drives just opened, before the store (and so any allocation or
+/// writer) exists: every `unsafe` read of slot bytes below relies on that.
+pub(crate) fn recover(
     drives: &[Arc<Drive>],
     opened: &[Vec<SlabOpen>],
 ) -> (Vec<RecoveredObject>, RecoveryReport, u64) {
@@ -244,7 +260,9 @@ pub fn recover(
     // The newest valid metadata record of each key wins.
     let mut metas: HashMap<u128, (Found, ObjectMeta)> = HashMap::new();
     for f in all.iter().filter(|f| f.header.kind == SlotKind::Meta) {
-        let Some(meta) = read_meta(&drives[f.addr.drive() as usize], f) else {
+        // SAFETY: the drives are not shared yet: `Store::open` calls `recover` before the store
+        // exists, and the scan threads have been joined.
+        let Some(meta) = (unsafe { read_meta(&drives[f.addr.drive() as usize], f) }) else {
             report.bad_meta += 1;
             drop_slot(f);
             continue;

@@ -5,9 +5,12 @@
 //! A slab file is mapped shared and read-write (`memmap2::MmapRaw`, which never hands out a
 //! reference by itself). Rust's aliasing rules then hold by a protocol the rest of the store keeps:
 //!
-//! 1. **Headers** (slab, region and slot headers) are copied in and out with raw pointer copies,
-//!    never through references, and only while the owning drive's allocator lock is held (or
-//!    before the drive is shared, during recovery). So no two threads touch a header at once.
+//! 1. **Headers** (slab, region and slot headers) are written through the file (`pwrite`), never
+//!    through the mapping, and copied out of the mapping with a raw pointer copy
+//!    ([`Slab::read_header_mapped`], an `unsafe fn`), never through a reference, only while the
+//!    owning drive's allocator lock is held (or before the drive is shared, during recovery, or
+//!    over a read-only map in `verify`). So no two threads touch a header at once. Code outside
+//!    that protocol reads a header through the file ([`Slab::read_header`], safe).
 //! 2. **Slot data** has exactly one writer: the [`SlotWriter`] the allocator handed out for a free
 //!    slot. It writes only at and after its watermark ([`Fill::filled`]); readers get
 //!    [`SlotBuf`]s only below the watermark (published with `Release`, read with `Acquire`), or
@@ -19,6 +22,10 @@
 //! 4. **Other processes**: the cache directory is locked (`flock`) while a store has it open, so
 //!    no other gatecache writes it. A process that ignores the lock and truncates a slab could make
 //!    a read fault (SIGBUS); like ripgrep's mmap searcher we accept that: the files are ours.
+//!
+//! Every function whose soundness rests on one of these rules is an `unsafe fn` whose
+//! `# Safety` section names the rule, or takes the drive's lock guard as a witness
+//! (`Drive::slot_header`); docs/DESIGN.md ("Unsafe") lists every `unsafe` site of the crate.
 
 use std::fs::File;
 use std::io;
@@ -32,7 +39,7 @@ use parking_lot::{Condvar, Mutex};
 use super::drive::PinGuard;
 
 /// Reserves `len` bytes of disk for `file`. `Ok(false)` when the filesystem cannot preallocate.
-pub fn preallocate(file: &File, len: u64) -> io::Result<bool> {
+pub(crate) fn preallocate(file: &File, len: u64) -> io::Result<bool> {
     use std::os::fd::AsRawFd;
     // SAFETY: a plain syscall on an open descriptor we own; no memory is passed.
     let rc = unsafe { libc::fallocate(file.as_raw_fd(), 0, 0, len as libc::off_t) };
@@ -47,7 +54,7 @@ pub fn preallocate(file: &File, len: u64) -> io::Result<bool> {
 }
 
 /// Takes an exclusive `flock` without waiting. `Ok(false)` when another process holds it.
-pub fn lock_exclusive(file: &File) -> io::Result<bool> {
+pub(crate) fn lock_exclusive(file: &File) -> io::Result<bool> {
     use std::os::fd::AsRawFd;
     // SAFETY: a plain syscall on an open descriptor we own; no memory is passed.
     let rc = unsafe { libc::flock(file.as_raw_fd(), libc::LOCK_EX | libc::LOCK_NB) };
@@ -70,7 +77,7 @@ pub struct Slab {
 
 impl Slab {
     /// Maps an already sized file.
-    pub fn map(file: File, len: u64) -> io::Result<Slab> {
+    pub(crate) fn map(file: File, len: u64) -> io::Result<Slab> {
         let map = memmap2::MmapOptions::new()
             .len(usize::try_from(len).map_err(io::Error::other)?)
             .map_raw(&file)?;
@@ -78,7 +85,7 @@ impl Slab {
     }
 
     /// Maps a file read-only (`verify`); writing through such a slab faults.
-    pub fn map_read_only(file: File, len: u64) -> io::Result<Slab> {
+    pub(crate) fn map_read_only(file: File, len: u64) -> io::Result<Slab> {
         let map = memmap2::MmapOptions::new()
             .len(usize::try_from(len).map_err(io::Error::other)?)
             .map_raw_read_only(&file)?;
@@ -107,12 +114,46 @@ impl Slab {
         self.map.as_mut_ptr().wrapping_add(off as usize)
     }
 
-    /// Copies a 64-byte header out of the map. Caller holds the drive lock (protocol rule 1).
+    /// Copies a 64-byte header at `off` out of the file (pread), outside the lock protocol: safe
+    /// at any time, because the kernel copies the bytes into a buffer of our own. The store
+    /// itself reads headers from the map (`Slab::read_header_mapped`), without a syscall.
+    ///
+    /// # Panics
+    ///
+    /// If `off..off+64` is outside the slab, or the file cannot be read there (a disk error, or
+    /// a file truncated behind our back: rule 4).
     pub fn read_header(&self, off: u64) -> [u8; 64] {
+        use std::os::unix::fs::FileExt;
+        self.check(off, 64);
+        let mut out = [0u8; 64];
+        if let Err(e) = self.file.read_exact_at(&mut out, off) {
+            panic!("slab header read at {off}: {e}");
+        }
+        out
+    }
+
+    /// Copies a 64-byte header at `off` out of the map (protocol rule 1).
+    ///
+    /// # Safety
+    ///
+    /// Nothing may write `off..off+64` through the map during the call. That holds when one of:
+    /// - the owning drive's allocator lock is held and `off` is the slab header, a region
+    ///   header, or a slot header in the region layout the allocator holds under that lock
+    ///   (headers are only ever written through the file, and a region changes layout only
+    ///   while none of its slots has a writer);
+    /// - the drive is not shared yet (recovery, before the store exists: no writer exists);
+    /// - the slab is mapped read-only by `verify`, which holds the cache directory's `flock`
+    ///   (or found no lock file: no store had the directory open), so no writer exists in this
+    ///   process; another process writing the file anyway is rule 4's case.
+    ///
+    /// # Panics
+    ///
+    /// If `off..off+64` is outside the slab.
+    pub(crate) unsafe fn read_header_mapped(&self, off: u64) -> [u8; 64] {
         let src = self.ptr(off, 64);
         let mut out = [0u8; 64];
-        // SAFETY: `src..src+64` is inside the mapping (checked above); headers are only accessed
-        // under the drive lock, so nothing writes these bytes concurrently.
+        // SAFETY: `src..src+64` is inside the mapping (checked by `ptr`), `out` is a local
+        // array, and by the caller's contract nothing writes these bytes during the copy.
         unsafe { std::ptr::copy_nonoverlapping(src, out.as_mut_ptr(), 64) };
         out
     }
@@ -124,7 +165,7 @@ impl Slab {
     /// the filesystem while the caller holds the drive lock. Measured: claiming a 64-block
     /// window took 14-160 ms with headers stored through the mapping while earlier blocks were
     /// being flushed. The page cache is shared, so readers of the mapping see the new bytes.
-    pub fn write_header(&self, off: u64, header: &[u8; 64]) {
+    pub(crate) fn write_header(&self, off: u64, header: &[u8; 64]) {
         use std::os::unix::fs::FileExt;
         self.check(off, 64);
         if let Err(e) = self.file.write_all_at(header, off) {
@@ -134,46 +175,67 @@ impl Slab {
         }
     }
 
-    /// Copies bytes out (recovery, verify): only for data no writer owns.
-    pub fn read_into(&self, off: u64, out: &mut [u8]) {
+    /// Copies `out.len()` bytes at `off` out of the map (recovery, verify).
+    ///
+    /// # Safety
+    ///
+    /// Nothing may write `off..off+out.len()` during the call: no [`SlotWriter`] owns any of
+    /// it (protocol rule 2). That holds when the slab belongs to a drive that is not shared yet
+    /// (recovery, before the store exists: no writer exists), or is mapped read-only by `verify`
+    /// (see [`Slab::read_header_mapped`]).
+    ///
+    /// # Panics
+    ///
+    /// If the range is outside the slab.
+    pub(crate) unsafe fn read_into(&self, off: u64, out: &mut [u8]) {
         let src = self.ptr(off, out.len());
-        // SAFETY: in bounds; used before the drive is shared (recovery) or on a store opened by
-        // `verify`, where no writer exists.
+        // SAFETY: the range is inside the mapping (checked by `ptr`) and nothing writes it (the
+        // caller's contract). `out` cannot overlap it: only a `SlotWriter` hands out `&mut` to
+        // mapped bytes, and none owns the range.
         unsafe { std::ptr::copy_nonoverlapping(src, out.as_mut_ptr(), out.len()) };
     }
 
-    /// crc32 of a range with no writer (recovery and verify).
-    pub fn crc(&self, off: u64, len: usize) -> u32 {
+    /// crc32 of `len` bytes at `off` in the map (recovery and verify).
+    ///
+    /// # Safety
+    ///
+    /// As for [`Slab::read_into`]: no writer owns any byte of the range.
+    ///
+    /// # Panics
+    ///
+    /// If the range is outside the slab.
+    pub(crate) unsafe fn crc(&self, off: u64, len: usize) -> u32 {
         let ptr = self.ptr(off, len);
-        // SAFETY: in bounds; the caller guarantees no writer owns the range (see `read_into`).
+        // SAFETY: the range is inside the live mapping `self` holds (checked by `ptr`), and by
+        // the caller's contract nothing writes it while the slice lives (this call).
         crc32fast::hash(unsafe { std::slice::from_raw_parts(ptr, len) })
     }
 
     /// Writes dirty pages of a range back to disk and waits (msync MS_SYNC).
-    pub fn flush(&self, off: u64, len: usize) -> io::Result<()> {
+    pub(crate) fn flush(&self, off: u64, len: usize) -> io::Result<()> {
         self.check(off, len);
         self.map.flush_range(off as usize, len)
     }
 
     /// Writes back every dirty page of the slab and waits (fdatasync): one device flush for
     /// many blocks, where a flush per block would cap filling at the disk's flush rate.
-    pub fn sync_data(&self) -> io::Result<()> {
+    pub(crate) fn sync_data(&self) -> io::Result<()> {
         self.file.sync_data()
     }
 
     /// Recovery: until [`Slab::end_scan`], a page fault reads just its page. By default the
     /// kernel reads a whole readahead window around each fault (`read_ahead_kb`, often 128 KiB
     /// to 8 MiB), so a scan of one header per region would read most of the slab.
-    pub fn begin_scan(&self) {
+    pub(crate) fn begin_scan(&self) {
         let _ = self.map.advise(memmap2::Advice::Random);
     }
 
-    pub fn end_scan(&self) {
+    pub(crate) fn end_scan(&self) {
         let _ = self.map.advise(memmap2::Advice::Normal);
     }
 
     /// Tells the kernel the range will be read soon (recovery queues all header pages at once).
-    pub fn will_need(&self, off: u64, len: usize) {
+    pub(crate) fn will_need(&self, off: u64, len: usize) {
         self.check(off, len);
         let _ = self
             .map
@@ -199,9 +261,18 @@ unsafe impl Send for SlotBuf {}
 unsafe impl Sync for SlotBuf {}
 
 impl SlotBuf {
-    /// A view of committed data: `data_off..data_off+len` of a slot that is pinned and whose
-    /// writer committed (or, during recovery, a slot with a valid header).
-    pub(super) fn committed(pin: Arc<PinGuard>, len: usize) -> SlotBuf {
+    /// A view of the first `len` data bytes of the slot `pin` holds.
+    ///
+    /// # Safety
+    ///
+    /// Nothing may write those bytes while the view (or a clone) lives (protocol rule 2): the
+    /// slot's writer has finished (committed, or complete and never written again), and the
+    /// slot is not handed to a new writer meanwhile, which the pin guarantees (rule 3).
+    ///
+    /// # Panics
+    ///
+    /// If `len` exceeds the slot's capacity.
+    pub(super) unsafe fn committed(pin: Arc<PinGuard>, len: usize) -> SlotBuf {
         let ptr = pin.data_ptr(len);
         SlotBuf { pin, ptr, len }
     }
@@ -389,7 +460,18 @@ pub struct SlotWriter {
 unsafe impl Send for SlotWriter {}
 
 impl SlotWriter {
-    pub(super) fn new(fill: Arc<Fill>) -> SlotWriter {
+    /// The writer of the slot `fill` describes (its pin) from byte 0.
+    ///
+    /// # Safety
+    ///
+    /// This must be the only writer of the slot, and no reader view of its bytes may exist
+    /// other than through `fill` (protocol rule 2): the allocator has just handed the slot out
+    /// (it was free and unpinned) and `fill` is new.
+    ///
+    /// # Panics
+    ///
+    /// If `fill`'s capacity exceeds the slot's.
+    pub(super) unsafe fn new(fill: Arc<Fill>) -> SlotWriter {
         let ptr = fill.pin.data_ptr(fill.capacity);
         SlotWriter { fill, ptr }
     }

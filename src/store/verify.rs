@@ -120,8 +120,12 @@ pub fn verify_dir(dir: &Path) -> Result<VerifyReport, StoreError> {
                 .push(damage(0, format!("slab file too short ({len} bytes)")));
             continue;
         }
+        // Every read of `slab` below is from a read-only map of a directory whose `flock` is held
+        // (`_lock`), or that had no lock file (no store had it open): no writer exists in this
+        // process (another process is rule 4 of `slab.rs`).
         let slab = Slab::map_read_only(file, len).map_err(io("map slab", &path))?;
-        let sh = match SlabHeader::decode(&slab.read_header(0)) {
+        // SAFETY: read-only map, no writer (above; `read_header_mapped`, third case).
+        let sh = match SlabHeader::decode(&unsafe { slab.read_header_mapped(0) }) {
             Ok(h) => h,
             Err(e) => {
                 report.damage.push(damage(0, format!("slab header: {e}")));
@@ -140,7 +144,8 @@ pub fn verify_dir(dir: &Path) -> Result<VerifyReport, StoreError> {
             if off + sh.region_len > len {
                 break;
             }
-            let rh = match RegionHeader::decode(&slab.read_header(off)) {
+            // SAFETY: read-only map, no writer (see where `slab` is mapped).
+            let rh = match RegionHeader::decode(&unsafe { slab.read_header_mapped(off) }) {
                 Ok(h) => h,
                 Err(HeaderError::Empty) => continue,
                 Err(e) => {
@@ -153,7 +158,8 @@ pub fn verify_dir(dir: &Path) -> Result<VerifyReport, StoreError> {
             let nslots = format::slots_per_region(sh.block_size, rh.slot_size);
             for s in 0..nslots {
                 let hoff = off + REGION_HEADER_LEN + u64::from(s) * u64::from(rh.slot_size);
-                let h = match SlotHeader::decode(&slab.read_header(hoff)) {
+                // SAFETY: read-only map, no writer (see where `slab` is mapped).
+                let h = match SlotHeader::decode(&unsafe { slab.read_header_mapped(hoff) }) {
                     Ok(h) => h,
                     Err(HeaderError::Empty) => continue,
                     Err(e) => {
@@ -168,7 +174,8 @@ pub fn verify_dir(dir: &Path) -> Result<VerifyReport, StoreError> {
                     // Left over from the region's previous use: free space, not damage.
                     continue;
                 }
-                let crc = slab.crc(hoff + SLOT_HEADER_LEN, h.data_len as usize);
+                // SAFETY: read-only map, no writer (see where `slab` is mapped).
+                let crc = unsafe { slab.crc(hoff + SLOT_HEADER_LEN, h.data_len as usize) };
                 if crc != h.data_crc {
                     let mut d = damage(hoff, "data crc mismatch".into());
                     d.block = (h.kind == SlotKind::Data).then_some(h.block);
@@ -178,7 +185,8 @@ pub fn verify_dir(dir: &Path) -> Result<VerifyReport, StoreError> {
                 match h.kind {
                     SlotKind::Meta => {
                         let mut buf = vec![0u8; h.data_len as usize];
-                        slab.read_into(hoff + SLOT_HEADER_LEN, &mut buf);
+                        // SAFETY: read-only map, no writer (see where `slab` is mapped).
+                        unsafe { slab.read_into(hoff + SLOT_HEADER_LEN, &mut buf) };
                         match ObjectMeta::decode(&buf) {
                             Ok(m) => {
                                 keys.insert(h.key_hash, (m.key, m.total_len));
