@@ -482,6 +482,14 @@ fn host_pattern(key: &str, v: &str) -> Result<(String, Option<u16>), ConfigError
     };
     let a = Authority::parse(rest).map_err(|e| bad(key, v, e.to_string()))?;
     let host = match (&a.host, wild) {
+        // A wildcard over a top-level domain (`*.com`) would allow half the internet.
+        (Host::Name(n), true) if !n.contains('.') => {
+            return Err(bad(
+                key,
+                v,
+                "a wildcard needs at least two labels after \"*.\"",
+            ));
+        }
         (Host::Name(n), true) => format!("*.{n}"),
         (_, true) => return Err(bad(key, v, "a wildcard needs a name after \"*.\"")),
         (h, false) => h.to_string(),
@@ -541,6 +549,18 @@ fn scheme_https(key: &str, s: Option<&str>) -> Result<bool, ConfigError> {
     }
 }
 
+/// Is `p` a path a route can be joined to: visible ASCII, no query, already normalised (RFC
+/// 3986 §5.2.4), nothing an origin could decode into a separator, and ending with '/' (so a
+/// prefix `/deb/` never reaches `/debian-private/` through `/debian` + `-private/`)?
+fn routed_path_ok(p: &str) -> bool {
+    use crate::http::path;
+    path::check_target(p).is_ok()
+        && !p.contains('?')
+        && p.ends_with('/')
+        && path::remove_dot_segments(p).is_ok_and(|n| n == p)
+        && path::check_routed(p).is_ok()
+}
+
 /// Splits `http://host[:port][/path]` into (https, authority with its port, path).
 fn parse_origin_url(key: &str, url: &str) -> Result<(bool, Authority, String), ConfigError> {
     let (https, rest) = if let Some(r) = url.strip_prefix("http://") {
@@ -555,11 +575,12 @@ fn parse_origin_url(key: &str, url: &str) -> Result<(bool, Authority, String), C
         None => (rest, "/"),
     };
     let a = Authority::parse(host).map_err(|e| bad(key, url, e.to_string()))?;
-    if crate::http::path::check_target(path).is_err() || path.contains('?') {
+    if !routed_path_ok(path) {
         return Err(bad(
             key,
             url,
-            "the path must be plain ASCII, with no query or fragment",
+            "the path must be plain ASCII, normalised (no '.' or '..' segments, no encoded \
+             '/'), end with '/', and have no query or fragment",
         ));
     }
     let port = a.port_or(authority::default_port(https));
@@ -774,13 +795,18 @@ impl RawConfig {
             }
             let connect = match o.connect {
                 None => None,
-                Some(c) => Some(c.parse().map_err(|_| {
-                    bad(
-                        format!("origin[{i}].connect"),
-                        c.clone(),
-                        "must be an address:port such as 127.0.0.1:9000",
-                    )
-                })?),
+                Some(c) => Some(
+                    c.parse::<SocketAddr>()
+                        .ok()
+                        .filter(|a| a.port() != 0)
+                        .ok_or_else(|| {
+                            bad(
+                                format!("origin[{i}].connect"),
+                                c.clone(),
+                                "must be an address:port such as 127.0.0.1:9000 (port 1-65535)",
+                            )
+                        })?,
+                ),
             };
             let canonical = match &o.canonical {
                 Some(c) => Some(name_ok(&format!("origin[{i}].canonical"), c)?),
@@ -809,11 +835,12 @@ impl RawConfig {
             }
             let (https, authority, path) =
                 parse_origin_url(&format!("route[{i}].origin"), &r.origin)?;
-            if crate::http::path::check_target(&r.prefix).is_err() || r.prefix.contains('?') {
+            if !routed_path_ok(&r.prefix) {
                 return Err(bad(
                     format!("route[{i}].prefix"),
                     r.prefix,
-                    "must be plain ASCII, with no query or fragment",
+                    "must be plain ASCII, normalised (no '.' or '..' segments), end with '/', \
+                     and have no query or fragment",
                 ));
             }
             routes.push(Route {
@@ -1346,6 +1373,31 @@ mod tests {
             (
                 "[upstream]\nparents = [\"p.test:8080/x\"]",
                 "upstream.parents[0]",
+            ),
+            ("[[origin]]\nhost = \"*.com\"", "origin[0].host"),
+            (
+                "[[origin]]\nhost = \"a.test\"\nconnect = \"[::1]:0\"",
+                "origin[0].connect",
+            ),
+            (
+                "[[route]]\nprefix = \"/deb/\"\norigin = \"http://a.test/debian\"",
+                "route[0].origin",
+            ),
+            (
+                "[[route]]\nprefix = \"/deb\"\norigin = \"http://a.test/debian/\"",
+                "route[0].prefix",
+            ),
+            (
+                "[[route]]\nprefix = \"/../\"\norigin = \"http://a.test/\"",
+                "route[0].prefix",
+            ),
+            (
+                "[[route]]\nprefix = \"/a/\"\norigin = \"http://a.test/x/../../\"",
+                "route[0].origin",
+            ),
+            (
+                "[[route]]\nprefix = \"/a/\"\norigin = \"http://a.test/%2e%2e/\"",
+                "route[0].origin",
             ),
         ] {
             assert_eq!(cfg(text).unwrap_err().key, key, "{text}");

@@ -8,10 +8,12 @@
 //! store: slab files per drive -> regions -> slots (header + data)  (store::*)
 //! ```
 #![deny(clippy::undocumented_unsafe_blocks)]
+#![deny(unsafe_op_in_unsafe_fn)]
 
 pub mod admin;
 pub mod cache;
 pub mod config;
+pub mod error;
 pub mod http;
 pub mod metrics;
 pub mod route;

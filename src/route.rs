@@ -108,6 +108,16 @@ impl Refusal {
     }
 }
 
+impl From<Refusal> for crate::error::Error {
+    /// A refusal is the client's side: a 4xx with its reason.
+    fn from(r: Refusal) -> crate::error::Error {
+        crate::error::Error::new(crate::error::Kind::Refused {
+            status: r.status(),
+            reason: r.message(),
+        })
+    }
+}
+
 /// The query parameter Delivery Optimization clients append to name the origin host.
 pub const ORIGIN_PARAM: &str = "cacheHostOrigin";
 
@@ -191,10 +201,12 @@ fn origin_ns(o: &Origin, host: &Host, port: u16) -> String {
     }
 }
 
-/// A target for origin `o`, host `host`, fetched at `port` (already allowed). The path goes
-/// upstream as the client wrote it (RFC 9110 §7.7: a proxy does not rewrite it); the key uses
-/// its normalised form (RFC 9110 §4.2.3, RFC 3986 §6.2.2), so `/a/./b` and `/a/%62` are the
-/// object `/a/b` is, whichever way a client (apt's flat repositories write `./`) names it.
+/// A target for origin `o`, host `host`, fetched at `port` (already allowed). The path is
+/// normalised (RFC 3986 §6.2.2, §5.2.4; the equivalence RFC 9110 §4.2.3 allows), and that is
+/// both what is asked upstream and the key: `/a/./b` and `/a/%62` are the object `/a/b` is,
+/// whichever way a client (apt's flat repositories write `./`) names it. Asking for the raw
+/// path would let an origin that merges `//` read `/a//../b` as `/b` while the answer was
+/// stored as `/a/b`.
 fn for_origin(
     o: &Origin,
     host: &Host,
@@ -214,7 +226,7 @@ fn for_origin(
         key: key_for(Some(o), &ns, &norm, query),
         authority,
         host: host_field,
-        path: with_query(path, query),
+        path: with_query(&norm, query),
         via: None,
         rule: Default::default(),
         client_cc: None,
@@ -272,7 +284,7 @@ fn under_prefix<'p>(
     }
     match hit {
         Some(p) => {
-            path::check_routed(path).map_err(bad_path)?;
+            path::check_routed(&norm).map_err(bad_path)?;
             Ok(Some((p, norm)))
         }
         None => Ok(None),
@@ -340,10 +352,12 @@ fn route_target<'c>(
     };
 
     // A host named by the request itself: DO's parameter first, then an absolute-form target.
-    let named = match (param, absolute) {
-        (Some(p), _) => Some(Source::Param.parse(p)?),
-        (None, Some(a)) => Some(Source::Absolute.parse(a)?),
-        (None, None) => None,
+    // Both are checked when both are there: a malformed authority is a 400 whatever else the
+    // request names (RFC 9112 §3.2, RFC 9110 §4.2.1).
+    let absolute = absolute.map(|a| Source::Absolute.parse(a)).transpose()?;
+    let named = match param {
+        Some(p) => Some(Source::Param.parse(p)?),
+        None => absolute,
     };
     if let Some(a) = named {
         return named_target(cfg, &a, path, &query);
@@ -395,12 +409,15 @@ fn named_target<'c>(
         } else {
             a.port.unwrap_or(o.port)
         };
-        if o.allows_port(port) || !routes.is_empty() {
+        if o.allows_port(port) {
             return Ok((for_origin(o, &a.host, port, path, query)?, Some(o)));
         }
-        return Err(Refusal::PortNotAllowed(a.with_port(Some(port)).to_string()));
-    }
-    if routes.is_empty() {
+        // A route to this host at that port serves its own paths only (below), not the
+        // whole origin at a port the origin does not allow.
+        if routes.is_empty() {
+            return Err(Refusal::PortNotAllowed(a.with_port(Some(port)).to_string()));
+        }
+    } else if routes.is_empty() {
         return Err(Refusal::NotAllowed(a.host.to_string()));
     }
     // Only what the routes to this origin serve: a route's origin path is a boundary too.
@@ -729,12 +746,11 @@ mod tests {
         assert_eq!(p.path, "/debian/pool/a.deb");
         let r = route(&req("/debian/pool/a.deb", "gw"), &c).unwrap();
         assert_eq!(p.key, r.key);
-        // An allowed origin's path goes upstream as written (RFC 9110 §7.7); the key is the
-        // normalised one (RFC 9110 §4.2.3).
+        // An allowed origin's path is normalised too: what is asked is what is keyed.
         let o = route(&req("/a/./b/%63?cacheHostOrigin=cdn.example.com", "gw"), &c).unwrap();
         assert_eq!(
             (o.path.as_str(), o.key.as_str()),
-            ("/a/./b/%63", "cdn.example.com/a/b/c")
+            ("/a/b/c", "cdn.example.com/a/b/c")
         );
         // The route's origin named directly: only what the route serves.
         assert!(matches!(
@@ -802,6 +818,92 @@ mod tests {
         ] {
             let t = route(&req(target, "gw"), &c).unwrap();
             assert_eq!(t.url(), "http://pkgs.example.com:8080/b", "{target}");
+        }
+    }
+
+    #[test]
+    fn regression_double_slash_dot_dot_stored_one_path_under_another() {
+        // `/pub//../x`: RFC 3986 removes only the empty segment (`/pub/x`), an origin that
+        // merges slashes reads `/x`. The path asked upstream is the key's, so both agree.
+        let t = route(
+            &req("/pub//../private.txt?cacheHostOrigin=cdn.example.com", "gw"),
+            &cfg(),
+        )
+        .unwrap();
+        assert_eq!(t.path, "/pub/private.txt");
+        assert_eq!(t.key, "cdn.example.com/pub/private.txt");
+    }
+
+    #[test]
+    fn regression_a_routes_port_opened_the_whole_origin() {
+        let c = RawConfig::from_toml(
+            "[[origin]]\nhost = \"mirror.example.org\"\n\
+             [[route]]\nprefix = \"/lh/\"\norigin = \"http://mirror.example.org:8081/debian/\"",
+        )
+        .unwrap()
+        .validate()
+        .unwrap();
+        for target in [
+            "/secret?cacheHostOrigin=mirror.example.org:8081",
+            "http://mirror.example.org:8081/admin/secret",
+        ] {
+            assert!(
+                matches!(route(&req(target, "gw"), &c), Err(Refusal::NotAllowed(_))),
+                "{target}"
+            );
+        }
+        let t = route(
+            &req(
+                "/debian/a.deb?cacheHostOrigin=mirror.example.org:8081",
+                "gw",
+            ),
+            &c,
+        )
+        .unwrap();
+        assert_eq!(t.url(), "http://mirror.example.org:8081/debian/a.deb");
+        assert_eq!(
+            route(&req("/x?cacheHostOrigin=mirror.example.org:8082", "gw"), &c),
+            Err(Refusal::PortNotAllowed("mirror.example.org:8082".into()))
+        );
+    }
+
+    #[test]
+    fn regression_absolute_authority_unchecked_beside_the_parameter() {
+        for target in [
+            "http://user:pw@127.0.0.1:22222/x?cacheHostOrigin=cdn.example.com",
+            "http:///x?cacheHostOrigin=cdn.example.com",
+            "http://169.254.169.254:99999999/x?cacheHostOrigin=cdn.example.com",
+        ] {
+            let why = bad(target, "gw");
+            assert!(
+                why.starts_with("malformed host in request target"),
+                "{target}: {why}"
+            );
+        }
+    }
+
+    #[test]
+    fn routed_segments_an_origin_might_still_read_as_dot_dot() {
+        for target in [
+            "/debian/..;/secret",
+            "/debian/%2e%2e;/secret",
+            "/debian/..%00/secret",
+            "/debian/%252e%252e/secret",
+            "/debian/%252f/secret",
+            "/debian/%c0%ae%c0%ae/secret",
+        ] {
+            assert!(
+                matches!(refused(target, "gw"), Refusal::BadTarget(_)),
+                "{target}"
+            );
+        }
+        // Ordinary names with dots and percent-encodings stay fine.
+        for target in [
+            "/debian/pool/a..b.deb",
+            "/debian/pool/libstdc%2B%2B6.deb",
+            "/debian/.well",
+        ] {
+            assert!(route(&req(target, "gw"), &cfg()).is_ok(), "{target}");
         }
     }
 }

@@ -14,6 +14,8 @@ pub enum PathError {
     AboveRoot,
     #[error("encoded '/' or '\\' (or a '\\') in a routed path")]
     Separator,
+    #[error("a disguised '..', a NUL or a double encoding in a routed path")]
+    Disguised,
 }
 
 /// Checks the bytes of a whole request target: visible ASCII only, no fragment (RFC 9112 §3.2
@@ -104,12 +106,22 @@ pub fn remove_dot_segments(path: &str) -> Result<String, PathError> {
     Ok(out)
 }
 
-/// Refuses what an origin might decode into a separator after we matched a prefix: `%2F`,
-/// `%5C` and a literal `\` (which some servers read as `/`).
+/// Refuses what an origin might still read as a separator or a parent after we matched a
+/// prefix: `%2F`, `%5C` and a literal `\` (some servers read it as `/`); a segment that begins
+/// with `..` (`..;` is `..` to servlet containers); a NUL; a double-encoded `.`, `/` or `\`
+/// (`%252e`, for servers that decode twice); and the overlong UTF-8 leads `%C0`/`%C1`
+/// (`%c0%ae` is `.` to lax decoders).
 pub fn check_routed(path: &str) -> Result<(), PathError> {
-    let upper = path.to_ascii_uppercase();
-    if upper.contains("%2F") || upper.contains("%5C") || path.contains('\\') {
+    let upper = decode_unreserved(path)?.to_ascii_uppercase();
+    if ["%2F", "%5C", "\\"].iter().any(|p| upper.contains(p)) {
         return Err(PathError::Separator);
+    }
+    let disguised = ["%00", "%252E", "%252F", "%255C", "%C0", "%C1"]
+        .iter()
+        .any(|p| upper.contains(p))
+        || upper.split('/').any(|seg| seg.starts_with(".."));
+    if disguised {
+        return Err(PathError::Disguised);
     }
     Ok(())
 }

@@ -3,13 +3,13 @@
 //! HTTP/1.0). Nothing of it is stored.
 
 use super::Shared;
-use super::respond::{Outcome, upstream_error};
+use super::respond::{Outcome, error_reply};
 use super::transport::{Out, Transport};
+use crate::error::{Error, Kind};
 use crate::http::cache_status::{BypassReason, CacheStatus};
 use crate::http::request::Request;
 use crate::http::response::Head;
 use crate::route::Target;
-use crate::upstream::FetchError;
 use crate::upstream::pass::{PassMsg, PassRequest};
 
 /// The client's end-to-end headers worth forwarding.
@@ -83,10 +83,10 @@ pub async fn relay<T: Transport>(
             }
             (status, chunked, keep)
         }
-        Some(PassMsg::Failed(e)) => return upstream_error(t, &e, keep).await,
+        Some(PassMsg::Failed(e)) => return error_reply(t, &e, keep).await,
         _ => {
-            let e = FetchError::Connect("pass-through ended".into());
-            return upstream_error(t, &e, keep).await;
+            let e = Error::with(Kind::Connect, "pass-through ended");
+            return error_reply(t, &e, keep).await;
         }
     };
     let mut out = Outcome::new(status, keep, cs);

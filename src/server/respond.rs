@@ -5,9 +5,10 @@ use std::ops::Range;
 
 use super::Shared;
 use super::pass;
-use super::stream::{BlockStream, StreamError};
+use super::stream::BlockStream;
 use super::transport::{Out, Transport};
 use crate::cache::Object;
+use crate::error::{Error, Side};
 use crate::http::cache_status::{BypassReason, CacheStatus};
 use crate::http::conditional;
 use crate::http::freshness::{self, CacheControl, Decision};
@@ -15,7 +16,7 @@ use crate::http::range::{self, Resolved, Spec};
 use crate::http::request::{Method, Request};
 use crate::http::response::{self, Head};
 use crate::route::{self, Refusal, Target};
-use crate::upstream::FetchError;
+use crate::upstream::Collapsed;
 
 /// What happened, for the access log, the metrics and the connection.
 pub struct Outcome {
@@ -125,7 +126,7 @@ async fn respond_to<T: Transport>(
         Err(r) => {
             // A 400 closes the connection: what follows a bad head cannot be trusted.
             let keep = keep && !matches!(r, Refusal::BadTarget(_));
-            return simple(t, r.status(), &r.message(), keep, &[]).await;
+            return error_reply(t, &Error::from(r), keep).await;
         }
     };
     after.origin = Some(target.origin_label.clone());
@@ -177,31 +178,33 @@ async fn respond_to<T: Transport>(
                         .await;
                     after.upstream_wait = asked.elapsed();
                     match answer {
-                        Ok(n) if n.version == o.version => {
+                        Ok(Collapsed::Object(n)) if n.version == o.version => {
                             status_override = Some(CacheStatus::Revalidated);
                             n
                         }
-                        Ok(n) => {
+                        Ok(Collapsed::Object(n)) => {
                             status_override = Some(CacheStatus::Refreshed);
                             n
                         }
-                        Err(FetchError::NotStorable(why)) => {
+                        Ok(Collapsed::Pass(why)) => {
                             // No longer storable: drop what is held and pass through.
                             log::info!("{}: now {why}; dropped, passing through", target.key);
                             sh.upstream.cache().remove(&target.key);
                             sh.upstream.mark_pass(&target.key);
                             return pass::relay(t, sh, req, target, body, keep, NOT_STORABLE).await;
                         }
+                        // RFC 9111 §4.2.4 / RFC 5861: a stale response may stand in for an
+                        // upstream that failed; never for a failure of our own storage.
                         Err(e)
-                            if (stale_if_unreachable
-                                && matches!(e, FetchError::Connect(_) | FetchError::Timeout))
-                                || (stale_if_5xx && e.status() >= 500) =>
+                            if e.side() == Side::Upstream
+                                && ((stale_if_unreachable && e.is_unreachable())
+                                    || (stale_if_5xx && e.status() >= 500)) =>
                         {
                             log::info!("{}: serving stale: {}", target.key, e.message());
                             status_override = Some(CacheStatus::Stale);
                             o
                         }
-                        Err(e) => return upstream_error(t, &e, keep).await,
+                        Err(e) => return error_reply(t, &e, keep).await,
                     }
                 }
             }
@@ -216,13 +219,13 @@ async fn respond_to<T: Transport>(
             let answer = sh.upstream.fetch_cold(&target, first, count).wait().await;
             after.upstream_wait = asked.elapsed();
             match answer {
-                Ok(o) => o,
-                Err(FetchError::NotStorable(why)) => {
+                Ok(Collapsed::Object(o)) => o,
+                Ok(Collapsed::Pass(why)) => {
                     log::debug!("{}: {why}; passing through", target.key);
                     sh.upstream.mark_pass(&target.key);
                     return pass::relay(t, sh, req, target, body, keep, NOT_STORABLE).await;
                 }
-                Err(e) => return upstream_error(t, &e, keep).await,
+                Err(e) => return error_reply(t, &e, keep).await,
             }
         }
     };
@@ -294,7 +297,7 @@ async fn respond_to<T: Transport>(
     let first = match stream.next().await {
         Ok(Some(c)) => c,
         Ok(None) => unreachable!("non-empty range"),
-        Err(e) => return stream_error_before_head(t, &e, keep).await,
+        Err(e) => return error_reply(t, &e, keep).await,
     };
     let mut out = Outcome::new(status, keep, cache_status);
     out.bytes = first.len() as u64;
@@ -384,7 +387,7 @@ async fn multipart<T: Transport>(
     let first = match first_stream.next().await {
         Ok(Some(c)) => c,
         Ok(None) => unreachable!("satisfiable ranges are not empty"),
-        Err(e) => return stream_error_before_head(t, &e, keep).await,
+        Err(e) => return error_reply(t, &e, keep).await,
     };
     let mut head = h.finish(keep);
     head.extend_from_slice(part_heads[0].as_bytes());
@@ -484,39 +487,11 @@ fn freshness_headers(h: &mut Head, obj: &Object, now: u64) {
     }
 }
 
-pub(super) async fn upstream_error<T: Transport>(t: &mut T, e: &FetchError, keep: bool) -> Outcome {
-    match e {
-        FetchError::Status { status, body } => {
-            let text = String::from_utf8_lossy(body);
-            let line = text.lines().next().unwrap_or("").trim();
-            let msg = if line.is_empty() {
-                format!("upstream answered {status}")
-            } else {
-                line.to_string()
-            };
-            simple(t, *status, &msg, keep, &[]).await
-        }
-        FetchError::Unsatisfiable(Some(total)) => {
-            let cr = format!("bytes */{total}");
-            simple(
-                t,
-                416,
-                "range not satisfiable",
-                keep,
-                &[("Content-Range", &cr)],
-            )
-            .await
-        }
-        e => simple(t, e.status(), &e.message(), keep, &[]).await,
-    }
-}
-
-async fn stream_error_before_head<T: Transport>(t: &mut T, e: &StreamError, keep: bool) -> Outcome {
-    let msg = match e {
-        StreamError::Aborted => "upstream fetch failed",
-        StreamError::Stalled => "upstream stalled",
-        StreamError::Changed => "object changed during the request; retry",
-        StreamError::Store(_) => "cache storage error",
-    };
-    simple(t, e.status(), msg, keep, &[]).await
+/// Answers a request that failed before its response head was sent: the one mapping from an
+/// [`Error`] to what the client gets (status, a one-line body naming the cause, and
+/// `Content-Range` with a 416).
+pub(super) async fn error_reply<T: Transport>(t: &mut T, e: &Error, keep: bool) -> Outcome {
+    let extra = e.reply_headers();
+    let extra: Vec<(&str, &str)> = extra.iter().map(|(k, v)| (*k, v.as_str())).collect();
+    simple(t, e.status(), &e.message(), keep, &extra).await
 }

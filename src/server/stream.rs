@@ -7,31 +7,10 @@ use std::ops::Range;
 use std::sync::Arc;
 
 use crate::cache::{CacheError, Claim, Object};
+use crate::error::{Error, Kind};
 use crate::route::Target;
 use crate::store::{Fill, FillState, SlotBuf};
 use crate::upstream::{FILL_STALL, Upstream};
-
-/// Why a stream could not go on. Before the response head is sent this becomes a 502/504;
-/// after it, the connection is cut (never a short or mixed body).
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub enum StreamError {
-    /// The fill of a block failed (upstream error, short body, object changed).
-    Aborted,
-    /// A block being filled made no progress for too long.
-    Stalled,
-    /// The object was replaced by another version meanwhile.
-    Changed,
-    Store(String),
-}
-
-impl StreamError {
-    pub fn status(&self) -> u16 {
-        match self {
-            StreamError::Stalled => 504,
-            _ => 502,
-        }
-    }
-}
 
 enum Source {
     Ready(SlotBuf),
@@ -79,16 +58,16 @@ impl<'a> BlockStream<'a> {
         self.front + self.pending.len() as u32
     }
 
-    fn claim_err(e: CacheError) -> StreamError {
+    fn claim_err(e: CacheError) -> Error {
         match e {
-            CacheError::NoObject | CacheError::VersionChanged => StreamError::Changed,
-            e => StreamError::Store(e.to_string()),
+            CacheError::NoObject | CacheError::VersionChanged => Error::new(Kind::Changed),
+            e => Error::caused(Kind::Storage, e),
         }
     }
 
     /// Claims the next block after what is scheduled; a missing one starts a run of missing
     /// blocks (up to the upstream window or the end of the range) fetched by one request.
-    fn extend(&mut self) -> Result<(), StreamError> {
+    fn extend(&mut self) -> Result<(), Error> {
         let cache = self.up.cache();
         let key = &self.target.key;
         let b = self.scheduled_to();
@@ -128,7 +107,10 @@ impl<'a> BlockStream<'a> {
     }
 
     /// The next chunk of bytes, or `None` at the end of the range.
-    pub async fn next(&mut self) -> Result<Option<SlotBuf>, StreamError> {
+    /// The next chunk of the range; `Ok(None)` at its end. Before the response head is sent
+    /// an error becomes a 502/504; after it, the connection is cut (never a short or mixed
+    /// body).
+    pub async fn next(&mut self) -> Result<Option<SlotBuf>, Error> {
         loop {
             if self.pos >= self.end {
                 return Ok(None);
@@ -166,7 +148,7 @@ impl<'a> BlockStream<'a> {
                         FillState::Filling => {
                             match tokio::time::timeout(FILL_STALL, f.wait_async(off)).await {
                                 Ok(_) => continue,
-                                Err(_) => return Err(StreamError::Stalled),
+                                Err(_) => return Err(Error::new(Kind::FillStalled)),
                             }
                         }
                         FillState::Committed => continue,
@@ -179,7 +161,7 @@ impl<'a> BlockStream<'a> {
                                 self.retries = 0;
                             }
                             if self.retries >= 2 || self.aborts >= 8 {
-                                return Err(StreamError::Aborted);
+                                return Err(Error::new(Kind::FillAborted));
                             }
                             self.retries += 1;
                             self.aborts += 1;

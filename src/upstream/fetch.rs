@@ -7,73 +7,24 @@ use ureq::Agent;
 use ureq::http::{HeaderMap, Uri};
 
 use super::parents::Hop;
+use crate::error::{Error, Kind};
 use crate::http::freshness::{self, CacheControl};
 use crate::route::Target;
 use crate::store::ObjectMeta;
 
-/// Why an upstream fetch gave nothing to store. Each maps to what the client is told.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub enum FetchError {
-    /// Could not connect or the connection failed (502).
-    Connect(String),
-    /// The upstream did not answer in time (504).
-    Timeout,
-    /// The upstream answered something we will not store (502).
-    Invalid(String),
-    /// A final answer that is not content (404, 410, 403, ...): relayed as is, never stored.
-    Status { status: u16, body: Vec<u8> },
-    /// The range starts past the end of the object; the total length if known (416).
-    Unsatisfiable(Option<u64>),
-    /// A redirect (3xx): never followed upstream, since its `Location` could name any address
-    /// (502 until redirects are relayed).
-    Redirect(u16),
-    /// A response that may not be stored (`no-store`, `private`, `Vary`, no length): the
-    /// request is passed through instead.
-    NotStorable(&'static str),
-}
-
-impl FetchError {
-    /// Status code to give a client that has not been sent a head yet.
-    pub fn status(&self) -> u16 {
-        match self {
-            FetchError::Connect(_)
-            | FetchError::Invalid(_)
-            | FetchError::NotStorable(_)
-            | FetchError::Redirect(_) => 502,
-            FetchError::Timeout => 504,
-            FetchError::Status { status, .. } => *status,
-            FetchError::Unsatisfiable(_) => 416,
-        }
-    }
-
-    /// Does this failure say the hop is unwell (so another parent should be asked), rather
-    /// than give the origin's own answer?
-    pub fn is_hop_failure(&self) -> bool {
-        matches!(
-            self,
-            FetchError::Connect(_) | FetchError::Timeout | FetchError::Invalid(_)
-        )
-    }
-
-    pub fn message(&self) -> String {
-        match self {
-            FetchError::Connect(e) => format!("upstream connection failed: {e}"),
-            FetchError::Timeout => "upstream timed out".into(),
-            FetchError::Invalid(e) => format!("upstream response refused: {e}"),
-            FetchError::Status { status, .. } => format!("upstream answered {status}"),
-            FetchError::Unsatisfiable(_) => "range not satisfiable".into(),
-            FetchError::NotStorable(why) => format!("not storable: {why}"),
-            FetchError::Redirect(s) => {
-                format!("upstream redirected ({s}); redirects are not followed")
-            }
-        }
-    }
+/// What an upstream answered, when it answered something the cache can act on.
+pub enum Answer {
+    /// Content to store and serve.
+    Store(Fetched),
+    /// A 304 to a revalidation: the refreshed headers, no body (RFC 9111 §4.3.4).
+    NotModified(ObjectMeta),
+    /// A response that may not be stored (`no-store`, `private`, `Vary`, no length, RFC 9111
+    /// §3): the request is passed through instead. A decision, not a failure.
+    Pass(&'static str),
 }
 
 /// A checked upstream response, ready to be streamed into blocks.
 pub struct Fetched {
-    /// A 304 to a revalidation: `meta` holds only the refreshed headers, there is no body.
-    pub not_modified: bool,
     pub meta: ObjectMeta,
     /// Offset of the first body byte within the object.
     pub start: u64,
@@ -131,27 +82,25 @@ fn meta_from(key: &str, h: &HeaderMap, total_len: u64) -> ObjectMeta {
     }
 }
 
-pub(super) fn map_err(e: ureq::Error) -> FetchError {
+/// An upstream client error: a timeout, or a connection that could not be made or broke.
+pub(super) fn map_err(e: ureq::Error) -> Error {
     match e {
-        ureq::Error::Timeout(_) => FetchError::Timeout,
-        ureq::Error::Io(e) if e.kind() == std::io::ErrorKind::TimedOut => FetchError::Timeout,
-        e => FetchError::Connect(e.to_string()),
+        ureq::Error::Timeout(_) => Error::new(Kind::Timeout),
+        ureq::Error::Io(e) if e.kind() == std::io::ErrorKind::TimedOut => Error::new(Kind::Timeout),
+        e => Error::with(Kind::Connect, e.to_string()),
     }
 }
 
 /// The URL to ask `hop` for `target` (assembled from validated parts, see
 /// [`Target::uri_for`]), and the `Host` to send.
-pub(super) fn upstream_url<'a>(
-    target: &'a Target,
-    hop: &'a Hop,
-) -> Result<(Uri, &'a str), FetchError> {
+pub(super) fn upstream_url<'a>(target: &'a Target, hop: &'a Hop) -> Result<(Uri, &'a str), Error> {
     let (uri, host) = match hop {
         Hop::Parent(_, addr) => (target.uri_for(Some(addr)), addr.as_str()),
         // A `connect` override is applied when the name is resolved (see agent.rs).
         Hop::Direct => (target.uri_for(None), target.host.as_str()),
     };
     uri.map(|u| (u, host))
-        .map_err(|e| FetchError::Invalid(e.to_string()))
+        .map_err(|e| Error::caused(Kind::Internal, e))
 }
 
 /// The `Via` to send: the client's entries, then ours.
@@ -171,7 +120,7 @@ fn refuse_to_store(h: &HeaderMap) -> Option<&'static str> {
 /// Sends `GET` for `range` (inclusive; `None` = whole object) to `hop` and checks the answer.
 /// `via` is this node's `Via` entry; it follows the entries the client's request carried.
 /// With `revalidate`, the stored validators make it conditional: a 304 comes back as
-/// `not_modified`.
+/// [`Answer::NotModified`].
 pub fn fetch(
     agent: &Agent,
     target: &Target,
@@ -179,7 +128,7 @@ pub fn fetch(
     via: &str,
     hop: &Hop,
     revalidate: Option<&ObjectMeta>,
-) -> Result<Fetched, FetchError> {
+) -> Result<Answer, Error> {
     let (url, host) = upstream_url(target, hop)?;
     let via = via_chain(target, via);
     let mut req = agent
@@ -212,63 +161,58 @@ pub fn fetch(
     if matches!(status, 200 | 206)
         && let Some(why) = refuse_to_store(h)
     {
-        return Err(FetchError::NotStorable(why));
+        return Ok(Answer::Pass(why));
     }
+    let invalid = |text: String| Error::with(Kind::InvalidResponse, text);
     match status {
         206 => {
             let cr = header(h, "content-range")
-                .ok_or_else(|| FetchError::Invalid("206 without Content-Range".into()))?;
+                .ok_or_else(|| invalid("206 without Content-Range".into()))?;
             let (a, b, total) = parse_content_range(cr)
-                .ok_or_else(|| FetchError::Invalid(format!("bad Content-Range {cr:?}")))?;
+                .ok_or_else(|| invalid(format!("bad Content-Range {cr:?}")))?;
             if let Some((ra, rb)) = range
                 && (a != ra || b != rb.min(total - 1))
             {
-                return Err(FetchError::Invalid(format!(
+                return Err(invalid(format!(
                     "asked bytes {ra}-{rb}, got Content-Range {cr:?}"
                 )));
             }
             if content_length.is_some_and(|n| n != b - a + 1) {
-                return Err(FetchError::Invalid(
+                return Err(invalid(
                     "Content-Length does not match Content-Range".into(),
                 ));
             }
-            Ok(Fetched {
-                not_modified: false,
+            Ok(Answer::Store(Fetched {
                 meta: meta_from(&target.key, h, total),
                 start: a,
                 end: b + 1,
                 body: body.into_reader(),
-            })
+            }))
         }
         200 => {
             // Chunked or close-delimited: not cacheable by range.
-            let total = content_length.ok_or(FetchError::NotStorable("no Content-Length"))?;
+            let Some(total) = content_length else {
+                return Ok(Answer::Pass("no Content-Length"));
+            };
             if let Some((ra, _)) = range
                 && ra >= total
                 && total > 0
             {
-                return Err(FetchError::Unsatisfiable(Some(total)));
+                return Err(Error::new(Kind::Unsatisfiable(Some(total))));
             }
-            Ok(Fetched {
-                not_modified: false,
+            Ok(Answer::Store(Fetched {
                 meta: meta_from(&target.key, h, total),
                 start: 0,
                 end: total,
                 body: body.into_reader(),
-            })
+            }))
         }
-        304 if revalidate.is_some() => Ok(Fetched {
-            not_modified: true,
-            meta: meta_from(&target.key, h, 0),
-            start: 0,
-            end: 0,
-            body: body.into_reader(),
-        }),
-        416 => Err(FetchError::Unsatisfiable(
+        304 if revalidate.is_some() => Ok(Answer::NotModified(meta_from(&target.key, h, 0))),
+        416 => Err(Error::new(Kind::Unsatisfiable(
             header(h, "content-range")
                 .and_then(|v| v.trim().strip_prefix("bytes */"))
                 .and_then(|t| t.parse().ok()),
-        )),
+        ))),
         // 508: a loop further up; relayed like a 4xx (asking another parent would loop too).
         s if (400..500).contains(&s) || s == 508 => {
             let mut body = body;
@@ -277,14 +221,14 @@ pub fn fetch(
                 .limit(64 * 1024)
                 .read_to_vec()
                 .unwrap_or_default();
-            Err(FetchError::Status {
+            Err(Error::new(Kind::Status {
                 status: s,
                 body: bytes,
-            })
+            }))
         }
         // RFC 9110 §15.4: the target moved. Following it would let an origin send us anywhere.
-        s if (300..400).contains(&s) && s != 304 => Err(FetchError::Redirect(s)),
-        s => Err(FetchError::Invalid(format!("upstream status {s}"))),
+        s if (300..400).contains(&s) && s != 304 => Err(Error::new(Kind::Redirect(s))),
+        s => Err(invalid(format!("upstream status {s}"))),
     }
 }
 

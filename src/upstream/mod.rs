@@ -22,14 +22,24 @@ use parking_lot::{Condvar, Mutex};
 
 use crate::cache::{BlockWriter, Cache, Claim, Object};
 use crate::config::Config;
+use crate::error::{Error, Kind};
 use crate::route::Target;
 use crate::store::ObjectMeta;
-pub use fetch::FetchError;
+use fetch::Answer;
 use parents::{Hop, Parents};
+
+/// What a cold fetch or a revalidation gives the requests that joined it.
+#[derive(Clone)]
+pub enum Collapsed {
+    /// The object to serve: stored (or refreshed), its first blocks on their way.
+    Object(Object),
+    /// The answer may not be stored (the reason): pass the request through.
+    Pass(&'static str),
+}
 
 /// The outcome of a cold fetch, shared by every request that joined it.
 pub struct ColdFetch {
-    result: Mutex<Option<Result<Object, FetchError>>>,
+    result: Mutex<Option<Result<Collapsed, Error>>>,
     notify: tokio::sync::Notify,
     cond: Condvar,
 }
@@ -43,7 +53,7 @@ impl ColdFetch {
         })
     }
 
-    fn finish(&self, r: Result<Object, FetchError>) {
+    fn finish(&self, r: Result<Collapsed, Error>) {
         let mut g = self.result.lock();
         if g.is_none() {
             *g = Some(r);
@@ -54,7 +64,7 @@ impl ColdFetch {
     }
 
     /// Waits (async) for the object's metadata, or the reason there is none.
-    pub async fn wait(&self) -> Result<Object, FetchError> {
+    pub async fn wait(&self) -> Result<Collapsed, Error> {
         loop {
             let notified = self.notify.notified();
             tokio::pin!(notified);
@@ -67,7 +77,7 @@ impl ColdFetch {
     }
 
     /// Waits from a plain thread.
-    pub fn wait_blocking(&self) -> Result<Object, FetchError> {
+    pub fn wait_blocking(&self) -> Result<Collapsed, Error> {
         let mut g = self.result.lock();
         loop {
             if let Some(r) = g.clone() {
@@ -222,7 +232,7 @@ impl Upstream {
             && let Some(o) = self.cache.lookup(&target.key)
         {
             // Cached since the caller looked: nothing to fetch here.
-            c.finish(Ok(o));
+            c.finish(Ok(Collapsed::Object(o)));
             return c;
         }
         cold.insert(target.key.clone(), c.clone());
@@ -266,7 +276,7 @@ impl Upstream {
         }
     }
 
-    fn end_cold(&self, job: &Job, r: Result<Object, FetchError>) {
+    fn end_cold(&self, job: &Job, r: Result<Collapsed, Error>) {
         if let Some(c) = &job.cold {
             // Out of the map first: a request arriving after the result is out must start
             // its own fetch, not join this finished one (and be handed a stale error).
@@ -289,7 +299,7 @@ impl Upstream {
         }
         let started = Instant::now();
         let range = Some((start, end.max(start + 1) - 1));
-        let mut answer = Err(FetchError::Connect("no upstream to ask".into()));
+        let mut answer = Err(Error::with(Kind::Connect, "no upstream to ask"));
         for hop in self.parents.plan(started) {
             self.stats.requests.fetch_add(1, Ordering::Relaxed);
             let cond = job.known.as_ref().filter(|_| job.revalidate);
@@ -310,7 +320,17 @@ impl Upstream {
             }
         }
         let (fetched, hop) = match answer {
-            Ok(a) => a,
+            Ok((Answer::Store(f), hop)) => (f, hop),
+            Ok((Answer::NotModified(meta), _)) => {
+                let k = job.known.as_ref().expect("a 304 answers a revalidation");
+                let r = self.refresh(k, &meta).map(Collapsed::Object);
+                self.end_cold(&job, r);
+                return;
+            }
+            Ok((Answer::Pass(why), _)) => {
+                self.end_cold(&job, Ok(Collapsed::Pass(why)));
+                return;
+            }
             Err(e) => {
                 self.end_cold(&job, Err(e));
                 return;
@@ -319,12 +339,6 @@ impl Upstream {
         let bs32 = self.cache.block_size();
         let window = job.first..job.first + job.count;
         let mut writers: BTreeMap<u32, BlockWriter> = BTreeMap::new();
-        if fetched.not_modified {
-            let k = job.known.as_ref().expect("a 304 answers a revalidation");
-            let r = self.refresh(k, &fetched.meta);
-            self.end_cold(&job, r);
-            return;
-        }
         // Without validators a revalidation cannot tell "same" from "changed with the same
         // length": it counts as changed, and the stored blocks go.
         let unprovable = job.revalidate
@@ -369,7 +383,7 @@ impl Upstream {
                     }
                     Err(e) => {
                         log::error!("{}: cannot store metadata: {e}", job.target.key);
-                        self.end_cold(&job, Err(FetchError::Invalid(format!("store: {e}"))));
+                        self.end_cold(&job, Err(Error::caused(Kind::Storage, e)));
                         return;
                     }
                 }
@@ -377,7 +391,7 @@ impl Upstream {
         };
         let nblocks = obj.meta.block_count(bs32) as u32;
         let window_end = window.end.min(nblocks);
-        self.end_cold(&job, Ok(obj.clone()));
+        self.end_cold(&job, Ok(Collapsed::Object(obj.clone())));
         // A whole-object answer (an origin that ignores ranges, or a window that covers it all):
         // keep everything that arrives rather than asking again for the rest.
         let claim_beyond = fetched.start == 0 && fetched.end == obj.meta.total_len;
@@ -405,12 +419,12 @@ impl Upstream {
     /// after a parent's failure (it backs off if it could not be reached; one relaying its
     /// upstream's 5xx is alive and keeps getting the other requests); no for an origin's own
     /// answer or a failure of the origin itself.
-    pub(super) fn hop_failed(&self, hop: &Hop, e: &FetchError) -> bool {
+    pub(super) fn hop_failed(&self, hop: &Hop, e: &Error) -> bool {
         self.stats.errors.fetch_add(1, Ordering::Relaxed);
         if !(e.is_hop_failure() && matches!(hop, Hop::Parent(..))) {
             return false;
         }
-        if matches!(e, FetchError::Connect(_) | FetchError::Timeout) {
+        if e.is_unreachable() {
             self.parents.failed(hop, Instant::now());
         }
         true
@@ -419,13 +433,14 @@ impl Upstream {
     /// Stores `k` again with the freshness headers of a newer answer (a 304 or the same
     /// version) and a new response time; the blocks are kept. Refused if the answer names
     /// other validators (§4.3.4), or if another version was installed meanwhile.
-    fn refresh(&self, k: &Object, fresh: &ObjectMeta) -> Result<Object, FetchError> {
+    fn refresh(&self, k: &Object, fresh: &ObjectMeta) -> Result<Object, Error> {
         let differs = |a: &Option<String>, b: &Option<String>| b.is_some() && a != b;
         if differs(&k.meta.etag, &fresh.etag)
             || differs(&k.meta.last_modified, &fresh.last_modified)
         {
-            return Err(FetchError::Invalid(
-                "a 304 naming other validators than the stored ones".into(),
+            return Err(Error::with(
+                Kind::InvalidResponse,
+                "a 304 naming other validators than the stored ones",
             ));
         }
         let mut m = (*k.meta).clone();
@@ -445,7 +460,7 @@ impl Upstream {
         m.stored_at = fresh.stored_at;
         self.cache.refresh_object(m, k.version).map_err(|e| {
             log::info!("{}: not refreshed: {e}", k.meta.key);
-            FetchError::Invalid(format!("store: {e}"))
+            Error::caused(Kind::Storage, e)
         })
     }
 

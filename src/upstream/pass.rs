@@ -9,8 +9,9 @@ use std::time::Instant;
 use tokio::sync::mpsc;
 
 use super::Upstream;
-use super::fetch::{FetchError, map_err, upstream_url, via_chain};
+use super::fetch::{map_err, upstream_url, via_chain};
 use super::parents::Hop;
+use crate::error::{Error, Kind};
 use crate::http::request::Method;
 use crate::route::Target;
 
@@ -34,7 +35,7 @@ pub enum PassMsg {
     },
     Data(Vec<u8>),
     End,
-    Failed(FetchError),
+    Failed(Error),
 }
 
 /// Headers that belong to one connection (RFC 9110 §7.6.1) or that we write ourselves.
@@ -87,11 +88,11 @@ impl Upstream {
         // (RFC 9110 §9.2.2 would allow PUT and DELETE again too; only safe ones are resent.)
         let resendable = req.method.is_safe();
         let Some(method) = req.method.as_str() else {
-            let e = FetchError::Invalid("no method to pass through".into());
+            let e = Error::with(Kind::Internal, "no method to pass through");
             let _ = tx.blocking_send(PassMsg::Failed(e));
             return;
         };
-        let mut last = FetchError::Connect("no upstream to ask".into());
+        let mut last = Error::with(Kind::Connect, "no upstream to ask");
         for hop in self.parents.plan(Instant::now()) {
             self.stats
                 .requests
@@ -111,10 +112,17 @@ impl Upstream {
             for (k, v) in &req.headers {
                 b = b.header(*k, v);
             }
-            let r = b
-                .body(req.body.clone())
-                .map_err(|e| FetchError::Invalid(e.to_string()))
-                .and_then(|r| self.agent.run(r).map_err(map_err));
+            // No body, no Content-Length: a GET without one must not claim one (RFC 9110
+            // §8.6); a POST without one says 0.
+            let r = if req.body.is_empty() && req.method.is_safe() {
+                b.body(())
+                    .map_err(|e| Error::caused(Kind::Internal, e))
+                    .and_then(|r| self.agent.run(r).map_err(map_err))
+            } else {
+                b.body(req.body.clone())
+                    .map_err(|e| Error::caused(Kind::Internal, e))
+                    .and_then(|r| self.agent.run(r).map_err(map_err))
+            };
             let resp = match r {
                 Ok(resp)
                     if matches!(hop, Hop::Parent(..))
@@ -123,14 +131,16 @@ impl Upstream {
                         && resendable =>
                 {
                     // Alive but relaying a failure: ask the next hop, no back-off.
-                    last = FetchError::Invalid(format!("upstream status {}", resp.status()));
+                    last = Error::with(
+                        Kind::InvalidResponse,
+                        format!("upstream status {}", resp.status()),
+                    );
                     continue;
                 }
                 Ok(resp) => resp,
                 Err(e) => {
                     log::warn!("{} via {hop:?} (pass): {}", req.target.url(), e.message());
-                    let next = self.hop_failed(&hop, &e)
-                        && (resendable || matches!(e, FetchError::Connect(_)));
+                    let next = self.hop_failed(&hop, &e) && (resendable || e.kind == Kind::Connect);
                     last = e;
                     if next {
                         continue;
@@ -185,9 +195,10 @@ impl Upstream {
             match reader.read(&mut buf) {
                 Ok(0) => {
                     let msg = match len {
-                        Some(l) if got < l => PassMsg::Failed(FetchError::Invalid(format!(
-                            "short body: {got} of {l} bytes"
-                        ))),
+                        Some(l) if got < l => PassMsg::Failed(Error::with(
+                            Kind::InvalidResponse,
+                            format!("short body: {got} of {l} bytes"),
+                        )),
                         _ => PassMsg::End,
                     };
                     let _ = tx.blocking_send(msg);
@@ -204,7 +215,7 @@ impl Upstream {
                     }
                 }
                 Err(e) => {
-                    let _ = tx.blocking_send(PassMsg::Failed(FetchError::Connect(e.to_string())));
+                    let _ = tx.blocking_send(PassMsg::Failed(Error::caused(Kind::Connect, e)));
                     return;
                 }
             }
