@@ -5,6 +5,9 @@
 use std::fmt;
 use std::sync::Arc;
 
+/// The methods a client may use (the `Allow` of a 405, RFC 9110 §15.5.6).
+pub const ALLOWED_METHODS: &str = "GET, HEAD, POST, PUT, DELETE, PATCH, OPTIONS";
+
 /// Where a failure came from (pingora's `ErrorSource`). Decides who is told and what counts it:
 /// only an upstream failure backs a parent off or lets a stale object stand in
 /// (RFC 5861 `stale-if-error`, RFC 9111 §4.2.4).
@@ -179,12 +182,25 @@ impl Error {
     }
 
     /// The extra header fields of the answer: `Content-Range: bytes */<len>` with a 416
-    /// (RFC 9110 §15.5.17).
+    /// (RFC 9110 §15.5.17), `Allow` with a 405 (RFC 9110 §15.5.6).
     pub fn reply_headers(&self) -> Vec<(&'static str, String)> {
         match self.kind {
             Kind::Unsatisfiable(Some(total)) => vec![("Content-Range", format!("bytes */{total}"))],
+            Kind::Refused { status: 405, .. } => vec![("Allow", ALLOWED_METHODS.to_string())],
             _ => Vec::new(),
         }
+    }
+
+    /// Must the connection close after this answer? After a malformed request (400), a method
+    /// we do not know how to frame (405), or a loop (508), what follows cannot be trusted.
+    pub fn closes_connection(&self) -> bool {
+        matches!(
+            self.kind,
+            Kind::Refused {
+                status: 400 | 405 | 508,
+                ..
+            }
+        )
     }
 }
 

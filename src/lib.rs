@@ -17,6 +17,7 @@ pub mod error;
 pub mod http;
 pub mod metrics;
 pub mod route;
+pub mod serve;
 pub mod server;
 pub mod store;
 pub mod upstream;

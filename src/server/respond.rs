@@ -1,5 +1,5 @@
-//! One request to one response: route, find or fetch the object, apply conditionals and ranges,
-//! send the head and the body.
+//! One request to one response: the executor of the plans of `serve::plan` (route, find or
+//! fetch the object, apply conditionals and ranges), with one send path for every body.
 
 use std::ops::Range;
 
@@ -8,14 +8,14 @@ use super::pass;
 use super::stream::BlockStream;
 use super::transport::{Out, Transport};
 use crate::cache::Object;
-use crate::error::{Error, Side};
+use crate::error::{Error, Kind};
 use crate::http::cache_status::{BypassReason, CacheStatus};
-use crate::http::conditional;
-use crate::http::freshness::{self, CacheControl, Decision};
-use crate::http::range::{self, Resolved, Spec};
+use crate::http::freshness;
+use crate::http::range;
 use crate::http::request::{Method, Request};
 use crate::http::response::{self, Head};
-use crate::route::{self, Refusal, Target};
+use crate::route::Target;
+use crate::serve::plan::{self, AfterRevalidation, Early, Plan, Revalidated, Shape};
 use crate::upstream::Collapsed;
 
 /// What happened, for the access log, the metrics and the connection.
@@ -59,16 +59,8 @@ async fn simple<T: Transport>(
     Outcome::new(status, keep && ok, ANSWERED)
 }
 
-/// What a response leaves behind for after it is sent.
-#[derive(Default)]
-struct After {
-    /// A revalidation to start once the response is out (stale-while-revalidate).
-    revalidate: Option<(Target, Object, u32, u32)>,
-    origin: Option<String>,
-    upstream_wait: std::time::Duration,
-}
-
 /// Answers one request; `body` is its body (read for the methods that are passed through).
+/// Plans with the pure functions of `serve::plan`, then carries the plan out.
 pub async fn respond<T: Transport>(
     t: &mut T,
     req: &Request,
@@ -76,240 +68,321 @@ pub async fn respond<T: Transport>(
     sh: &Shared,
     keep: bool,
 ) -> Outcome {
-    let mut after = After::default();
-    let mut out = respond_to(t, req, body, sh, keep, &mut after).await;
-    if let Some((target, stale, first, count)) = after.revalidate {
-        sh.upstream.revalidate(&target, &stale, first, count);
+    let target = match plan::admit(req, &sh.cfg) {
+        Ok(target) => target,
+        Err(Early::Summary) => {
+            // The original module's summary, open to anyone when the operator says so.
+            let body = crate::admin::summary(sh);
+            let out = crate::admin::reply(200, "application/json", &body);
+            let _ = t.write(Out::Bytes(out)).await;
+            return Outcome::new(200, false, ANSWERED);
+        }
+        Err(Early::Refuse(e)) => return error_reply(t, &e, keep).await,
+    };
+    let origin = Some(target.origin_label.clone());
+    let mut x = Exchange {
+        t,
+        req,
+        sh,
+        keep,
+        target,
+        now: freshness::unix_now(),
+        upstream_wait: std::time::Duration::ZERO,
+    };
+    let (mut out, revalidate_after) = x.run(body).await;
+    out.origin = origin;
+    out.upstream_wait = x.upstream_wait;
+    if let Some((stale, (first, count))) = revalidate_after {
+        // After the response: a new version found meanwhile would cut a stale stream short.
+        sh.upstream.revalidate(&x.target, &stale, first, count);
     }
-    out.origin = after.origin;
-    out.upstream_wait = after.upstream_wait;
     out
 }
 
-async fn respond_to<T: Transport>(
-    t: &mut T,
-    req: &Request,
-    body: Vec<u8>,
-    sh: &Shared,
+/// One request being answered: the executor of a [`Plan`].
+struct Exchange<'a, T: Transport> {
+    t: &'a mut T,
+    req: &'a Request,
+    sh: &'a Shared,
     keep: bool,
-    after: &mut After,
-) -> Outcome {
-    let head_only = match req.method() {
-        Method::Get => false,
-        Method::Head => true,
-        Method::Options | Method::Post | Method::Put | Method::Delete | Method::Patch => false,
-        Method::Other => {
-            return simple(
-                t,
-                405,
-                &format!("method {} not allowed", req.method_name),
-                false,
-                &[("Allow", "GET, HEAD, POST, PUT, DELETE, PATCH, OPTIONS")],
-            )
-            .await;
-        }
-    };
-    if sh.cfg.summary_unrestricted && req.target == "/summary" {
-        // The original module's summary, open to anyone when the operator says so.
-        let body = crate::admin::summary(sh);
-        let out = crate::admin::reply(200, "application/json", &body);
-        let _ = t.write(Out::Bytes(out)).await;
-        return Outcome::new(200, false, ANSWERED);
-    }
-    if req.via_has(&sh.cfg.node_name) {
-        // A loop (a route or a parent that leads back here): answer rather than fetch again.
-        let msg = format!("loop detected: request already passed {}", sh.cfg.node_name);
-        return simple(t, 508, &msg, false, &[]).await;
-    }
-    let target = match route::route(req, &sh.cfg) {
-        Ok(t) => t,
-        Err(r) => {
-            // A 400 closes the connection: what follows a bad head cannot be trusted.
-            let keep = keep && !matches!(r, Refusal::BadTarget(_));
-            return error_reply(t, &Error::from(r), keep).await;
-        }
-    };
-    after.origin = Some(target.origin_label.clone());
-    // Not for the cache: other methods, a client's credentials, content known not storable.
-    let bypass = if req.method().is_passed() {
-        Some(BypassReason::Method)
-    } else if req.authorization.is_some() {
-        Some(BypassReason::Authorization)
-    } else if sh.upstream.is_pass(&target.key) {
-        Some(BypassReason::HitForPass)
-    } else {
-        None
-    };
-    if let Some(why) = bypass {
-        return pass::relay(t, sh, req, target, body, keep, why).await;
-    }
-    let specs = req.range.as_deref().and_then(range::parse);
-    let bs = u64::from(sh.upstream.cache().block_size());
-    let mut cold = false;
-    // What this request says about stored responses, and the status it is served with.
-    let req_cc = CacheControl::parse(req.cache_control.as_deref());
-    let now = freshness::unix_now();
-    let mut status_override = None;
-    let obj = match sh.upstream.cache().lookup(&target.key) {
-        Some(o) => {
-            match freshness::decide(&o.meta, &req_cc, req.pragma_no_cache, &target.rule, now) {
-                Decision::Fresh => o,
-                Decision::StaleWhileRevalidate => {
-                    // Revalidated once this response is sent: a new version found meanwhile
-                    // would cut this stale stream short.
-                    let (first, count) = cold_window(specs.as_deref(), bs, head_only);
-                    after.revalidate = Some((target.clone(), o.clone(), first, count));
-                    status_override = Some(CacheStatus::Stale);
-                    o
-                }
-                Decision::Revalidate { .. } if req_cc.only_if_cached => {
-                    return simple(t, 504, "stale (only-if-cached)", keep, &[]).await;
-                }
-                Decision::Revalidate {
+    target: Target,
+    now: u64,
+    upstream_wait: std::time::Duration,
+}
+
+/// A revalidation to start once the response is sent: the stale object and its first blocks.
+type RevalidateAfter = Option<(Object, (u32, u32))>;
+
+impl<T: Transport> Exchange<'_, T> {
+    async fn run(&mut self, body: Vec<u8>) -> (Outcome, RevalidateAfter) {
+        let up = &self.sh.upstream;
+        let stored = up.cache().lookup(&self.target.key);
+        let hit_for_pass = up.is_pass(&self.target.key);
+        let meta = stored.as_ref().map(|o| &*o.meta);
+        let window = plan::first_blocks(self.req, u64::from(up.cache().block_size()));
+        let mut after = None;
+        let (obj, status) = match (
+            plan::plan(self.req, &self.target, hit_for_pass, meta, self.now),
+            stored,
+        ) {
+            (Plan::Refuse(e), _) => return (error_reply(self.t, &e, self.keep).await, None),
+            (Plan::Pass(why), _) => return (self.pass(body, why).await, None),
+            (Plan::Hit, Some(o)) => (o, None),
+            (Plan::StaleThenRevalidate, Some(o)) => {
+                after = Some((o.clone(), window));
+                (o, Some(CacheStatus::Stale))
+            }
+            (
+                Plan::Revalidate {
                     stale_if_unreachable,
                     stale_if_5xx,
-                } => {
-                    let (first, count) = cold_window(specs.as_deref(), bs, head_only);
-                    let asked = std::time::Instant::now();
-                    let answer = sh
-                        .upstream
-                        .revalidate(&target, &o, first, count)
-                        .wait()
-                        .await;
-                    after.upstream_wait = asked.elapsed();
-                    match answer {
-                        Ok(Collapsed::Object(n)) if n.version == o.version => {
-                            status_override = Some(CacheStatus::Revalidated);
-                            n
+                },
+                Some(o),
+            ) => {
+                let asked = std::time::Instant::now();
+                let answer = up
+                    .revalidate(&self.target, &o, window.0, window.1)
+                    .wait()
+                    .await;
+                self.upstream_wait = asked.elapsed();
+                let reduced = match &answer {
+                    Ok(Collapsed::Object(n)) => Ok(Revalidated::Version(n.version)),
+                    Ok(Collapsed::Pass(_)) => Ok(Revalidated::NotStorable),
+                    Err(e) => Err(e),
+                };
+                match plan::after_revalidation(
+                    o.version,
+                    reduced,
+                    stale_if_unreachable,
+                    stale_if_5xx,
+                ) {
+                    AfterRevalidation::Serve(cs) => match answer {
+                        Ok(Collapsed::Object(n)) => (n, Some(cs)),
+                        _ => unreachable!("served only after an object"),
+                    },
+                    AfterRevalidation::DropAndPass => {
+                        // No longer storable: drop what is held and pass through.
+                        log::info!(
+                            "{}: now not storable; dropped, passing through",
+                            self.target.key
+                        );
+                        up.cache().remove(&self.target.key);
+                        up.mark_pass(&self.target.key);
+                        return (self.pass(body, NOT_STORABLE).await, None);
+                    }
+                    AfterRevalidation::ServeStale => {
+                        if let Err(e) = &answer {
+                            log::info!("{}: serving stale: {}", self.target.key, e.message());
                         }
-                        Ok(Collapsed::Object(n)) => {
-                            status_override = Some(CacheStatus::Refreshed);
-                            n
-                        }
-                        Ok(Collapsed::Pass(why)) => {
-                            // No longer storable: drop what is held and pass through.
-                            log::info!("{}: now {why}; dropped, passing through", target.key);
-                            sh.upstream.cache().remove(&target.key);
-                            sh.upstream.mark_pass(&target.key);
-                            return pass::relay(t, sh, req, target, body, keep, NOT_STORABLE).await;
-                        }
-                        // RFC 9111 §4.2.4 / RFC 5861: a stale response may stand in for an
-                        // upstream that failed; never for a failure of our own storage.
-                        Err(e)
-                            if e.side() == Side::Upstream
-                                && ((stale_if_unreachable && e.is_unreachable())
-                                    || (stale_if_5xx && e.status() >= 500)) =>
-                        {
-                            log::info!("{}: serving stale: {}", target.key, e.message());
-                            status_override = Some(CacheStatus::Stale);
-                            o
-                        }
-                        Err(e) => return error_reply(t, &e, keep).await,
+                        (o, Some(CacheStatus::Stale))
+                    }
+                    AfterRevalidation::Fail(e) => {
+                        return (error_reply(self.t, &e, self.keep).await, None);
                     }
                 }
             }
-        }
-        None if req_cc.only_if_cached => {
-            return simple(t, 504, "not cached (only-if-cached)", keep, &[]).await;
-        }
-        None => {
-            cold = true;
-            let (first, count) = cold_window(specs.as_deref(), bs, head_only);
-            let asked = std::time::Instant::now();
-            let answer = sh.upstream.fetch_cold(&target, first, count).wait().await;
-            after.upstream_wait = asked.elapsed();
-            match answer {
-                Ok(Collapsed::Object(o)) => o,
-                Ok(Collapsed::Pass(why)) => {
-                    log::debug!("{}: {why}; passing through", target.key);
-                    sh.upstream.mark_pass(&target.key);
-                    return pass::relay(t, sh, req, target, body, keep, NOT_STORABLE).await;
+            (Plan::Miss, _) | (_, None) => {
+                let asked = std::time::Instant::now();
+                let answer = up.fetch_cold(&self.target, window.0, window.1).wait().await;
+                self.upstream_wait = asked.elapsed();
+                match answer {
+                    Ok(Collapsed::Object(o)) => (o, Some(CacheStatus::Miss)),
+                    Ok(Collapsed::Pass(why)) => {
+                        log::debug!("{}: {why}; passing through", self.target.key);
+                        up.mark_pass(&self.target.key);
+                        return (self.pass(body, NOT_STORABLE).await, None);
+                    }
+                    Err(e) => return (error_reply(self.t, &e, self.keep).await, None),
                 }
-                Err(e) => return error_reply(t, &e, keep).await,
+            }
+        };
+        (self.serve(&obj, status).await, after)
+    }
+
+    async fn pass(&mut self, body: Vec<u8>, why: BypassReason) -> Outcome {
+        let target = self.target.clone();
+        pass::relay(self.t, self.sh, self.req, target, body, self.keep, why).await
+    }
+
+    /// Serves `obj` in the shape the request asks for; `status` is the cache status decided
+    /// so far (none: a hit, partial if some blocks are missing).
+    async fn serve(&mut self, obj: &Object, status: Option<CacheStatus>) -> Outcome {
+        let (keep, now) = (self.keep, self.now);
+        let shape = plan::shape(self.req, &obj.meta);
+        let total = obj.meta.total_len;
+        let status = match (&shape, status) {
+            (_, Some(cs)) => cs,
+            (Shape::NotModified | Shape::Unsatisfiable, None) => CacheStatus::Hit,
+            (s, None) => {
+                let bs = u64::from(self.sh.upstream.cache().block_size());
+                cache_status_for(self.sh, &self.target, s.ranges(), bs)
+            }
+        };
+        let (code, mut h, parts) = match shape {
+            Shape::Unsatisfiable => {
+                let e = Error::new(Kind::Unsatisfiable(Some(total)));
+                return error_reply(self.t, &e, keep).await;
+            }
+            Shape::NotModified => {
+                let mut h = Head::dated(304, obj.meta.date.as_deref());
+                h.header("Server", "gatecache")
+                    .header("Cache-Status", status.field_value());
+                validators(&mut h, obj);
+                freshness_headers(&mut h, obj, now);
+                let ok = self.t.write(Out::Bytes(h.finish(keep))).await.is_ok();
+                return Outcome::new(304, keep && ok, status);
+            }
+            Shape::Single { range, partial } => {
+                let code = if partial { 206 } else { 200 };
+                let mut h = Head::dated(code, obj.meta.date.as_deref());
+                h.header("Server", "gatecache")
+                    .header("Content-Length", range.end - range.start)
+                    .header("Accept-Ranges", "bytes")
+                    .header("Cache-Status", status.field_value());
+                if partial {
+                    h.header("Content-Range", range::content_range(&range, total));
+                }
+                validators(&mut h, obj);
+                entity_headers(&mut h, obj);
+                (code, h, Parts::single(range))
+            }
+            Shape::Multipart(ranges) => {
+                let parts = Parts::multipart(obj, &ranges);
+                let mut h = Head::dated(206, obj.meta.date.as_deref());
+                h.header("Server", "gatecache")
+                    .header(
+                        "Content-Type",
+                        format!("multipart/byteranges; boundary={}", parts.boundary),
+                    )
+                    .header("Content-Length", parts.len())
+                    .header("Accept-Ranges", "bytes")
+                    .header("Cache-Status", status.field_value());
+                validators(&mut h, obj);
+                (206, h, parts)
+            }
+        };
+        freshness_headers(&mut h, obj, now);
+        let mut out = Outcome::new(code, keep, status);
+        let head = h.finish(keep);
+        if self.req.method() == Method::Head || parts.len() == 0 {
+            out.keep_alive &= self.t.write(Out::Bytes(head)).await.is_ok();
+            return out;
+        }
+        send_parts(self.t, self.sh, &self.target, obj, head, &parts, &mut out).await;
+        out
+    }
+}
+
+/// A body made of ranges of one object, each after a prefix (a multipart part's head), then
+/// a trailer (the closing boundary). A single range has no prefix and no trailer.
+struct Parts {
+    boundary: String,
+    parts: Vec<(String, Range<u64>)>,
+    trailer: String,
+}
+
+impl Parts {
+    fn single(r: Range<u64>) -> Parts {
+        Parts {
+            boundary: String::new(),
+            parts: vec![(String::new(), r)],
+            trailer: String::new(),
+        }
+    }
+
+    /// `multipart/byteranges` (RFC 9110 §14.6): each part with its Content-Type and
+    /// Content-Range.
+    fn multipart(obj: &Object, ranges: &[Range<u64>]) -> Parts {
+        let total = obj.meta.total_len;
+        let boundary = format!("gatecache-{:016x}", obj.version ^ total.rotate_left(17));
+        let ctype = obj
+            .meta
+            .content_type
+            .as_deref()
+            .unwrap_or("application/octet-stream");
+        let parts = ranges
+            .iter()
+            .map(|r| {
+                let head = format!(
+                    "\r\n--{boundary}\r\nContent-Type: {ctype}\r\nContent-Range: {}\r\n\r\n",
+                    range::content_range(r, total)
+                );
+                (head, r.clone())
+            })
+            .collect();
+        let trailer = format!("\r\n--{boundary}--\r\n");
+        Parts {
+            boundary,
+            parts,
+            trailer,
+        }
+    }
+
+    /// Body length in bytes.
+    fn len(&self) -> u64 {
+        let parts: u64 = self
+            .parts
+            .iter()
+            .map(|(h, r)| h.len() as u64 + r.end - r.start)
+            .sum();
+        parts + self.trailer.len() as u64
+    }
+}
+
+/// The one send path for a body: the first bytes are in hand before the head goes out (so an
+/// upstream failure can still be a clean 502/504 rather than a cut connection), then every
+/// part's prefix and blocks, then the trailer. Failures after the head cut the connection.
+async fn send_parts<T: Transport>(
+    t: &mut T,
+    sh: &Shared,
+    target: &Target,
+    obj: &Object,
+    head: Vec<u8>,
+    parts: &Parts,
+    out: &mut Outcome,
+) {
+    let mut head = Some(head);
+    for (prefix, r) in &parts.parts {
+        let mut stream = BlockStream::new(&sh.upstream, target, obj, r.clone());
+        match head.take() {
+            Some(mut h) => {
+                let first = match stream.next().await {
+                    Ok(Some(c)) => c,
+                    Ok(None) => unreachable!("satisfiable ranges are not empty"),
+                    Err(e) => {
+                        *out = error_reply(t, &e, out.keep_alive).await;
+                        return;
+                    }
+                };
+                h.extend_from_slice(prefix.as_bytes());
+                out.bytes = first.len() as u64;
+                if t.write(Out::HeadAndSlot(h, first)).await.is_err() {
+                    out.keep_alive = false;
+                    return;
+                }
+            }
+            None => {
+                if t.write(Out::Bytes(prefix.as_bytes().to_vec()))
+                    .await
+                    .is_err()
+                {
+                    out.keep_alive = false;
+                    return;
+                }
             }
         }
-    };
-    let meta = &obj.meta;
-    let etag = meta.etag.as_deref();
-    let lm = meta.last_modified.as_deref();
-    if conditional::not_modified(req, etag, lm) {
-        let cs = status_override.unwrap_or(if cold {
-            CacheStatus::Miss
-        } else {
-            CacheStatus::Hit
-        });
-        let mut h = Head::dated(304, obj.meta.date.as_deref());
-        h.header("Server", "gatecache")
-            .header("Cache-Status", cs.field_value());
-        validators(&mut h, &obj);
-        freshness_headers(&mut h, &obj, now);
-        let ok = t.write(Out::Bytes(h.finish(keep))).await.is_ok();
-        return Outcome::new(304, keep && ok, cs);
-    }
-    let total = meta.total_len;
-    let resolved = match &specs {
-        Some(s) if conditional::if_range_allows(req, etag, lm) => range::resolve(s, total),
-        _ => Resolved::Full,
-    };
-    let (ranges, partial): (Vec<Range<u64>>, bool) = match resolved {
-        Resolved::Full => (std::iter::once(0..total).collect(), false),
-        Resolved::Partial(r) => (r, true),
-        Resolved::Unsatisfiable => {
-            let cr = format!("bytes */{total}");
-            return simple(
-                t,
-                416,
-                "range not satisfiable",
-                keep,
-                &[("Content-Range", &cr)],
-            )
-            .await;
+        send_rest(t, &mut stream, out).await;
+        if !out.keep_alive {
+            return;
         }
-    };
-    let cache_status = match status_override {
-        _ if cold => CacheStatus::Miss,
-        Some(s) => s,
-        None => cache_status_for(sh, &target, &ranges, bs),
-    };
-    if ranges.len() > 1 {
-        return multipart(t, sh, &target, &obj, &ranges, head_only, keep, cache_status).await;
     }
-    let r = ranges[0].clone();
-    let status = if partial { 206 } else { 200 };
-    let mut h = Head::dated(status, obj.meta.date.as_deref());
-    h.header("Server", "gatecache")
-        .header("Content-Length", r.end - r.start)
-        .header("Accept-Ranges", "bytes")
-        .header("Cache-Status", cache_status.field_value());
-    if partial {
-        h.header("Content-Range", range::content_range(&r, total));
-    }
-    validators(&mut h, &obj);
-    entity_headers(&mut h, &obj);
-    freshness_headers(&mut h, &obj, now);
-    if head_only || r.is_empty() {
-        let ok = t.write(Out::Bytes(h.finish(keep))).await.is_ok();
-        return Outcome::new(status, keep && ok, cache_status);
-    }
-    let mut stream = BlockStream::new(&sh.upstream, &target, &obj, r);
-    // The first bytes are in hand before the head goes out, so an upstream failure can still
-    // be a clean 502/504 rather than a cut connection.
-    let first = match stream.next().await {
-        Ok(Some(c)) => c,
-        Ok(None) => unreachable!("non-empty range"),
-        Err(e) => return error_reply(t, &e, keep).await,
-    };
-    let mut out = Outcome::new(status, keep, cache_status);
-    out.bytes = first.len() as u64;
-    if t.write(Out::HeadAndSlot(h.finish(keep), first))
-        .await
-        .is_err()
+    if !parts.trailer.is_empty()
+        && t.write(Out::Bytes(parts.trailer.clone().into_bytes()))
+            .await
+            .is_err()
     {
         out.keep_alive = false;
-        return out;
     }
-    send_rest(t, &mut stream, &mut out).await;
-    out
 }
 
 /// Sends the rest of a stream; on any failure the connection is marked for abort.
@@ -330,107 +403,6 @@ async fn send_rest<T: Transport>(t: &mut T, stream: &mut BlockStream<'_>, out: &
                 return;
             }
         }
-    }
-}
-
-#[allow(clippy::too_many_arguments)]
-async fn multipart<T: Transport>(
-    t: &mut T,
-    sh: &Shared,
-    target: &Target,
-    obj: &Object,
-    ranges: &[Range<u64>],
-    head_only: bool,
-    keep: bool,
-    cache_status: CacheStatus,
-) -> Outcome {
-    let total = obj.meta.total_len;
-    let boundary = format!("gatecache-{:016x}", obj.version ^ total.rotate_left(17));
-    let ctype = obj
-        .meta
-        .content_type
-        .as_deref()
-        .unwrap_or("application/octet-stream");
-    let part_heads: Vec<String> = ranges
-        .iter()
-        .map(|r| {
-            format!(
-                "\r\n--{boundary}\r\nContent-Type: {ctype}\r\nContent-Range: {}\r\n\r\n",
-                range::content_range(r, total)
-            )
-        })
-        .collect();
-    let closing = format!("\r\n--{boundary}--\r\n");
-    let len: u64 = ranges
-        .iter()
-        .zip(&part_heads)
-        .map(|(r, h)| h.len() as u64 + r.end - r.start)
-        .sum::<u64>()
-        + closing.len() as u64;
-    let mut h = Head::dated(206, obj.meta.date.as_deref());
-    h.header("Server", "gatecache")
-        .header(
-            "Content-Type",
-            format!("multipart/byteranges; boundary={boundary}"),
-        )
-        .header("Content-Length", len)
-        .header("Accept-Ranges", "bytes")
-        .header("Cache-Status", cache_status.field_value());
-    validators(&mut h, obj);
-    freshness_headers(&mut h, obj, freshness::unix_now());
-    let mut out = Outcome::new(206, keep, cache_status);
-    if head_only {
-        out.keep_alive &= t.write(Out::Bytes(h.finish(keep))).await.is_ok();
-        return out;
-    }
-    let mut first_stream = BlockStream::new(&sh.upstream, target, obj, ranges[0].clone());
-    let first = match first_stream.next().await {
-        Ok(Some(c)) => c,
-        Ok(None) => unreachable!("satisfiable ranges are not empty"),
-        Err(e) => return error_reply(t, &e, keep).await,
-    };
-    let mut head = h.finish(keep);
-    head.extend_from_slice(part_heads[0].as_bytes());
-    out.bytes = first.len() as u64;
-    if t.write(Out::HeadAndSlot(head, first)).await.is_err() {
-        out.keep_alive = false;
-        return out;
-    }
-    send_rest(t, &mut first_stream, &mut out).await;
-    drop(first_stream);
-    for (r, ph) in ranges.iter().zip(&part_heads).skip(1) {
-        if !out.keep_alive || t.write(Out::Bytes(ph.as_bytes().to_vec())).await.is_err() {
-            out.keep_alive = false;
-            return out;
-        }
-        let mut s = BlockStream::new(&sh.upstream, target, obj, r.clone());
-        send_rest(t, &mut s, &mut out).await;
-    }
-    if out.keep_alive && t.write(Out::Bytes(closing.into_bytes())).await.is_err() {
-        out.keep_alive = false;
-    }
-    out
-}
-
-/// Blocks to fetch for an object not cached at all: from the block the client's range starts
-/// in, as many as it asks for (up to the upstream window).
-fn cold_window(specs: Option<&[Spec]>, bs: u64, head_only: bool) -> (u32, u32) {
-    if head_only {
-        return (0, 1);
-    }
-    match specs {
-        Some([Spec::FromTo(a, b)]) => ((a / bs) as u32, (b / bs - a / bs + 1) as u32),
-        Some([Spec::From(a)]) => ((a / bs) as u32, u32::MAX),
-        // A suffix needs the length first; several ranges start from the first one.
-        Some([Spec::Suffix(_)]) => (0, 1),
-        Some(specs) => match specs.iter().find_map(|s| match s {
-            Spec::FromTo(a, _) | Spec::From(a) => Some(*a),
-            Spec::Suffix(_) => None,
-        }) {
-            Some(a) => ((a / bs) as u32, 1),
-            None => (0, 1),
-        },
-        None => (0, u32::MAX),
     }
 }
 
@@ -488,9 +460,10 @@ fn freshness_headers(h: &mut Head, obj: &Object, now: u64) {
 }
 
 /// Answers a request that failed before its response head was sent: the one mapping from an
-/// [`Error`] to what the client gets (status, a one-line body naming the cause, and
-/// `Content-Range` with a 416).
+/// [`Error`] to what the client gets (status, a one-line body naming the cause, `Allow` with a
+/// 405, `Content-Range` with a 416; the connection closes after a 400, 405 or 508).
 pub(super) async fn error_reply<T: Transport>(t: &mut T, e: &Error, keep: bool) -> Outcome {
+    let keep = keep && !e.closes_connection();
     let extra = e.reply_headers();
     let extra: Vec<(&str, &str)> = extra.iter().map(|(k, v)| (*k, v.as_str())).collect();
     simple(t, e.status(), &e.message(), keep, &extra).await
