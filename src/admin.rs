@@ -10,11 +10,9 @@ use std::sync::Arc;
 use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant};
 
-use serde_json::json;
-
-use crate::http::response;
-use crate::metrics::Totals;
-use crate::server::Shared;
+use crate::http::response::{self, reply};
+use crate::serve::summary::summary;
+use crate::serve::{Services, Shared};
 
 /// Binds the admin listener and serves it on its own thread; returns the bound address.
 pub fn start(addr: SocketAddr, sh: Arc<Shared>) -> std::io::Result<SocketAddr> {
@@ -52,13 +50,17 @@ fn handle(mut s: TcpStream, sh: &Shared) -> std::io::Result<()> {
     let path = req.target.split('?').next().unwrap_or("");
     let (status, ctype, body) = match path {
         "/healthz" => (200, "text/plain; charset=utf-8", "ok\n".to_string()),
-        "/readyz" if sh.ready.load(Ordering::Relaxed) => {
+        "/readyz" if sh.lifecycle.ready.load(Ordering::Relaxed) => {
             (200, "text/plain; charset=utf-8", "ready\n".to_string())
         }
         "/readyz" => (503, "text/plain; charset=utf-8", "not ready\n".to_string()),
-        "/summary" => (200, "application/json", summary(sh)),
-        "/metrics" => (200, "text/plain; version=0.0.4; charset=utf-8", metrics(sh)),
-        "/stats" => (200, "text/plain; charset=utf-8", stats(sh)),
+        "/summary" => (200, "application/json", summary(&sh.services)),
+        "/metrics" => (
+            200,
+            "text/plain; version=0.0.4; charset=utf-8",
+            metrics(&sh.services),
+        ),
+        "/stats" => (200, "text/plain; charset=utf-8", stats(&sh.services)),
         _ => {
             s.write_all(&response::simple(404, "not found", false, &[]))?;
             return Ok(());
@@ -67,19 +69,7 @@ fn handle(mut s: TcpStream, sh: &Shared) -> std::io::Result<()> {
     s.write_all(&reply(status, ctype, &body))
 }
 
-/// A whole response with a body of the given type.
-pub fn reply(status: u16, ctype: &str, body: &str) -> Vec<u8> {
-    let mut h = response::Head::new(status);
-    h.header("Server", "gatecache")
-        .header("Content-Type", ctype)
-        .header("Content-Length", body.len())
-        .header("Cache-Control", "no-store");
-    let mut out = h.finish(false);
-    out.extend_from_slice(body.as_bytes());
-    out
-}
-
-fn stats(sh: &Shared) -> String {
+fn stats(sh: &Services) -> String {
     let s = &sh.upstream.stats;
     format!(
         "upstream_requests {}\nupstream_bytes {}\nupstream_errors {}\n",
@@ -89,72 +79,7 @@ fn stats(sh: &Shared) -> String {
     )
 }
 
-/// The original's four fields for a span of time.
-fn original(t: &Totals) -> serde_json::Value {
-    json!({
-        "hitBytes": t.hit_bytes,
-        "missBytes": t.miss_bytes,
-        "eggressBytes": t.egress(),
-        "hitRatioBytes": t.hit_ratio(),
-        "upstreamBytes": t.upstream_bytes,
-        "bytesSaved": t.egress().saturating_sub(t.upstream_bytes),
-        "requests": t.requests,
-    })
-}
-
-/// `/summary`: the lifetime figures at the top level under the original module's names
-/// (`eggressBytes` spelt as it spells it), the last 15-second period, and ours.
-pub fn summary(sh: &Shared) -> String {
-    let up = &sh.upstream;
-    let life = sh.metrics.totals(up.stats.bytes.load(Ordering::Relaxed));
-    let mut top = original(&life);
-    let cache = up.cache();
-    let (objects, blocks, filling) = cache.counts();
-    let drives: Vec<_> = cache
-        .store()
-        .drives()
-        .iter()
-        .map(|d| {
-            json!({
-                "path": d.path().display().to_string(),
-                "capacityBytes": d.capacity_bytes(),
-                "usedBytes": d.used_bytes(),
-            })
-        })
-        .collect();
-    let now = Instant::now();
-    let extra = json!({
-        "period": { "seconds": crate::metrics::PERIOD.as_secs(), "totals": original(&sh.metrics.last_period()) },
-        "cacheStatus": sh.metrics.by_status().into_iter()
-            .map(|(s, r, b)| (s.to_string(), json!({"requests": r, "bytes": b})))
-            .collect::<serde_json::Map<_, _>>(),
-        "origins": sh.metrics.origins().into_iter()
-            .map(|(o, c)| (o, json!({"requests": c.requests, "hitBytes": c.hit_bytes, "missBytes": c.miss_bytes})))
-            .collect::<serde_json::Map<_, _>>(),
-        "upstream": {
-            "requests": up.stats.requests.load(Ordering::Relaxed),
-            "bytes": up.stats.bytes.load(Ordering::Relaxed),
-            "errors": up.stats.errors.load(Ordering::Relaxed),
-            "fetchesRunning": up.stats.active.load(Ordering::Relaxed),
-            "fillsInFlight": filling,
-        },
-        "parents": up.parents.health(now).into_iter()
-            .map(|(a, ok)| json!({"address": a, "up": ok}))
-            .collect::<Vec<_>>(),
-        "storage": { "objects": objects, "blocks": blocks, "blockSize": cache.block_size(), "drives": drives },
-        "uptimeSeconds": sh.metrics.started.elapsed().as_secs(),
-        "node": sh.cfg.node_name,
-        "version": env!("CARGO_PKG_VERSION"),
-    });
-    if let (Some(t), serde_json::Value::Object(e)) = (top.as_object_mut(), extra) {
-        t.extend(e);
-    }
-    let mut s = serde_json::to_string_pretty(&top).unwrap_or_default();
-    s.push('\n');
-    s
-}
-
-fn metrics(sh: &Shared) -> String {
+fn metrics(sh: &Services) -> String {
     let up = &sh.upstream;
     let mut out = String::with_capacity(4096);
     sh.metrics.write_prometheus(&mut out);

@@ -10,6 +10,7 @@
 #![deny(clippy::undocumented_unsafe_blocks)]
 #![deny(unsafe_op_in_unsafe_fn)]
 
+pub mod access;
 pub mod admin;
 pub mod cache;
 pub mod config;

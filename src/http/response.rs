@@ -117,6 +117,18 @@ pub fn simple(status: u16, body: &str, keep_alive: bool, extra: &[(&str, &str)])
     out
 }
 
+/// A whole response with a body of the given type.
+pub fn reply(status: u16, ctype: &str, body: &str) -> Vec<u8> {
+    let mut h = Head::new(status);
+    h.header("Server", "gatecache")
+        .header("Content-Type", ctype)
+        .header("Content-Length", body.len())
+        .header("Cache-Control", "no-store");
+    let mut out = h.finish(false);
+    out.extend_from_slice(body.as_bytes());
+    out
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

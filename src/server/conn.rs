@@ -6,10 +6,10 @@ use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant};
 
 use super::Shared;
-use super::respond::{ANSWERED, respond};
-use super::transport::{Out, Transport};
 use crate::http::request::{self, HeadError};
 use crate::http::response;
+use crate::serve::respond::{ANSWERED, respond};
+use crate::serve::transport::{Out, Transport};
 
 /// Request bodies (allowed on GET by HTTP, never used by our clients) are skipped up to this.
 const MAX_SKIPPED_BODY: u64 = 64 * 1024;
@@ -23,7 +23,7 @@ pub async fn serve<T: Transport>(mut t: T, peer: std::net::SocketAddr, sh: Arc<S
     loop {
         // Answer every complete request already buffered (pipelining), in order.
         loop {
-            match request::parse(&buf, &sh.limits) {
+            match request::parse(&buf, &sh.services.limits) {
                 Ok(Some((req, n))) => {
                     buf.drain(..n);
                     head_started = None;
@@ -41,8 +41,13 @@ pub async fn serve<T: Transport>(mut t: T, peer: std::net::SocketAddr, sh: Arc<S
                         if !passed && req.body_len > MAX_SKIPPED_BODY {
                             keep = false;
                         } else {
-                            match read_body(&mut t, &mut buf, req.body_len, sh.cfg.head_timeout)
-                                .await
+                            match read_body(
+                                &mut t,
+                                &mut buf,
+                                req.body_len,
+                                sh.services.cfg.head_timeout,
+                            )
+                            .await
                             {
                                 Some((b, rest)) => {
                                     buf = rest;
@@ -56,22 +61,22 @@ pub async fn serve<T: Transport>(mut t: T, peer: std::net::SocketAddr, sh: Arc<S
                     }
                     // Stopping: a request that arrives now on a kept-alive connection is not
                     // started (the drain may already have seen zero); the client retries.
-                    if sh.draining.load(Ordering::Relaxed) {
+                    if sh.lifecycle.draining.load(Ordering::Relaxed) {
                         return t.shutdown();
                     }
                     let started = Instant::now();
-                    let guard = InFlight::enter(&sh.in_flight);
-                    let out = respond(&mut t, &req, body, &sh, keep).await;
+                    let guard = InFlight::enter(&sh.lifecycle.in_flight);
+                    let out = respond(&mut t, &req, body, &sh.services, keep).await;
                     drop(guard);
                     let took = started.elapsed();
-                    sh.metrics.record(
+                    sh.services.metrics.record(
                         out.origin.as_deref(),
                         out.status,
                         out.cache,
                         out.bytes,
                         took,
                     );
-                    sh.access.line(format_args!(
+                    sh.services.access.line(format_args!(
                         "{} \"{} {}\" {} {} {} {:.3} {:.3}",
                         peer.ip(),
                         req.method_name,
@@ -83,7 +88,7 @@ pub async fn serve<T: Transport>(mut t: T, peer: std::net::SocketAddr, sh: Arc<S
                         took.as_secs_f64()
                     ));
                     // Stopping: this connection's last response has gone out.
-                    if !out.keep_alive || sh.draining.load(Ordering::Relaxed) {
+                    if !out.keep_alive || sh.lifecycle.draining.load(Ordering::Relaxed) {
                         t.shutdown();
                         return;
                     }
@@ -91,9 +96,14 @@ pub async fn serve<T: Transport>(mut t: T, peer: std::net::SocketAddr, sh: Arc<S
                 Ok(None) => break,
                 Err(e) => {
                     bad_request(&mut t, &e).await;
-                    sh.metrics
-                        .record(None, e.status(), ANSWERED, 0, std::time::Duration::ZERO);
-                    sh.access.line(format_args!(
+                    sh.services.metrics.record(
+                        None,
+                        e.status(),
+                        ANSWERED,
+                        0,
+                        std::time::Duration::ZERO,
+                    );
+                    sh.services.access.line(format_args!(
                         "{} \"-\" {} 0 {} 0.000 0.000 {}",
                         peer.ip(),
                         e.status(),
@@ -108,11 +118,11 @@ pub async fn serve<T: Transport>(mut t: T, peer: std::net::SocketAddr, sh: Arc<S
             buf.reserve(8 * 1024);
         }
         let timeout = match head_started {
-            Some(t0) => sh.cfg.head_timeout.saturating_sub(t0.elapsed()),
-            None if buf.is_empty() => sh.cfg.idle_timeout,
+            Some(t0) => sh.services.cfg.head_timeout.saturating_sub(t0.elapsed()),
+            None if buf.is_empty() => sh.services.cfg.idle_timeout,
             None => {
                 head_started = Some(Instant::now());
-                sh.cfg.head_timeout
+                sh.services.cfg.head_timeout
             }
         };
         match tokio::time::timeout(timeout, t.read(buf)).await {

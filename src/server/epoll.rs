@@ -7,7 +7,7 @@ use std::io::{self, IoSlice};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 
-use super::transport::{Out, Transport};
+use crate::serve::transport::{Out, Transport};
 
 pub struct EpollConn {
     stream: TcpStream,

@@ -1,13 +1,8 @@
 //! The server: one worker thread per core, each with its own runtime and SO_REUSEPORT listener,
 //! on io_uring (tokio-uring) or, where that is not allowed, epoll (tokio).
 
-pub mod access;
 pub mod conn;
 pub mod epoll;
-pub mod pass;
-pub mod respond;
-pub mod stream;
-pub mod transport;
 pub mod uring;
 
 use std::net::{SocketAddr, TcpListener};
@@ -18,20 +13,8 @@ use crate::config::{Config, IoBackend};
 use crate::http::request::Limits;
 use crate::upstream::Upstream;
 
-/// What every connection of every worker shares.
-pub struct Shared {
-    pub cfg: Config,
-    pub upstream: Arc<Upstream>,
-    pub limits: Limits,
-    pub metrics: crate::metrics::Metrics,
-    pub access: access::AccessLog,
-    /// Storage recovered and listeners up (`/readyz`).
-    pub ready: std::sync::atomic::AtomicBool,
-    /// Stopping: accept nothing more, close connections once their response is sent.
-    pub draining: std::sync::atomic::AtomicBool,
-    /// Responses being produced right now.
-    pub in_flight: std::sync::atomic::AtomicUsize,
-}
+pub use crate::serve::Shared;
+use crate::serve::{Lifecycle, Services};
 
 /// The backend that will run, and why.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -93,19 +76,19 @@ pub fn run(cfg: Config) -> Result<(), String> {
         .map(|_| listener(cfg.listen))
         .collect::<Result<Vec<_>, _>>()
         .map_err(|e| format!("listen {}: {e}", cfg.listen))?;
-    let access = access::AccessLog::from_setting(&cfg.access_log)
+    let access = crate::access::AccessLog::from_setting(&cfg.access_log)
         .map_err(|e| format!("access_log {}: {e}", cfg.access_log))?;
     let shared = Arc::new(Shared {
-        cfg,
-        upstream,
-        limits: Limits::default(),
-        metrics: Default::default(),
-        access,
-        ready: Default::default(),
-        draining: Default::default(),
-        in_flight: Default::default(),
+        services: Services {
+            cfg,
+            upstream,
+            limits: Limits::default(),
+            metrics: Default::default(),
+            access,
+        },
+        lifecycle: Lifecycle::default(),
     });
-    let cfg = &shared.cfg;
+    let cfg = &shared.services.cfg;
     let admin = crate::admin::start(cfg.admin_listen, shared.clone())
         .map_err(|e| format!("admin_listen {}: {e}", cfg.admin_listen))?;
     log::info!(
@@ -148,6 +131,7 @@ pub fn run(cfg: Config) -> Result<(), String> {
             .map_err(|e| format!("spawn worker: {e}"))?;
     }
     shared
+        .lifecycle
         .ready
         .store(true, std::sync::atomic::Ordering::Relaxed);
     notify(&[sd_notify::NotifyState::Ready]);
@@ -155,41 +139,50 @@ pub fn run(cfg: Config) -> Result<(), String> {
     for sig in signals.forever() {
         if sig == signal_hook::consts::SIGHUP {
             log::info!("SIGHUP: reopening the access log");
-            shared.access.reopen();
+            shared.services.access.reopen();
             continue;
         }
         log::info!(
             "signal {sig}: no new connections; finishing responses (up to {:?}), fetches and \
              flushes, then exiting",
-            shared.cfg.shutdown_grace
+            shared.services.cfg.shutdown_grace
         );
         notify(&[sd_notify::NotifyState::Stopping]);
         shared
+            .lifecycle
             .ready
             .store(false, std::sync::atomic::Ordering::Relaxed);
         shared
+            .lifecycle
             .draining
             .store(true, std::sync::atomic::Ordering::Relaxed);
         for l in &stoppers {
             let _ = socket2::SockRef::from(l).shutdown(std::net::Shutdown::Read);
         }
-        let until = std::time::Instant::now() + shared.cfg.shutdown_grace;
-        while shared.in_flight.load(std::sync::atomic::Ordering::Relaxed) > 0
+        let until = std::time::Instant::now() + shared.services.cfg.shutdown_grace;
+        while shared
+            .lifecycle
+            .in_flight
+            .load(std::sync::atomic::Ordering::Relaxed)
+            > 0
             && std::time::Instant::now() < until
         {
             std::thread::sleep(std::time::Duration::from_millis(20));
         }
-        let left = shared.in_flight.load(std::sync::atomic::Ordering::Relaxed);
+        let left = shared
+            .lifecycle
+            .in_flight
+            .load(std::sync::atomic::Ordering::Relaxed);
         if left > 0 {
             log::warn!("{left} responses still running at the deadline; they are cut");
         }
         let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
-        let quiet = shared.upstream.quiesce(deadline);
+        let quiet = shared.services.upstream.quiesce(deadline);
         let left = deadline.saturating_duration_since(std::time::Instant::now());
-        if !quiet || !shared.upstream.cache().flush_within(left) {
+        if !quiet || !shared.services.upstream.cache().flush_within(left) {
             log::warn!("fetches still running after 10 s; exiting without their blocks");
         }
-        shared.access.flush();
+        shared.services.access.flush();
         break;
     }
     Ok(())
@@ -212,15 +205,16 @@ fn housekeeping(sh: Arc<Shared>) -> Result<(), String> {
             let mut next_period = std::time::Instant::now() + crate::metrics::PERIOD;
             loop {
                 std::thread::sleep(std::time::Duration::from_secs(1));
-                sh.access.flush();
+                sh.services.access.flush();
                 if std::time::Instant::now() >= next_period {
                     next_period += crate::metrics::PERIOD;
                     let up = sh
+                        .services
                         .upstream
                         .stats
                         .bytes
                         .load(std::sync::atomic::Ordering::Relaxed);
-                    sh.metrics.tick(up);
+                    sh.services.metrics.tick(up);
                 }
             }
         })
@@ -236,7 +230,12 @@ fn run_uring(l: TcpListener, sh: Arc<Shared>) -> Result<(), String> {
                 Ok((s, peer)) => {
                     tokio_uring::spawn(conn::serve(uring::UringConn::new(s), peer, sh.clone()));
                 }
-                Err(_) if sh.draining.load(std::sync::atomic::Ordering::Relaxed) => {
+                Err(_)
+                    if sh
+                        .lifecycle
+                        .draining
+                        .load(std::sync::atomic::Ordering::Relaxed) =>
+                {
                     // Keep the runtime (and the connections on it) until the process ends.
                     std::future::pending::<()>().await;
                 }
@@ -266,7 +265,12 @@ fn run_epoll(l: TcpListener, sh: Arc<Shared>) -> Result<(), String> {
                         sh.clone(),
                     ));
                 }
-                Err(_) if sh.draining.load(std::sync::atomic::Ordering::Relaxed) => {
+                Err(_)
+                    if sh
+                        .lifecycle
+                        .draining
+                        .load(std::sync::atomic::Ordering::Relaxed) =>
+                {
                     std::future::pending::<()>().await;
                 }
                 Err(e) => {

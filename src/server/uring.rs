@@ -6,7 +6,7 @@ use std::net::Shutdown;
 use tokio_uring::buf::IoBuf;
 use tokio_uring::net::TcpStream;
 
-use super::transport::{Out, Transport};
+use crate::serve::transport::{Out, Transport};
 use crate::store::SlotBuf;
 
 pub struct UringConn {

@@ -2,7 +2,7 @@
 //! then its body, with our own framing (the length when known, else chunked, or close for
 //! HTTP/1.0). Nothing of it is stored.
 
-use super::Shared;
+use super::Services;
 use super::respond::{Outcome, error_reply};
 use super::transport::{Out, Transport};
 use crate::error::{Error, Kind};
@@ -36,7 +36,7 @@ fn forwarded(req: &Request) -> Vec<(&'static str, String)> {
 /// successful unsafe method drops what is stored for the target (RFC 9111 §4.4).
 pub async fn relay<T: Transport>(
     t: &mut T,
-    sh: &Shared,
+    sh: &Services,
     req: &Request,
     target: Target,
     body: Vec<u8>,

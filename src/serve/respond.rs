@@ -3,7 +3,7 @@
 
 use std::ops::Range;
 
-use super::Shared;
+use super::Services;
 use super::pass;
 use super::stream::BlockStream;
 use super::transport::{Out, Transport};
@@ -31,7 +31,7 @@ pub struct Outcome {
 }
 
 impl Outcome {
-    pub(super) fn new(status: u16, keep_alive: bool, cache: CacheStatus) -> Outcome {
+    pub(crate) fn new(status: u16, keep_alive: bool, cache: CacheStatus) -> Outcome {
         Outcome {
             keep_alive,
             status,
@@ -44,7 +44,7 @@ impl Outcome {
 }
 
 /// What the cache answers by itself (refusals, errors, the summary).
-pub(super) const ANSWERED: CacheStatus = CacheStatus::Bypass(BypassReason::Answered);
+pub(crate) const ANSWERED: CacheStatus = CacheStatus::Bypass(BypassReason::Answered);
 const NOT_STORABLE: BypassReason = BypassReason::NotStorable;
 
 async fn simple<T: Transport>(
@@ -65,15 +65,15 @@ pub async fn respond<T: Transport>(
     t: &mut T,
     req: &Request,
     body: Vec<u8>,
-    sh: &Shared,
+    sh: &Services,
     keep: bool,
 ) -> Outcome {
     let target = match plan::admit(req, &sh.cfg) {
         Ok(target) => target,
         Err(Early::Summary) => {
             // The original module's summary, open to anyone when the operator says so.
-            let body = crate::admin::summary(sh);
-            let out = crate::admin::reply(200, "application/json", &body);
+            let body = super::summary::summary(sh);
+            let out = response::reply(200, "application/json", &body);
             let _ = t.write(Out::Bytes(out)).await;
             return Outcome::new(200, false, ANSWERED);
         }
@@ -103,7 +103,7 @@ pub async fn respond<T: Transport>(
 struct Exchange<'a, T: Transport> {
     t: &'a mut T,
     req: &'a Request,
-    sh: &'a Shared,
+    sh: &'a Services,
     keep: bool,
     target: Target,
     now: u64,
@@ -334,7 +334,7 @@ impl Parts {
 /// part's prefix and blocks, then the trailer. Failures after the head cut the connection.
 async fn send_parts<T: Transport>(
     t: &mut T,
-    sh: &Shared,
+    sh: &Services,
     target: &Target,
     obj: &Object,
     head: Vec<u8>,
@@ -406,7 +406,7 @@ async fn send_rest<T: Transport>(t: &mut T, stream: &mut BlockStream<'_>, out: &
     }
 }
 
-fn cache_status_for(sh: &Shared, target: &Target, ranges: &[Range<u64>], bs: u64) -> CacheStatus {
+fn cache_status_for(sh: &Services, target: &Target, ranges: &[Range<u64>], bs: u64) -> CacheStatus {
     let (mut all, mut any) = (true, false);
     for r in ranges.iter().filter(|r| !r.is_empty()) {
         let blocks = (r.start / bs) as u32..((r.end - 1) / bs) as u32 + 1;
@@ -462,7 +462,7 @@ fn freshness_headers(h: &mut Head, obj: &Object, now: u64) {
 /// Answers a request that failed before its response head was sent: the one mapping from an
 /// [`Error`] to what the client gets (status, a one-line body naming the cause, `Allow` with a
 /// 405, `Content-Range` with a 416; the connection closes after a 400, 405 or 508).
-pub(super) async fn error_reply<T: Transport>(t: &mut T, e: &Error, keep: bool) -> Outcome {
+pub(crate) async fn error_reply<T: Transport>(t: &mut T, e: &Error, keep: bool) -> Outcome {
     let keep = keep && !e.closes_connection();
     let extra = e.reply_headers();
     let extra: Vec<(&str, &str)> = extra.iter().map(|(k, v)| (*k, v.as_str())).collect();
