@@ -1,5 +1,16 @@
-//! Configuration: the TOML file (or embedded defaults), then flags, validated once into a
-//! typed [`Config`]. Every rejected value names its key, the value and what is allowed.
+//! Configuration: the TOML file (or embedded defaults), then the environment and the flags,
+//! in three steps:
+//!
+//! 1. [`RawConfig`]: the file as written ([`RawConfig::from_toml`]), with the original
+//!    module's environment over it ([`RawConfig::apply_env`]).
+//! 2. [`RawConfig::validate`]: one function per section (general, storage, origins, routes,
+//!    rules, upstream), each from its raw keys to its typed value, composed into a [`Config`].
+//!    Pure: no file is read. The storage rules are the store's own ([`StoreConfig::validate`]).
+//! 3. [`Config::load_resources`]: reads what validation only names (the `upstream.ca_file`
+//!    certificates, the host name for a default `node_name`).
+//!
+//! Every rejected value names its key (or environment variable), the value and what is allowed.
+#![warn(missing_docs)]
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
@@ -8,21 +19,36 @@ use std::time::Duration;
 use serde::Deserialize;
 
 use crate::http::authority::{self, Authority, Host};
-use crate::store::{DriveConfig, StoreConfig};
+use crate::store::{DriveConfig, StoreConfig, StoreConfigError};
 
-/// The file as written, before validation.
+/// The file as written, before validation. Every key is optional; [`RawConfig::validate`]
+/// fills in the defaults named here.
 #[derive(Debug, Deserialize, Default)]
 #[serde(deny_unknown_fields, default)]
 pub struct RawConfig {
+    /// The client listener, `address:port` (default `0.0.0.0:80`).
     pub listen: Option<String>,
+    /// The admin listener (`/summary`, `/metrics`, `/healthz`, `/readyz`), `address:port`
+    /// (default `127.0.0.1:9180`).
     pub admin_listen: Option<String>,
+    /// Serving threads, 0 to 1024 (default and 0: one per core).
     pub workers: Option<usize>,
+    /// The socket backend: `auto` (default: io_uring when the kernel allows it), `uring` or
+    /// `epoll`.
     pub io_backend: Option<String>,
+    /// The store's block size, a size such as `1MiB` (default): a power of two from 64KiB to
+    /// 16MiB.
     pub block_size: Option<String>,
+    /// Size of each slab file, a size (default `1GiB`): at least one block and its headers.
     pub slab_size: Option<String>,
+    /// msync each block before its header is written (default true).
     pub sync_data: Option<bool>,
+    /// How long a client may take to send a whole request head, a duration (default `10s`).
     pub head_timeout: Option<String>,
+    /// How long an idle keep-alive connection is kept, a duration (default `60s`).
     pub idle_timeout: Option<String>,
+    /// This node's name in `Via` (loop detection): one token, no spaces or commas (default:
+    /// host name and listen port, read by [`Config::load_resources`]).
     pub node_name: Option<String>,
     /// Where the access log goes: "stderr" (default, with the service log), "stdout", "off",
     /// or a file path (reopened on SIGHUP).
@@ -30,12 +56,19 @@ pub struct RawConfig {
     /// Serve `/summary` on the client listener too, to anyone (the original's
     /// IS_SUMMARY_ACCESS_UNRESTRICTED).
     pub summary_unrestricted: Option<bool>,
-    /// On SIGTERM, how long responses in progress may take to finish.
+    /// On SIGTERM, how long responses in progress may take to finish, a duration up to `2m`
+    /// (default `10s`).
     pub shutdown_grace: Option<String>,
+    /// `[[storage]]`: the cache directories (default: 2 GiB in `./gatecache-cache`).
     pub storage: Vec<RawStorage>,
+    /// `[[origin]]`: the hosts that may be fetched (default: the Device Update and Windows
+    /// Update hosts, [`DEFAULT_ORIGINS`], when neither origins nor routes are given).
     pub origin: Vec<RawOrigin>,
+    /// `[[route]]`: path prefixes served from a fixed origin (reverse-proxy mode).
     pub route: Vec<RawRoute>,
+    /// `[[rule]]`: freshness overrides by path.
     pub rule: Vec<RawRule>,
+    /// `[upstream]`: parents, proxy, trust and limits of the fetching side.
     pub upstream: RawUpstream,
     /// The parents came from `UPSTREAM_HOST`: errors name that variable.
     #[serde(skip)]
@@ -53,28 +86,40 @@ pub struct RawConfig {
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct RawRule {
+    /// The path pattern (no query), starting with `/` or `*`.
     pub path: String,
     /// Only for this origin host pattern (default: every origin).
     pub host: Option<String>,
+    /// The content never changes: fresh forever, never revalidated.
     pub immutable: Option<bool>,
+    /// Fresh for this long, a duration, whatever the origin says. A rule needs `immutable`
+    /// or `max_age`.
     pub max_age: Option<String>,
 }
 
+/// One `[[storage]]` entry: a cache directory and its budget.
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct RawStorage {
+    /// The directory (created if missing); not empty, listed once.
     pub path: PathBuf,
+    /// Its budget, a size such as `20GiB`: at least 4 blocks.
     pub size: String,
 }
 
+/// One `[[origin]]` entry: a host (or host pattern) that may be fetched.
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct RawOrigin {
     /// `name`, `*.suffix` or an address, with an optional `:port` (where a request that names
     /// no port is fetched; the scheme's default otherwise).
     pub host: String,
+    /// A name shared by mirrors of the same content: it replaces the host in cache keys.
     pub canonical: Option<String>,
+    /// Fetch from this `address:port` whatever DNS says (the host is still named in the
+    /// request and, for https, in SNI and the certificate check).
     pub connect: Option<String>,
+    /// `http` (default) or `https`, towards the origin.
     pub scheme: Option<String>,
     /// Other ports a request may name for this origin (default: none besides `host`'s).
     pub ports: Option<Vec<i64>>,
@@ -86,13 +131,17 @@ pub struct RawOrigin {
     pub immutable: Option<bool>,
 }
 
+/// One `[[route]]` entry: requests under `prefix` go to `origin`.
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct RawRoute {
+    /// The path prefix: normalised, starting and ending with `/`.
     pub prefix: String,
+    /// `http[s]://host[:port][/path/]`: where `prefix` maps to (the path ends with `/`).
     pub origin: String,
 }
 
+/// The `[upstream]` table as written.
 #[derive(Debug, Deserialize, Default)]
 #[serde(deny_unknown_fields, default)]
 pub struct RawUpstream {
@@ -108,16 +157,25 @@ pub struct RawUpstream {
     /// PEM file of extra CA certificates trusted for https origins (private mirrors), on top
     /// of the system's.
     pub ca_file: Option<PathBuf>,
+    /// Bytes asked for per upstream request when filling a cold object, a size (default
+    /// `64MiB`): at least one block.
     pub window: Option<String>,
+    /// Upstream fetcher threads, 1 to 4096 (default 8 per worker, at least 16).
     pub fetchers: Option<usize>,
+    /// Time to connect upstream, a duration (default `5s`).
     pub connect_timeout: Option<String>,
+    /// How often the upstream must send something, a duration (default `15s`).
     pub read_timeout: Option<String>,
 }
 
+/// The socket backend (`io_backend`).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum IoBackend {
+    /// io_uring when the kernel allows it, else epoll.
     Auto,
+    /// io_uring only.
     Uring,
+    /// epoll only.
     Epoll,
 }
 
@@ -133,10 +191,15 @@ pub struct Origin {
     /// Further ports a request may name (RFC 3986 §3.2.3); any other is refused with a 403.
     /// Ignored with `connect`, which fixes the address whatever the request names.
     pub ports: Vec<u16>,
+    /// The name that replaces the host in cache keys (mirrors sharing objects).
     pub canonical: Option<String>,
+    /// The address fetched whatever DNS says.
     pub connect: Option<SocketAddr>,
+    /// Fetched over https.
     pub https: bool,
+    /// The query string is part of the cache key.
     pub key_query: bool,
+    /// Content never changes at a given URL: fresh forever, never revalidated.
     pub immutable: bool,
     /// DNS answers for this origin that are not public addresses are refused (a name that an
     /// attacker's DNS points at 127.0.0.1 or 169.254.169.254 reaches nothing).
@@ -146,8 +209,11 @@ pub struct Origin {
 /// A validated `[[rule]]`.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Rule {
+    /// The path pattern (`*` matches any run of characters), starting with `/` or `*`.
     pub path: String,
+    /// Only for origins matching this host pattern (lower case, no port); `None`: all.
     pub host: Option<String>,
+    /// The freshness it imposes.
     pub fresh: crate::http::freshness::Rule,
 }
 
@@ -206,53 +272,82 @@ impl Origin {
 /// A path prefix served from a fixed origin (reverse-proxy mode).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Route {
+    /// The path prefix, normalised, starting and ending with `/`.
     pub prefix: String,
     /// The origin's authority, its port spelled out.
     pub authority: Authority,
     /// Origin host, with the port when not the scheme's default: `origin.test` or
     /// `origin.test:8080`.
     pub host: String,
+    /// The origin is fetched over https.
     pub https: bool,
     /// Path on the origin that `prefix` maps to.
     pub path: String,
 }
 
+/// The validated `[upstream]` table.
 #[derive(Debug, Clone)]
 pub struct Upstream {
     /// Parent caches as `host:port`, in order of preference.
     pub parents: Vec<String>,
+    /// Go to the origin itself when every parent is down.
     pub direct_fallback: bool,
+    /// How long a failing parent is skipped.
     pub parent_backoff: Duration,
     /// `host:port` of the outbound proxy.
     pub proxy: Option<String>,
+    /// PEM file of extra CA certificates, as configured (read by [`Config::load_resources`]).
     pub ca_file: Option<PathBuf>,
-    /// DER certificates from `ca_file`.
+    /// DER certificates from `ca_file`: empty until [`Config::load_resources`] has read it.
     pub ca_certs: Vec<Vec<u8>>,
+    /// Bytes asked for per upstream request when filling a cold object (at least one block).
     pub window: u64,
+    /// Upstream fetcher threads, 1 to 4096.
     pub fetchers: usize,
+    /// Time to connect upstream.
     pub connect_timeout: Duration,
+    /// How often the upstream must send something.
     pub read_timeout: Duration,
 }
 
+/// The validated configuration: every key typed and defaulted. From [`RawConfig::validate`]
+/// (pure), then [`Config::load_resources`] (reads the CA file and the host name) before it
+/// serves.
 #[derive(Debug, Clone)]
 pub struct Config {
+    /// The client listener.
     pub listen: SocketAddr,
+    /// The admin listener.
     pub admin_listen: SocketAddr,
+    /// Serving threads, 1 to 1024.
     pub workers: usize,
     /// How long a client may take to send a whole request head.
     pub head_timeout: Duration,
     /// How long an idle keep-alive connection is kept.
     pub idle_timeout: Duration,
+    /// The socket backend.
     pub io_backend: IoBackend,
-    /// This node's name in `Via` headers (loop detection): `node_name`, or host name and port.
+    /// This node's name in `Via` headers (loop detection): `node_name`, or host name and port
+    /// (`gatecache:<port>` until [`Config::load_resources`] has read the host name).
     pub node_name: String,
+    /// `node_name` was not configured: [`Config::load_resources`] names this node after the
+    /// machine's host name.
+    pub node_name_from_host: bool,
+    /// `stderr`, `stdout`, `off` or an absolute file path.
     pub access_log: String,
+    /// `/summary` is served on the client listener too.
     pub summary_unrestricted: bool,
+    /// On SIGTERM, how long responses in progress may take to finish (at most 2 minutes).
     pub shutdown_grace: Duration,
+    /// The store: drives, block and slab size, checked by [`StoreConfig::validate`].
     pub store: StoreConfig,
+    /// The allowed origins: the built-in ones, or the file's and the environment's.
     pub origins: Vec<Origin>,
+    /// The routes, longest prefix first.
     pub routes: Vec<Route>,
+    /// The freshness rules, in the file's order (the first match wins).
     pub rules: Vec<Rule>,
+    /// The upstream side.
     pub upstream: Upstream,
 }
 
@@ -403,8 +498,12 @@ impl Config {
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]
 #[error("config: {key} = {value:?}: {reason}")]
 pub struct ConfigError {
+    /// The key (`storage[1].path`, `upstream.ca_file`), the environment variable
+    /// (`UPSTREAM_HOST`), or `file` for a file that is not valid TOML.
     pub key: String,
+    /// The value as written (empty when there is none to show).
     pub value: String,
+    /// What is allowed, or why the value could not be used.
     pub reason: String,
 }
 
@@ -669,6 +768,13 @@ impl RawConfig {
         Ok(())
     }
 
+    /// Parses the TOML file's text. Nothing is checked beyond the shape (unknown keys and
+    /// wrong types are refused).
+    ///
+    /// # Errors
+    ///
+    /// Text that is not TOML of this shape: a [`ConfigError`] with key `file`, the reason
+    /// and the byte span.
     pub fn from_toml(text: &str) -> Result<RawConfig, ConfigError> {
         toml::from_str(text).map_err(|e| {
             let span = e
@@ -679,358 +785,543 @@ impl RawConfig {
         })
     }
 
-    /// Validates into a [`Config`]; the first bad value stops it.
+    /// Validates into a [`Config`], one section at a time (general, storage, origins,
+    /// routes, rules, upstream); the first bad value stops it.
+    ///
+    /// Pure: no file is read. `upstream.ca_file` is kept as a path (`upstream.ca_certs` stays
+    /// empty) and a default `node_name` is `gatecache:<port>` until
+    /// [`Config::load_resources`] reads them. (The default `workers` asks the system how many
+    /// cores this process may use.)
+    ///
+    /// # Errors
+    ///
+    /// The first bad value, as a [`ConfigError`] naming its key or environment variable.
     pub fn validate(self) -> Result<Config, ConfigError> {
-        let addr =
-            |key: &str, v: Option<String>, default: &str| -> Result<SocketAddr, ConfigError> {
-                let v = v.unwrap_or_else(|| default.to_string());
-                v.parse()
-                    .map_err(|_| bad(key, v.clone(), "must be an address:port such as 0.0.0.0:80"))
-            };
-        let listen = addr("listen", self.listen, "0.0.0.0:80")?;
-        let admin_listen = addr("admin_listen", self.admin_listen, "127.0.0.1:9180")?;
-        let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
-        let workers = match self.workers {
-            None | Some(0) => cores,
-            Some(n) if n <= 1024 => n,
-            Some(n) => {
-                return Err(bad(
-                    "workers",
-                    n.to_string(),
-                    "must be 0 (one per core) to 1024",
-                ));
-            }
-        };
-        let io_backend = match self.io_backend.as_deref() {
-            None | Some("auto") => IoBackend::Auto,
-            Some("uring") => IoBackend::Uring,
-            Some("epoll") => IoBackend::Epoll,
-            Some(v) => return Err(bad("io_backend", v, "must be auto, uring or epoll")),
-        };
-        let size = |key: &str, v: &str| parse_size(v).map_err(|r| bad(key, v, r));
-        let block_size = match &self.block_size {
-            None => 1 << 20,
-            Some(v) => {
-                let n = size("block_size", v)?;
-                if !n.is_power_of_two() || !(64 * 1024..=16 << 20).contains(&n) {
-                    return Err(bad(
-                        "block_size",
-                        v,
-                        "must be a power of two from 64KiB to 16MiB",
-                    ));
-                }
-                n as u32
-            }
-        };
-        let mut drives = Vec::new();
-        if self.storage.is_empty() {
-            drives.push(DriveConfig {
-                path: PathBuf::from("gatecache-cache"),
-                size: 2 << 30,
-            });
-        }
-        for (i, s) in self.storage.iter().enumerate() {
-            let key = format!("storage[{i}].size");
-            let n = size(&key, &s.size)?;
-            if n < 4 * (u64::from(block_size) + 4096) {
-                return Err(bad(key, &s.size, "must hold at least 4 blocks"));
-            }
-            if s.path.as_os_str().is_empty() {
-                return Err(bad(format!("storage[{i}].path"), "", "must not be empty"));
-            }
-            if drives.iter().any(|d: &DriveConfig| d.path == s.path) {
-                return Err(bad(
-                    format!("storage[{i}].path"),
-                    s.path.display().to_string(),
-                    "listed twice",
-                ));
-            }
-            drives.push(DriveConfig {
-                path: s.path.clone(),
-                size: n,
-            });
-        }
-        let mut store = StoreConfig::new(drives);
-        store.block_size = block_size;
-        if let Some(v) = &self.slab_size {
-            store.slab_size = size("slab_size", v)?;
-            if store.slab_size < u64::from(block_size) * 2 {
-                return Err(bad("slab_size", v, "must hold at least one block"));
-            }
-        }
-        if let Some(s) = self.sync_data {
-            store.sync_data = s;
-        }
-        let mut origins = Vec::new();
-        if self.origin.len() == self.env_origins && self.route.is_empty() {
-            origins.extend(DEFAULT_ORIGINS.iter().map(|h| Origin {
-                host: h.to_string(),
-                port: 80,
-                ports: Vec::new(),
-                canonical: None,
-                connect: None,
-                https: false,
-                key_query: true,
-                // Device Update and Windows Update files are named by their content.
-                immutable: true,
-                // Public CDNs: an answer pointing inside the network is not theirs.
-                deny_private: true,
-            }));
-        }
-        for (i, o) in self.origin.into_iter().enumerate() {
-            let (host, port) = host_pattern(&format!("origin[{i}].host"), o.host.trim())?;
-            let https = scheme_https(&format!("origin[{i}].scheme"), o.scheme.as_deref())?;
-            let mut ports = Vec::new();
-            for (j, p) in o.ports.iter().flatten().enumerate() {
-                match u16::try_from(*p) {
-                    Ok(p) if p > 0 => ports.push(p),
-                    _ => {
-                        return Err(bad(
-                            format!("origin[{i}].ports[{j}]"),
-                            p.to_string(),
-                            "must be 1 to 65535",
-                        ));
-                    }
-                }
-            }
-            let connect = match o.connect {
-                None => None,
-                Some(c) => Some(
-                    c.parse::<SocketAddr>()
-                        .ok()
-                        .filter(|a| a.port() != 0)
-                        .ok_or_else(|| {
-                            bad(
-                                format!("origin[{i}].connect"),
-                                c.clone(),
-                                "must be an address:port such as 127.0.0.1:9000 (port 1-65535)",
-                            )
-                        })?,
-                ),
-            };
-            let canonical = match &o.canonical {
-                Some(c) => Some(name_ok(&format!("origin[{i}].canonical"), c)?),
-                None => None,
-            };
-            origins.push(Origin {
-                host,
-                port: port.unwrap_or(authority::default_port(https)),
-                ports,
-                canonical,
-                connect,
-                https,
-                key_query: o.key_query.unwrap_or(true),
-                immutable: o.immutable.unwrap_or(false),
-                deny_private: o.deny_private.unwrap_or(false),
-            });
-        }
-        let mut routes = Vec::new();
-        for (i, r) in self.route.into_iter().enumerate() {
-            if !r.prefix.starts_with('/') {
-                return Err(bad(
-                    format!("route[{i}].prefix"),
-                    r.prefix,
-                    "must start with /",
-                ));
-            }
-            let (https, authority, path) =
-                parse_origin_url(&format!("route[{i}].origin"), &r.origin)?;
-            if !routed_path_ok(&r.prefix) {
-                return Err(bad(
-                    format!("route[{i}].prefix"),
-                    r.prefix,
-                    "must be plain ASCII, normalised (no '.' or '..' segments), end with '/', \
-                     and have no query or fragment",
-                ));
-            }
-            routes.push(Route {
-                prefix: r.prefix,
-                host: authority.for_scheme(authority::default_port(https)),
-                authority,
-                https,
-                path,
-            });
-        }
-        // Longest prefix first, so /debian/security/ wins over /debian/.
-        routes.sort_by_key(|r| std::cmp::Reverse(r.prefix.len()));
-        let mut rules = Vec::new();
-        for (i, r) in self.rule.into_iter().enumerate() {
-            if !r.path.starts_with('/') && !r.path.starts_with('*') {
-                return Err(bad(
-                    format!("rule[{i}].path"),
-                    r.path,
-                    "must start with / or *",
-                ));
-            }
-            let host = match &r.host {
-                Some(h) => match host_pattern(&format!("rule[{i}].host"), h)? {
-                    (p, None) => Some(p),
-                    (_, Some(_)) => {
-                        return Err(bad(format!("rule[{i}].host"), h, "takes no port"));
-                    }
-                },
-                None => None,
-            };
-            let max_age = match &r.max_age {
-                None => None,
-                Some(v) => Some(
-                    parse_duration(v)
-                        .map_err(|e| bad(format!("rule[{i}].max_age"), v, e))?
-                        .as_secs(),
-                ),
-            };
-            if r.immutable.is_none() && max_age.is_none() {
-                return Err(bad(
-                    format!("rule[{i}]"),
-                    &r.path,
-                    "needs immutable = true/false or max_age",
-                ));
-            }
-            rules.push(Rule {
-                path: r.path,
-                host,
-                fresh: crate::http::freshness::Rule {
-                    immutable: r.immutable.unwrap_or(false),
-                    max_age,
-                },
-            });
-        }
-        let u = self.upstream;
-        let proxy = match &u.proxy {
-            None => None,
-            Some(p) => {
-                let key = if self.proxy_from_env {
-                    "UPSTREAM_PROXY"
-                } else {
-                    "upstream.proxy"
-                };
-                Some(authority(key, p, 80)?)
-            }
-        };
-        let ca_certs = match &u.ca_file {
-            None => Vec::new(),
-            Some(path) => load_ca_file(path)?,
-        };
-        let mut parents = Vec::new();
-        for (i, p) in u.parents.iter().enumerate() {
-            let key = if self.parents_from_env {
-                "UPSTREAM_HOST".to_string()
-            } else {
-                format!("upstream.parents[{i}]")
-            };
-            parents.push(authority(&key, p, 80)?);
-        }
-        let window = match &u.window {
-            None => 64 << 20,
-            Some(v) => {
-                let n = size("upstream.window", v)?;
-                if n < u64::from(block_size) {
-                    return Err(bad("upstream.window", v, "must be at least one block"));
-                }
-                n
-            }
-        };
-        let fetchers = match u.fetchers {
-            None => (workers * 8).max(16),
-            Some(n) if (1..=4096).contains(&n) => n,
-            Some(n) => return Err(bad("upstream.fetchers", n.to_string(), "must be 1 to 4096")),
-        };
-        let dur = |key: &str, v: &Option<String>, default: Duration| match v {
-            None => Ok(default),
-            Some(v) => match parse_duration(v) {
-                Ok(d) if d.is_zero() => Err(bad(key, v, "must be more than zero")),
-                Ok(d) => Ok(d),
-                Err(r) => Err(bad(key, v, r)),
+        let general = general_section(RawGeneral {
+            listen: self.listen,
+            admin_listen: self.admin_listen,
+            workers: self.workers,
+            io_backend: self.io_backend,
+            head_timeout: self.head_timeout,
+            idle_timeout: self.idle_timeout,
+            node_name: self.node_name,
+            access_log: self.access_log,
+            summary_unrestricted: self.summary_unrestricted,
+            shutdown_grace: self.shutdown_grace,
+        })?;
+        let store = storage_section(RawStore {
+            block_size: self.block_size,
+            slab_size: self.slab_size,
+            sync_data: self.sync_data,
+            drives: self.storage,
+        })?;
+        let builtin_origins = self.origin.len() == self.env_origins && self.route.is_empty();
+        let origins = origin_section(self.origin, builtin_origins)?;
+        let routes = route_section(self.route)?;
+        let rules = rule_section(self.rule)?;
+        let upstream = upstream_section(
+            self.upstream,
+            &UpstreamContext {
+                parents_from_env: self.parents_from_env,
+                proxy_from_env: self.proxy_from_env,
+                workers: general.workers,
+                block_size: store.block_size,
             },
-        };
-        let node_name = match self.node_name {
-            Some(n) if !n.is_empty() && n.bytes().all(|b| b.is_ascii_graphic() && b != b',') => n,
-            Some(n) => {
-                return Err(bad(
-                    "node_name",
-                    n,
-                    "must be one token: no spaces or commas",
-                ));
-            }
-            None => {
-                // Unique per host and port, so that several caches on one machine (tests, a
-                // lab chain) never take each other's Via for their own.
-                let host = std::fs::read_to_string("/proc/sys/kernel/hostname")
-                    .map(|h| h.trim().to_string())
-                    .unwrap_or_default();
-                let host = if host.is_empty() {
-                    "gatecache".into()
-                } else {
-                    host
-                };
-                format!("{host}:{}", listen.port())
-            }
-        };
-        let access_log = self.access_log.unwrap_or_else(|| "stderr".into());
-        if !matches!(access_log.as_str(), "stderr" | "stdout" | "off")
-            && !access_log.starts_with('/')
-        {
-            return Err(bad(
-                "access_log",
-                access_log,
-                "must be \"stderr\", \"stdout\", \"off\" or an absolute file path",
-            ));
-        }
+        )?;
         Ok(Config {
-            listen,
-            admin_listen,
-            workers,
-            node_name,
-            access_log,
-            summary_unrestricted: self.summary_unrestricted.unwrap_or(false),
-            shutdown_grace: match dur(
-                "shutdown_grace",
-                &self.shutdown_grace,
-                Duration::from_secs(10),
-            )? {
-                // systemd and Docker kill a service that takes much longer to stop.
-                d if d > Duration::from_secs(120) => {
-                    return Err(bad(
-                        "shutdown_grace",
-                        self.shutdown_grace.unwrap_or_default(),
-                        "must be at most 2m (raise TimeoutStopSec / docker stop -t with it)",
-                    ));
-                }
-                d => d,
-            },
-            head_timeout: dur("head_timeout", &self.head_timeout, Duration::from_secs(10))?,
-            idle_timeout: dur("idle_timeout", &self.idle_timeout, Duration::from_secs(60))?,
-            io_backend,
+            listen: general.listen,
+            admin_listen: general.admin_listen,
+            workers: general.workers,
+            head_timeout: general.head_timeout,
+            idle_timeout: general.idle_timeout,
+            io_backend: general.io_backend,
+            node_name_from_host: general.node_name.is_none(),
+            node_name: general
+                .node_name
+                .unwrap_or_else(|| default_node_name("", general.listen.port())),
+            access_log: general.access_log,
+            summary_unrestricted: general.summary_unrestricted,
+            shutdown_grace: general.shutdown_grace,
             store,
             origins,
             routes,
             rules,
-            upstream: Upstream {
-                parents,
-                direct_fallback: u.direct_fallback.unwrap_or(false),
-                parent_backoff: dur(
-                    "upstream.parent_backoff",
-                    &u.parent_backoff,
-                    Duration::from_secs(30),
-                )?,
-                proxy,
-                ca_file: u.ca_file.clone(),
-                ca_certs,
-                window,
-                fetchers,
-                connect_timeout: dur(
-                    "upstream.connect_timeout",
-                    &u.connect_timeout,
-                    Duration::from_secs(5),
-                )?,
-                read_timeout: dur(
-                    "upstream.read_timeout",
-                    &u.read_timeout,
-                    Duration::from_secs(15),
-                )?,
-            },
+            upstream,
         })
     }
+}
+
+impl Config {
+    /// Reads what validation only names, and returns the configuration ready to serve: the
+    /// certificates of `upstream.ca_file` (as DER, into `upstream.ca_certs`) and, when
+    /// `node_name` was not configured, this machine's host name into `node_name`
+    /// (`<host name>:<listen port>`, unique per host and port; `gatecache:<port>` when the
+    /// host name cannot be read). Calling it again reads them again.
+    ///
+    /// # Errors
+    ///
+    /// `upstream.ca_file` unreadable, not PEM, or holding no certificate: a [`ConfigError`]
+    /// naming `upstream.ca_file`.
+    pub fn load_resources(mut self) -> Result<Config, ConfigError> {
+        if let Some(path) = &self.upstream.ca_file {
+            self.upstream.ca_certs = load_ca_file(path)?;
+        }
+        if self.node_name_from_host {
+            self.node_name = default_node_name(&host_name(), self.listen.port());
+        }
+        Ok(self)
+    }
+}
+
+/// This machine's host name, or "" when it cannot be read.
+fn host_name() -> String {
+    std::fs::read_to_string("/proc/sys/kernel/hostname")
+        .map(|h| h.trim().to_string())
+        .unwrap_or_default()
+}
+
+/// The default `node_name`: `<host>:<port>`, so that several caches on one machine (tests, a
+/// lab chain) never take each other's Via for their own; `gatecache:<port>` without a host.
+fn default_node_name(host: &str, port: u16) -> String {
+    let host = if host.is_empty() { "gatecache" } else { host };
+    format!("{host}:{port}")
+}
+
+/// The top-level keys about listening, serving clients and logging, as written.
+struct RawGeneral {
+    listen: Option<String>,
+    admin_listen: Option<String>,
+    workers: Option<usize>,
+    io_backend: Option<String>,
+    head_timeout: Option<String>,
+    idle_timeout: Option<String>,
+    node_name: Option<String>,
+    access_log: Option<String>,
+    summary_unrestricted: Option<bool>,
+    shutdown_grace: Option<String>,
+}
+
+/// [`RawGeneral`], validated and defaulted.
+struct General {
+    listen: SocketAddr,
+    admin_listen: SocketAddr,
+    workers: usize,
+    io_backend: IoBackend,
+    head_timeout: Duration,
+    idle_timeout: Duration,
+    /// `None`: not configured (named after the host by [`Config::load_resources`]).
+    node_name: Option<String>,
+    access_log: String,
+    summary_unrestricted: bool,
+    shutdown_grace: Duration,
+}
+
+/// The general section: listeners, workers, backend, timeouts, node name, access log.
+fn general_section(raw: RawGeneral) -> Result<General, ConfigError> {
+    let ten_secs = Duration::from_secs(10);
+    Ok(General {
+        listen: socket_addr("listen", raw.listen, "0.0.0.0:80")?,
+        admin_listen: socket_addr("admin_listen", raw.admin_listen, "127.0.0.1:9180")?,
+        workers: workers(raw.workers)?,
+        io_backend: io_backend(raw.io_backend.as_deref())?,
+        node_name: node_name(raw.node_name)?,
+        access_log: access_log(raw.access_log)?,
+        shutdown_grace: shutdown_grace(&raw.shutdown_grace)?,
+        head_timeout: positive_duration("head_timeout", &raw.head_timeout, ten_secs)?,
+        idle_timeout: positive_duration("idle_timeout", &raw.idle_timeout, 6 * ten_secs)?,
+        summary_unrestricted: raw.summary_unrestricted.unwrap_or(false),
+    })
+}
+
+/// `v` (else `default`) as an `address:port`.
+fn socket_addr(key: &str, v: Option<String>, default: &str) -> Result<SocketAddr, ConfigError> {
+    let v = v.unwrap_or_else(|| default.to_string());
+    v.parse()
+        .map_err(|_| bad(key, v.clone(), "must be an address:port such as 0.0.0.0:80"))
+}
+
+/// `workers`: 1 to 1024; absent or 0 is one per core this process may use.
+fn workers(v: Option<usize>) -> Result<usize, ConfigError> {
+    match v {
+        None | Some(0) => Ok(std::thread::available_parallelism().map_or(1, |n| n.get())),
+        Some(n) if n <= 1024 => Ok(n),
+        Some(n) => Err(bad(
+            "workers",
+            n.to_string(),
+            "must be 0 (one per core) to 1024",
+        )),
+    }
+}
+
+/// `io_backend`: `auto` (the default), `uring` or `epoll`.
+fn io_backend(v: Option<&str>) -> Result<IoBackend, ConfigError> {
+    match v {
+        None | Some("auto") => Ok(IoBackend::Auto),
+        Some("uring") => Ok(IoBackend::Uring),
+        Some("epoll") => Ok(IoBackend::Epoll),
+        Some(v) => Err(bad("io_backend", v, "must be auto, uring or epoll")),
+    }
+}
+
+/// `node_name`: one token (visible ASCII, no comma), or `None` when not configured.
+fn node_name(v: Option<String>) -> Result<Option<String>, ConfigError> {
+    match v {
+        None => Ok(None),
+        Some(n) if !n.is_empty() && n.bytes().all(|b| b.is_ascii_graphic() && b != b',') => {
+            Ok(Some(n))
+        }
+        Some(n) => Err(bad(
+            "node_name",
+            n,
+            "must be one token: no spaces or commas",
+        )),
+    }
+}
+
+/// `access_log`: `stderr` (the default), `stdout`, `off` or an absolute file path.
+fn access_log(v: Option<String>) -> Result<String, ConfigError> {
+    let v = v.unwrap_or_else(|| "stderr".into());
+    if matches!(v.as_str(), "stderr" | "stdout" | "off") || v.starts_with('/') {
+        return Ok(v);
+    }
+    Err(bad(
+        "access_log",
+        v,
+        "must be \"stderr\", \"stdout\", \"off\" or an absolute file path",
+    ))
+}
+
+/// `shutdown_grace`: more than zero, at most 2 minutes (default 10 s).
+fn shutdown_grace(v: &Option<String>) -> Result<Duration, ConfigError> {
+    match positive_duration("shutdown_grace", v, Duration::from_secs(10))? {
+        // systemd and Docker kill a service that takes much longer to stop.
+        d if d > Duration::from_secs(120) => Err(bad(
+            "shutdown_grace",
+            v.clone().unwrap_or_default(),
+            "must be at most 2m (raise TimeoutStopSec / docker stop -t with it)",
+        )),
+        d => Ok(d),
+    }
+}
+
+/// A duration key: more than zero; `default` when absent.
+fn positive_duration(
+    key: &str,
+    v: &Option<String>,
+    default: Duration,
+) -> Result<Duration, ConfigError> {
+    match v {
+        None => Ok(default),
+        Some(v) => match parse_duration(v) {
+            Ok(d) if d.is_zero() => Err(bad(key, v, "must be more than zero")),
+            Ok(d) => Ok(d),
+            Err(r) => Err(bad(key, v, r)),
+        },
+    }
+}
+
+/// The storage keys as written: `block_size`, `slab_size`, `sync_data` and `[[storage]]`.
+struct RawStore {
+    block_size: Option<String>,
+    slab_size: Option<String>,
+    sync_data: Option<bool>,
+    drives: Vec<RawStorage>,
+}
+
+/// The storage section: the sizes are parsed here; the rules (block size, slab size, drive
+/// count, drive size, empty or repeated path) are the store's own, [`StoreConfig::validate`],
+/// and its refusal is reported under the key that was written.
+fn storage_section(raw: RawStore) -> Result<StoreConfig, ConfigError> {
+    let size = |key: &str, v: &str| parse_size(v).map_err(|r| bad(key, v, r));
+    let block_size = match &raw.block_size {
+        // Too large for 32 bits: saturated, which the store refuses (not a power of two).
+        Some(v) => Some(u32::try_from(size("block_size", v)?).unwrap_or(u32::MAX)),
+        None => None,
+    };
+    let mut drives = Vec::new();
+    if raw.drives.is_empty() {
+        drives.push(DriveConfig {
+            path: PathBuf::from("gatecache-cache"),
+            size: 2 << 30,
+        });
+    }
+    for (i, d) in raw.drives.iter().enumerate() {
+        drives.push(DriveConfig {
+            path: d.path.clone(),
+            size: size(&format!("storage[{i}].size"), &d.size)?,
+        });
+    }
+    let mut store = StoreConfig::new(drives);
+    if let Some(bs) = block_size {
+        store.block_size = bs;
+    }
+    if let Some(v) = &raw.slab_size {
+        store.slab_size = size("slab_size", v)?;
+    }
+    if let Some(s) = raw.sync_data {
+        store.sync_data = s;
+    }
+    store.validate().map_err(|e| storage_error(&e, &raw))?;
+    Ok(store)
+}
+
+/// The store's refusal under the key it comes from, with the value as written.
+fn storage_error(e: &StoreConfigError, raw: &RawStore) -> ConfigError {
+    let written = |v: &Option<String>, n: u64| v.clone().unwrap_or_else(|| n.to_string());
+    let reason = e.reason();
+    match e {
+        StoreConfigError::BlockSize { block_size } => bad(
+            "block_size",
+            written(&raw.block_size, (*block_size).into()),
+            reason,
+        ),
+        StoreConfigError::SlabSize { slab_size, .. } => {
+            bad("slab_size", written(&raw.slab_size, *slab_size), reason)
+        }
+        StoreConfigError::DriveCount { count } => {
+            bad("storage", format!("{count} directories"), reason)
+        }
+        StoreConfigError::DriveSize { index, size, .. } => bad(
+            format!("storage[{index}].size"),
+            raw.drives
+                .get(*index)
+                .map_or_else(|| size.to_string(), |d| d.size.clone()),
+            reason,
+        ),
+        StoreConfigError::EmptyPath { index } => bad(format!("storage[{index}].path"), "", reason),
+        StoreConfigError::DuplicatePath { index, path } => bad(
+            format!("storage[{index}].path"),
+            path.display().to_string(),
+            reason,
+        ),
+    }
+}
+
+/// The origins section: the `[[origin]]` entries (the file's, then the environment's), after
+/// the built-in [`DEFAULT_ORIGINS`] when `builtin` (the file names no origin and no route; the
+/// environment's `CACHEABLE_CUSTOM_<N>_HOST` add to the defaults).
+fn origin_section(raw: Vec<RawOrigin>, builtin: bool) -> Result<Vec<Origin>, ConfigError> {
+    let mut origins = Vec::new();
+    if builtin {
+        origins.extend(DEFAULT_ORIGINS.iter().map(|h| Origin {
+            host: h.to_string(),
+            port: 80,
+            ports: Vec::new(),
+            canonical: None,
+            connect: None,
+            https: false,
+            key_query: true,
+            // Device Update and Windows Update files are named by their content.
+            immutable: true,
+            // Public CDNs: an answer pointing inside the network is not theirs.
+            deny_private: true,
+        }));
+    }
+    for (i, o) in raw.into_iter().enumerate() {
+        origins.push(origin(i, o)?);
+    }
+    Ok(origins)
+}
+
+/// One `[[origin]]` entry, `origin[i]`.
+fn origin(i: usize, o: RawOrigin) -> Result<Origin, ConfigError> {
+    let (host, port) = host_pattern(&format!("origin[{i}].host"), o.host.trim())?;
+    let https = scheme_https(&format!("origin[{i}].scheme"), o.scheme.as_deref())?;
+    let mut ports = Vec::new();
+    for (j, p) in o.ports.iter().flatten().enumerate() {
+        match u16::try_from(*p) {
+            Ok(p) if p > 0 => ports.push(p),
+            _ => {
+                let key = format!("origin[{i}].ports[{j}]");
+                return Err(bad(key, p.to_string(), "must be 1 to 65535"));
+            }
+        }
+    }
+    let connect = match o.connect {
+        None => None,
+        Some(c) => Some(
+            c.parse::<SocketAddr>()
+                .ok()
+                .filter(|a| a.port() != 0)
+                .ok_or_else(|| {
+                    bad(
+                        format!("origin[{i}].connect"),
+                        c.clone(),
+                        "must be an address:port such as 127.0.0.1:9000 (port 1-65535)",
+                    )
+                })?,
+        ),
+    };
+    let canonical = match &o.canonical {
+        Some(c) => Some(name_ok(&format!("origin[{i}].canonical"), c)?),
+        None => None,
+    };
+    Ok(Origin {
+        host,
+        port: port.unwrap_or(authority::default_port(https)),
+        ports,
+        canonical,
+        connect,
+        https,
+        key_query: o.key_query.unwrap_or(true),
+        immutable: o.immutable.unwrap_or(false),
+        deny_private: o.deny_private.unwrap_or(false),
+    })
+}
+
+/// The routes section: the `[[route]]` entries, longest prefix first (so `/debian/security/`
+/// wins over `/debian/`).
+fn route_section(raw: Vec<RawRoute>) -> Result<Vec<Route>, ConfigError> {
+    let mut routes = Vec::new();
+    for (i, r) in raw.into_iter().enumerate() {
+        routes.push(route(i, r)?);
+    }
+    routes.sort_by_key(|r| std::cmp::Reverse(r.prefix.len()));
+    Ok(routes)
+}
+
+/// One `[[route]]` entry, `route[i]`.
+fn route(i: usize, r: RawRoute) -> Result<Route, ConfigError> {
+    if !r.prefix.starts_with('/') {
+        return Err(bad(
+            format!("route[{i}].prefix"),
+            r.prefix,
+            "must start with /",
+        ));
+    }
+    let (https, authority, path) = parse_origin_url(&format!("route[{i}].origin"), &r.origin)?;
+    if !routed_path_ok(&r.prefix) {
+        return Err(bad(
+            format!("route[{i}].prefix"),
+            r.prefix,
+            "must be plain ASCII, normalised (no '.' or '..' segments), end with '/', \
+             and have no query or fragment",
+        ));
+    }
+    Ok(Route {
+        prefix: r.prefix,
+        host: authority.for_scheme(authority::default_port(https)),
+        authority,
+        https,
+        path,
+    })
+}
+
+/// The rules section: the `[[rule]]` entries, in the file's order.
+fn rule_section(raw: Vec<RawRule>) -> Result<Vec<Rule>, ConfigError> {
+    let mut rules = Vec::new();
+    for (i, r) in raw.into_iter().enumerate() {
+        rules.push(rule(i, r)?);
+    }
+    Ok(rules)
+}
+
+/// One `[[rule]]` entry, `rule[i]`.
+fn rule(i: usize, r: RawRule) -> Result<Rule, ConfigError> {
+    if !r.path.starts_with('/') && !r.path.starts_with('*') {
+        return Err(bad(
+            format!("rule[{i}].path"),
+            r.path,
+            "must start with / or *",
+        ));
+    }
+    let host = match &r.host {
+        Some(h) => match host_pattern(&format!("rule[{i}].host"), h)? {
+            (p, None) => Some(p),
+            (_, Some(_)) => return Err(bad(format!("rule[{i}].host"), h, "takes no port")),
+        },
+        None => None,
+    };
+    let max_age = match &r.max_age {
+        None => None,
+        Some(v) => Some(
+            parse_duration(v)
+                .map_err(|e| bad(format!("rule[{i}].max_age"), v, e))?
+                .as_secs(),
+        ),
+    };
+    if r.immutable.is_none() && max_age.is_none() {
+        return Err(bad(
+            format!("rule[{i}]"),
+            &r.path,
+            "needs immutable = true/false or max_age",
+        ));
+    }
+    Ok(Rule {
+        path: r.path,
+        host,
+        fresh: crate::http::freshness::Rule {
+            immutable: r.immutable.unwrap_or(false),
+            max_age,
+        },
+    })
+}
+
+/// What the upstream section needs from outside `[upstream]`.
+struct UpstreamContext {
+    /// `parents` came from `UPSTREAM_HOST` (errors name the variable).
+    parents_from_env: bool,
+    /// `proxy` came from `UPSTREAM_PROXY` (errors name the variable).
+    proxy_from_env: bool,
+    /// The validated `workers`: the default `fetchers` is 8 per worker, at least 16.
+    workers: usize,
+    /// The validated `block_size`: `window` holds at least one block.
+    block_size: u32,
+}
+
+/// The upstream section: parents, proxy, CA file (its path only), window, fetchers,
+/// timeouts.
+fn upstream_section(u: RawUpstream, cx: &UpstreamContext) -> Result<Upstream, ConfigError> {
+    let proxy_key = if cx.proxy_from_env {
+        "UPSTREAM_PROXY"
+    } else {
+        "upstream.proxy"
+    };
+    let proxy = match &u.proxy {
+        None => None,
+        Some(p) => Some(authority(proxy_key, p, 80)?),
+    };
+    let mut parents = Vec::new();
+    for (i, p) in u.parents.iter().enumerate() {
+        let key = if cx.parents_from_env {
+            "UPSTREAM_HOST".to_string()
+        } else {
+            format!("upstream.parents[{i}]")
+        };
+        parents.push(authority(&key, p, 80)?);
+    }
+    let window = match &u.window {
+        None => 64 << 20,
+        Some(v) => match parse_size(v).map_err(|r| bad("upstream.window", v, r))? {
+            n if n < u64::from(cx.block_size) => {
+                return Err(bad("upstream.window", v, "must be at least one block"));
+            }
+            n => n,
+        },
+    };
+    let fetchers = match u.fetchers {
+        None => (cx.workers * 8).max(16),
+        Some(n) if (1..=4096).contains(&n) => n,
+        Some(n) => return Err(bad("upstream.fetchers", n.to_string(), "must be 1 to 4096")),
+    };
+    let secs = Duration::from_secs;
+    Ok(Upstream {
+        parents,
+        direct_fallback: u.direct_fallback.unwrap_or(false),
+        parent_backoff: positive_duration("upstream.parent_backoff", &u.parent_backoff, secs(30))?,
+        proxy,
+        ca_file: u.ca_file,
+        // Read by `Config::load_resources`.
+        ca_certs: Vec::new(),
+        window,
+        fetchers,
+        connect_timeout: positive_duration(
+            "upstream.connect_timeout",
+            &u.connect_timeout,
+            secs(5),
+        )?,
+        read_timeout: positive_duration("upstream.read_timeout", &u.read_timeout, secs(15))?,
+    })
 }
 
 #[cfg(test)]
@@ -1041,8 +1332,86 @@ mod tests {
         authority::parse_host(s).unwrap()
     }
 
+    /// What `gatecache` does with a file: parse, validate, then load the resources named.
     fn cfg(t: &str) -> Result<Config, ConfigError> {
-        RawConfig::from_toml(t)?.validate()
+        RawConfig::from_toml(t)?.validate()?.load_resources()
+    }
+
+    #[test]
+    fn validation_reads_no_file_load_resources_does() {
+        let dir = tempfile::tempdir().unwrap();
+        let ca = dir.path().join("ca.pem");
+        let text = format!(
+            "listen = \"127.0.0.1:8081\"\n[upstream]\nca_file = \"{}\"",
+            ca.display()
+        );
+        // Validation keeps the path and a placeholder name; it does not look for the file.
+        let c = RawConfig::from_toml(&text).unwrap().validate().unwrap();
+        assert_eq!(c.upstream.ca_file.as_deref(), Some(ca.as_path()));
+        assert!(c.upstream.ca_certs.is_empty());
+        assert!(c.node_name_from_host);
+        assert_eq!(c.node_name, "gatecache:8081");
+        // Loading reads it, and names the key when it cannot.
+        let e = c.clone().load_resources().unwrap_err();
+        assert_eq!(
+            (e.key.as_str(), e.value.as_str()),
+            ("upstream.ca_file", &*ca.to_string_lossy())
+        );
+        let cert = rcgen::generate_simple_self_signed(vec!["ca.test".to_string()]).unwrap();
+        std::fs::write(&ca, cert.cert.pem()).unwrap();
+        let c = c.load_resources().unwrap();
+        assert_eq!(c.upstream.ca_certs, [cert.cert.der().to_vec()]);
+        assert_eq!(c.node_name, default_node_name(&host_name(), 8081));
+        assert!(c.node_name.ends_with(":8081") && !c.node_name.starts_with(':'));
+        // A configured name is kept.
+        let c = cfg("node_name = \"gw-1\"").unwrap();
+        assert_eq!(
+            (c.node_name.as_str(), c.node_name_from_host),
+            ("gw-1", false)
+        );
+        assert_eq!(default_node_name("", 80), "gatecache:80");
+    }
+
+    #[test]
+    fn storage_rules_are_the_stores_named_by_key() {
+        // The slab holds one region (64 KiB + 4 KiB) behind its 4 KiB header: 72 KiB.
+        let slab = |s: &str| cfg(&format!("block_size = \"64KiB\"\nslab_size = \"{s}\""));
+        assert_eq!(slab("72KiB").unwrap().store.slab_size, 72 << 10);
+        let e = slab("73727").unwrap_err();
+        assert_eq!((e.key.as_str(), e.value.as_str()), ("slab_size", "73727"));
+        // A drive holds 4 regions: 272 KiB with 64 KiB blocks.
+        let drive = |s: &str| {
+            cfg(&format!(
+                "block_size = \"64KiB\"\n[[storage]]\npath = \"/x\"\nsize = \"{s}\""
+            ))
+        };
+        assert!(drive("272KiB").is_ok());
+        let e = drive("278527").unwrap_err();
+        assert_eq!(
+            (e.key.as_str(), e.value.as_str()),
+            ("storage[0].size", "278527")
+        );
+        for (text, key, value) in [
+            ("block_size = \"96KiB\"", "block_size", "96KiB"),
+            ("block_size = \"8GiB\"", "block_size", "8GiB"),
+            (
+                "[[storage]]\npath = \"\"\nsize = \"1GiB\"",
+                "storage[0].path",
+                "",
+            ),
+            (
+                "[[storage]]\npath = \"/a\"\nsize = \"1GiB\"\n[[storage]]\npath = \"/a\"\nsize = \"2GiB\"",
+                "storage[1].path",
+                "/a",
+            ),
+        ] {
+            let e = cfg(text).unwrap_err();
+            assert_eq!((e.key.as_str(), e.value.as_str()), (key, value), "{text}");
+        }
+        let many: String = (0..=crate::store::MAX_DRIVES)
+            .map(|i| format!("[[storage]]\npath = \"/d{i}\"\nsize = \"1GiB\"\n"))
+            .collect();
+        assert_eq!(cfg(&many).unwrap_err().key, "storage");
     }
 
     #[test]

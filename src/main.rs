@@ -6,7 +6,7 @@ use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};
 
-use gatecache::config::RawConfig;
+use gatecache::config::{Config, RawConfig};
 use gatecache::store::verify::verify_dir;
 
 #[derive(Parser)]
@@ -75,7 +75,9 @@ struct ServeArgs {
 /// Where the configuration is read from when --config is not given.
 const DEFAULT_CONFIG: &str = "/etc/gatecache/gatecache.toml";
 
-fn load(args: ServeArgs) -> Result<gatecache::config::Config, String> {
+/// The configuration to run with: the file (or the embedded defaults), the environment and
+/// the flags, validated, then the resources it names read (`upstream.ca_file`, the host name).
+fn load(args: ServeArgs) -> Result<Config, String> {
     let file = args.config.clone().or_else(|| {
         let p = PathBuf::from(DEFAULT_CONFIG);
         p.exists().then_some(p)
@@ -100,7 +102,10 @@ fn load(args: ServeArgs) -> Result<gatecache::config::Config, String> {
     if args.io_backend.is_some() {
         raw.io_backend = args.io_backend;
     }
-    raw.validate().map_err(|e| e.to_string())
+    // Validation reads no file; the CA file and the host name are read after it.
+    raw.validate()
+        .and_then(Config::load_resources)
+        .map_err(|e| e.to_string())
 }
 
 fn serve(args: ServeArgs) -> Result<ExitCode, String> {

@@ -24,9 +24,14 @@ pub use recover::RecoveryReport;
 pub(crate) use slab::SlotWriter;
 pub use slab::{Fill, FillState, Slab, SlotBuf};
 
-/// Smallest and largest block size the store accepts.
+/// Smallest block size the store accepts, in bytes.
 pub const MIN_BLOCK_SIZE: u32 = 64 * 1024;
+/// Largest block size the store accepts, in bytes.
 pub const MAX_BLOCK_SIZE: u32 = 16 * 1024 * 1024;
+/// Most drives (cache directories) one store may have.
+pub const MAX_DRIVES: usize = 64;
+/// Fewest regions (each one block and its headers) a drive may hold.
+pub const MIN_DRIVE_REGIONS: u64 = 4;
 
 /// Where a slot is: drive, region within the drive, slot within the region. Packed in 56 bits so
 /// the index can keep it in one word with its state bits.
@@ -84,16 +89,27 @@ pub enum StoreError {
 /// One cache directory and its size budget.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct DriveConfig {
+    /// The directory holding the drive's slab files and lock file (created if missing). Not
+    /// empty, and listed once per store.
     pub path: PathBuf,
+    /// The drive's budget in bytes, spent in whole regions (each slab file's 4 KiB header
+    /// comes on top): at least [`MIN_DRIVE_REGIONS`] regions ([`StoreConfig::min_drive_size`]).
     pub size: u64,
 }
 
+/// Everything the store needs to open its drives. [`StoreConfig::validate`] holds the rules
+/// (the configuration file's `block_size`, `slab_size` and `[[storage]]` keys are checked
+/// there, not beside it).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct StoreConfig {
+    /// The cache directories, 1 to [`MAX_DRIVES`]; objects spread over them in proportion to
+    /// their size.
     pub drives: Vec<DriveConfig>,
-    /// Power of two, 64 KiB to 16 MiB. A property of the store: changing it empties the cache.
+    /// Bytes per block: a power of two from [`MIN_BLOCK_SIZE`] (64 KiB) to [`MAX_BLOCK_SIZE`]
+    /// (16 MiB). A property of the store: changing it empties the cache.
     pub block_size: u32,
-    /// Size of each slab file (the last one of a drive may be smaller).
+    /// Bytes per slab file (the last one of a drive may be smaller): at least one region
+    /// behind the slab header ([`StoreConfig::min_slab_size`]).
     pub slab_size: u64,
     /// msync each block's data before its header is written (power-loss ordering). Without it a
     /// crash can still never serve a bad byte (data crcs are checked on first read), but may lose
@@ -101,7 +117,111 @@ pub struct StoreConfig {
     pub sync_data: bool,
 }
 
+/// A [`StoreConfig`] that breaks one of the store's rules. Each variant names the field, and
+/// the drive by its index in [`StoreConfig::drives`], so that a caller can report it under its
+/// own key (the configuration file's `storage[1].path`); [`StoreConfigError::reason`] states
+/// the rule.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum StoreConfigError {
+    /// `block_size` (bytes) is not a power of two from [`MIN_BLOCK_SIZE`] to
+    /// [`MAX_BLOCK_SIZE`].
+    BlockSize {
+        /// The size given, in bytes.
+        block_size: u32,
+    },
+    /// `slab_size` (bytes) cannot hold one region behind the slab header.
+    SlabSize {
+        /// The size given, in bytes.
+        slab_size: u64,
+        /// The smallest size allowed with this block size, in bytes.
+        min: u64,
+    },
+    /// No drive, or more than [`MAX_DRIVES`].
+    DriveCount {
+        /// How many drives were given.
+        count: usize,
+    },
+    /// Drive `index` cannot hold [`MIN_DRIVE_REGIONS`] regions.
+    DriveSize {
+        /// The drive's index in [`StoreConfig::drives`].
+        index: usize,
+        /// Its size, in bytes.
+        size: u64,
+        /// The smallest size allowed with this block size, in bytes.
+        min: u64,
+    },
+    /// Drive `index` has an empty path.
+    EmptyPath {
+        /// The drive's index in [`StoreConfig::drives`].
+        index: usize,
+    },
+    /// Drive `index` has the path of an earlier drive.
+    DuplicatePath {
+        /// The later drive's index in [`StoreConfig::drives`].
+        index: usize,
+        /// The path listed twice.
+        path: PathBuf,
+    },
+}
+
+impl StoreConfigError {
+    /// The rule that was broken, in words ("must hold at least 4 blocks (278528 bytes)"),
+    /// without the field or the value.
+    pub fn reason(&self) -> String {
+        match self {
+            StoreConfigError::BlockSize { .. } => {
+                "must be a power of two from 64KiB to 16MiB".to_string()
+            }
+            StoreConfigError::SlabSize { min, .. } => {
+                format!("must hold at least one block ({min} bytes with this block_size)")
+            }
+            StoreConfigError::DriveCount { .. } => {
+                format!("1 to {MAX_DRIVES} directories allowed")
+            }
+            StoreConfigError::DriveSize { min, .. } => format!(
+                "must hold at least {MIN_DRIVE_REGIONS} blocks ({min} bytes with this block_size)"
+            ),
+            StoreConfigError::EmptyPath { .. } => "must not be empty".to_string(),
+            StoreConfigError::DuplicatePath { .. } => "listed twice".to_string(),
+        }
+    }
+}
+
+impl std::fmt::Display for StoreConfigError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let reason = self.reason();
+        match self {
+            StoreConfigError::BlockSize { block_size } => {
+                write!(f, "block_size {block_size}: {reason}")
+            }
+            StoreConfigError::SlabSize { slab_size, .. } => {
+                write!(f, "slab_size {slab_size}: {reason}")
+            }
+            StoreConfigError::DriveCount { count } => {
+                write!(f, "storage: {count} directories given, {reason}")
+            }
+            StoreConfigError::DriveSize { index, size, .. } => {
+                write!(f, "storage[{index}] size {size}: {reason}")
+            }
+            StoreConfigError::EmptyPath { index } => write!(f, "storage[{index}] path: {reason}"),
+            StoreConfigError::DuplicatePath { path, .. } => {
+                write!(f, "storage {}: {reason}", path.display())
+            }
+        }
+    }
+}
+
+impl std::error::Error for StoreConfigError {}
+
+impl From<StoreConfigError> for StoreError {
+    fn from(e: StoreConfigError) -> StoreError {
+        StoreError::Config(e.to_string())
+    }
+}
+
 impl StoreConfig {
+    /// The given drives with the defaults: 1 MiB blocks, 1 GiB slab files, `sync_data` on.
+    /// Not checked: see [`StoreConfig::validate`].
     pub fn new(drives: Vec<DriveConfig>) -> StoreConfig {
         StoreConfig {
             drives,
@@ -111,32 +231,58 @@ impl StoreConfig {
         }
     }
 
-    pub fn validate(&self) -> Result<(), StoreError> {
+    /// The smallest slab file for `block_size`, in bytes: the slab header and one region (a
+    /// block with its region and slot headers).
+    pub fn min_slab_size(block_size: u32) -> u64 {
+        format::SLAB_HEADER_LEN + format::region_len(block_size)
+    }
+
+    /// The smallest drive for `block_size`, in bytes: [`MIN_DRIVE_REGIONS`] regions.
+    pub fn min_drive_size(block_size: u32) -> u64 {
+        MIN_DRIVE_REGIONS * format::region_len(block_size)
+    }
+
+    /// Checks the store's rules, in this order: the block size, the slab size, the number of
+    /// drives, then each drive's size, that its path is not empty and not an earlier drive's.
+    /// Pure: nothing is read from or written to disk.
+    ///
+    /// # Errors
+    ///
+    /// The first rule broken, as a [`StoreConfigError`] naming the field (and drive).
+    pub fn validate(&self) -> Result<(), StoreConfigError> {
         let bs = self.block_size;
         if !bs.is_power_of_two() || !(MIN_BLOCK_SIZE..=MAX_BLOCK_SIZE).contains(&bs) {
-            return Err(StoreError::Config(format!(
-                "block_size {bs}: must be a power of two from 64KiB to 16MiB"
-            )));
+            return Err(StoreConfigError::BlockSize { block_size: bs });
         }
-        if self.drives.is_empty() || self.drives.len() > 64 {
-            return Err(StoreError::Config(format!(
-                "storage: {} directories given, 1 to 64 allowed",
-                self.drives.len()
-            )));
+        let min = Self::min_slab_size(bs);
+        if self.slab_size < min {
+            return Err(StoreConfigError::SlabSize {
+                slab_size: self.slab_size,
+                min,
+            });
         }
-        for (i, d) in self.drives.iter().enumerate() {
-            if self.drives[..i].iter().any(|o| o.path == d.path) {
-                return Err(StoreError::Config(format!(
-                    "storage {}: listed twice",
-                    d.path.display()
-                )));
+        let count = self.drives.len();
+        if count == 0 || count > MAX_DRIVES {
+            return Err(StoreConfigError::DriveCount { count });
+        }
+        let min = Self::min_drive_size(bs);
+        for (index, d) in self.drives.iter().enumerate() {
+            if d.size < min {
+                return Err(StoreConfigError::DriveSize {
+                    index,
+                    size: d.size,
+                    min,
+                });
             }
-        }
-        if self.slab_size < format::region_len(bs) + format::SLAB_HEADER_LEN {
-            return Err(StoreError::Config(format!(
-                "slab_size {}: must hold at least one block",
-                self.slab_size
-            )));
+            if d.path.as_os_str().is_empty() {
+                return Err(StoreConfigError::EmptyPath { index });
+            }
+            if self.drives[..index].iter().any(|o| o.path == d.path) {
+                return Err(StoreConfigError::DuplicatePath {
+                    index,
+                    path: d.path.clone(),
+                });
+            }
         }
         Ok(())
     }
@@ -265,6 +411,88 @@ mod tests {
                 .unwrap_err()
                 .to_string()
                 .contains("listed twice")
+        );
+    }
+
+    #[test]
+    fn config_rejects_each_rule_at_its_bound() {
+        let bs = 64 * 1024;
+        let drive = |path: &str, size| DriveConfig {
+            path: path.into(),
+            size,
+        };
+        let min_drive = StoreConfig::min_drive_size(bs);
+        let min_slab = StoreConfig::min_slab_size(bs);
+        assert_eq!(min_drive, 4 * (64 * 1024 + 4096));
+        assert_eq!(min_slab, 64 * 1024 + 4096 + 4096);
+        let at_bounds = StoreConfig {
+            drives: vec![drive("/tmp/a", min_drive)],
+            block_size: bs,
+            slab_size: min_slab,
+            sync_data: false,
+        };
+        assert_eq!(at_bounds.validate(), Ok(()));
+        let with = |f: &dyn Fn(&mut StoreConfig)| {
+            let mut c = at_bounds.clone();
+            f(&mut c);
+            c.validate().unwrap_err()
+        };
+        assert_eq!(
+            with(&|c| c.block_size = 3 << 16),
+            StoreConfigError::BlockSize {
+                block_size: 3 << 16
+            }
+        );
+        assert_eq!(
+            with(&|c| c.slab_size = min_slab - 1),
+            StoreConfigError::SlabSize {
+                slab_size: min_slab - 1,
+                min: min_slab
+            }
+        );
+        assert_eq!(
+            with(&|c| c.drives.clear()),
+            StoreConfigError::DriveCount { count: 0 }
+        );
+        assert_eq!(
+            with(&|c| {
+                c.drives = (0..=MAX_DRIVES)
+                    .map(|i| drive(&format!("/tmp/{i}"), min_drive))
+                    .collect()
+            }),
+            StoreConfigError::DriveCount {
+                count: MAX_DRIVES + 1
+            }
+        );
+        assert_eq!(
+            with(&|c| c.drives.push(drive("/tmp/b", min_drive - 1))),
+            StoreConfigError::DriveSize {
+                index: 1,
+                size: min_drive - 1,
+                min: min_drive
+            }
+        );
+        assert_eq!(
+            with(&|c| c.drives.push(drive("", min_drive))),
+            StoreConfigError::EmptyPath { index: 1 }
+        );
+        assert_eq!(
+            with(&|c| c.drives.push(drive("/tmp/a", min_drive))),
+            StoreConfigError::DuplicatePath {
+                index: 1,
+                path: "/tmp/a".into()
+            }
+        );
+        // Opening checks the same rules first, before touching the disk.
+        let e = Store::open(&StoreConfig {
+            drives: vec![drive("/nonexistent/gatecache-test", min_drive - 1)],
+            ..at_bounds.clone()
+        })
+        .err()
+        .unwrap();
+        assert!(
+            matches!(&e, StoreError::Config(m) if m.contains("storage[0] size")),
+            "{e}"
         );
     }
 }
