@@ -3,6 +3,8 @@
 //! a slot is taken away.
 
 pub mod index;
+pub mod lock;
+pub mod pass_hint;
 
 use std::sync::Arc;
 
@@ -46,6 +48,10 @@ pub enum Claim {
 struct Inner {
     store: Store,
     index: Index,
+    /// One fetch per key at a time.
+    fetch_lock: lock::FetchLock,
+    /// Keys recently found not storable.
+    pass_hints: pass_hint::PassHints,
     /// Background commits: batched so many blocks share one disk flush.
     committer: Option<std::sync::mpsc::Sender<BlockWriter>>,
     pending: parking_lot::Mutex<usize>,
@@ -93,6 +99,8 @@ impl Cache {
         let inner = Arc::new(Inner {
             store,
             index,
+            fetch_lock: Default::default(),
+            pass_hints: Default::default(),
             committer: sync.then_some(tx),
             pending: parking_lot::Mutex::new(0),
             drained: parking_lot::Condvar::new(),
@@ -104,6 +112,16 @@ impl Cache {
                 .map_err(|e| StoreError::Config(format!("spawn committer: {e}")))?;
         }
         Ok((Cache { inner }, report))
+    }
+
+    /// The fetches under way, one per key (misses and revalidations collapse onto them).
+    pub fn fetch_lock(&self) -> &lock::FetchLock {
+        &self.inner.fetch_lock
+    }
+
+    /// The keys recently found not storable (hit-for-pass).
+    pub fn pass_hints(&self) -> &pass_hint::PassHints {
+        &self.inner.pass_hints
     }
 
     pub fn store(&self) -> &Store {
@@ -350,7 +368,30 @@ impl Cache {
         }
     }
 
-    /// Claims block `block` of version `version` of the object: exactly one caller at a time
+/// Claims the run of missing blocks of `key` from `first` up to `end` (exclusive), a writer
+    /// each, for one upstream request to fill. The run stops at the first block that is not
+    /// missing, returned as claimed (`Ready` or `Wait`), or at `end`. An error on `first` is
+    /// returned; one further on ends the run.
+    pub fn claim_run(
+        &self,
+        key: &str,
+        first: u32,
+        end: u32,
+        version: u64,
+    ) -> Result<(Vec<BlockWriter>, Option<Claim>), CacheError> {
+        let mut writers = Vec::new();
+        for b in first..end.max(first + 1) {
+            match self.claim(key, b, version) {
+                Ok(Claim::Write(w)) => writers.push(w),
+                Ok(other) => return Ok((writers, Some(other))),
+                Err(e) if b == first => return Err(e),
+                Err(_) => break,
+            }
+        }
+        Ok((writers, None))
+    }
+
+        /// Claims block `block` of version `version` of the object: exactly one caller at a time
     /// gets [`Claim::Write`]; the others wait on its fill or read the cached bytes.
     pub fn claim(&self, key: &str, block: u32, version: u64) -> Result<Claim, CacheError> {
         loop {

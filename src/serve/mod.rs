@@ -18,17 +18,19 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicUsize};
 
 use crate::access::AccessLog;
+use crate::cache::Cache;
 use crate::config::Config;
 use crate::http::request::Limits;
 use crate::metrics::Metrics;
 use crate::upstream::Upstream;
 
-/// What answering requests uses: the configuration, the request limits, the upstream (and
-/// through it the cache), the metrics and the access log. One per process, shared by every
-/// worker and the admin listener.
+/// What answering requests uses: the configuration, the request limits, the cache (with its
+/// fetch lock and hit-for-pass memory), the fetcher pool, the metrics and the access log. One
+/// per process, shared by every worker and the admin listener.
 pub struct Services {
     pub cfg: Config,
     pub limits: Limits,
+    pub cache: Cache,
     pub upstream: Arc<Upstream>,
     pub metrics: Metrics,
     pub access: AccessLog,

@@ -75,7 +75,7 @@ pub async fn relay<T: Transport>(
             }
             // Without a length or chunking, the end of the body is the end of the connection.
             let keep = keep && (len.is_some() || chunked || matches!(status, 204 | 304));
-            if !req.method().is_safe() && status < 400 && sh.upstream.cache().remove(&key) {
+            if !req.method().is_safe() && status < 400 && sh.cache.remove(&key) {
                 log::info!("{key}: invalidated by {}", req.method_name);
             }
             if t.write(Out::Bytes(h.finish(keep))).await.is_err() {

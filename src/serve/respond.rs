@@ -16,7 +16,7 @@ use crate::http::request::{Method, Request};
 use crate::http::response::{self, Head};
 use crate::route::Target;
 use crate::serve::plan::{self, AfterRevalidation, Early, Plan, Revalidated, Shape};
-use crate::upstream::Collapsed;
+use crate::cache::lock::Collapsed;
 
 /// What happened, for the access log, the metrics and the connection.
 pub struct Outcome {
@@ -116,10 +116,10 @@ type RevalidateAfter = Option<(Object, (u32, u32))>;
 impl<T: Transport> Exchange<'_, T> {
     async fn run(&mut self, body: Vec<u8>) -> (Outcome, RevalidateAfter) {
         let up = &self.sh.upstream;
-        let stored = up.cache().lookup(&self.target.key);
-        let hit_for_pass = up.is_pass(&self.target.key);
+        let stored = self.sh.cache.lookup(&self.target.key);
+        let hit_for_pass = self.sh.cache.pass_hints().is_pass(&self.target.key, std::time::Instant::now());
         let meta = stored.as_ref().map(|o| &*o.meta);
-        let window = plan::first_blocks(self.req, u64::from(up.cache().block_size()));
+        let window = plan::first_blocks(self.req, u64::from(self.sh.cache.block_size()));
         let mut after = None;
         let (obj, status) = match (
             plan::plan(self.req, &self.target, hit_for_pass, meta, self.now),
@@ -166,8 +166,8 @@ impl<T: Transport> Exchange<'_, T> {
                             "{}: now not storable; dropped, passing through",
                             self.target.key
                         );
-                        up.cache().remove(&self.target.key);
-                        up.mark_pass(&self.target.key);
+                        self.sh.cache.remove(&self.target.key);
+                        self.sh.cache.pass_hints().mark(&self.target.key, std::time::Instant::now());
                         return (self.pass(body, NOT_STORABLE).await, None);
                     }
                     AfterRevalidation::ServeStale => {
@@ -189,7 +189,7 @@ impl<T: Transport> Exchange<'_, T> {
                     Ok(Collapsed::Object(o)) => (o, Some(CacheStatus::Miss)),
                     Ok(Collapsed::Pass(why)) => {
                         log::debug!("{}: {why}; passing through", self.target.key);
-                        up.mark_pass(&self.target.key);
+                        self.sh.cache.pass_hints().mark(&self.target.key, std::time::Instant::now());
                         return (self.pass(body, NOT_STORABLE).await, None);
                     }
                     Err(e) => return (error_reply(self.t, &e, self.keep).await, None),
@@ -214,7 +214,7 @@ impl<T: Transport> Exchange<'_, T> {
             (_, Some(cs)) => cs,
             (Shape::NotModified | Shape::Unsatisfiable, None) => CacheStatus::Hit,
             (s, None) => {
-                let bs = u64::from(self.sh.upstream.cache().block_size());
+                let bs = u64::from(self.sh.cache.block_size());
                 cache_status_for(self.sh, &self.target, s.ranges(), bs)
             }
         };
@@ -343,7 +343,7 @@ async fn send_parts<T: Transport>(
 ) {
     let mut head = Some(head);
     for (prefix, r) in &parts.parts {
-        let mut stream = BlockStream::new(&sh.upstream, target, obj, r.clone());
+        let mut stream = BlockStream::new(sh, target, obj, r.clone());
         match head.take() {
             Some(mut h) => {
                 let first = match stream.next().await {
@@ -410,7 +410,7 @@ fn cache_status_for(sh: &Services, target: &Target, ranges: &[Range<u64>], bs: u
     let (mut all, mut any) = (true, false);
     for r in ranges.iter().filter(|r| !r.is_empty()) {
         let blocks = (r.start / bs) as u32..((r.end - 1) / bs) as u32 + 1;
-        match sh.upstream.cache().ready_in(&target.key, blocks) {
+        match sh.cache.ready_in(&target.key, blocks) {
             Some((a, y)) => {
                 all &= a;
                 any |= y;

@@ -6,7 +6,8 @@ use std::collections::VecDeque;
 use std::ops::Range;
 use std::sync::Arc;
 
-use crate::cache::{CacheError, Claim, Object};
+use super::Services;
+use crate::cache::{Cache, CacheError, Claim, Object};
 use crate::error::{Error, Kind};
 use crate::route::Target;
 use crate::store::{Fill, FillState, SlotBuf};
@@ -18,6 +19,7 @@ enum Source {
 }
 
 pub struct BlockStream<'a> {
+    cache: &'a Cache,
     up: &'a Upstream,
     target: &'a Target,
     obj: &'a Object,
@@ -36,10 +38,13 @@ pub struct BlockStream<'a> {
 }
 
 impl<'a> BlockStream<'a> {
-    pub fn new(up: &'a Upstream, target: &'a Target, obj: &'a Object, range: Range<u64>) -> Self {
-        let bs = u64::from(up.cache().block_size());
+    /// The bytes `range` (end exclusive) of `obj`, read through `sh`'s cache and fetched by its
+    /// fetcher pool where missing.
+    pub fn new(sh: &'a Services, target: &'a Target, obj: &'a Object, range: Range<u64>) -> Self {
+        let bs = u64::from(sh.cache.block_size());
         BlockStream {
-            up,
+            cache: &sh.cache,
+            up: &sh.upstream,
             target,
             obj,
             bs,
@@ -68,45 +73,28 @@ impl<'a> BlockStream<'a> {
     /// Claims the next block after what is scheduled; a missing one starts a run of missing
     /// blocks (up to the upstream window or the end of the range) fetched by one request.
     fn extend(&mut self) -> Result<(), Error> {
-        let cache = self.up.cache();
+        let cache = self.cache;
         let key = &self.target.key;
         let b = self.scheduled_to();
-        match cache
-            .claim(key, b, self.obj.version)
-            .map_err(Self::claim_err)?
-        {
-            Claim::Ready(buf) => self.pending.push_back(Source::Ready(buf)),
-            Claim::Wait(f) => self.pending.push_back(Source::Fill(f)),
-            Claim::Write(w) => {
-                let run_end = (b + self.up.window_blocks()).min(self.last_block + 1);
-                let mut writers = vec![w];
-                let mut after = None;
-                for c in b + 1..run_end {
-                    match cache.claim(key, c, self.obj.version) {
-                        Ok(Claim::Write(w)) => writers.push(w),
-                        Ok(Claim::Ready(buf)) => {
-                            after = Some(Source::Ready(buf));
-                            break;
-                        }
-                        Ok(Claim::Wait(f)) => {
-                            after = Some(Source::Fill(f));
-                            break;
-                        }
-                        Err(_) => break,
-                    }
-                }
-                for w in &writers {
-                    let fill = w.fill().expect("fresh writer").clone();
-                    self.pending.push_back(Source::Fill(fill));
-                }
-                self.pending.extend(after);
-                self.up.fill(self.target, self.obj.clone(), writers);
-            }
+        let run_end = (b + self.up.window_blocks()).min(self.last_block + 1);
+        let (writers, stop) = cache
+            .claim_run(key, b, run_end, self.obj.version)
+            .map_err(Self::claim_err)?;
+        for w in &writers {
+            let fill = w.fill().expect("fresh writer").clone();
+            self.pending.push_back(Source::Fill(fill));
+        }
+        match stop {
+            Some(Claim::Ready(buf)) => self.pending.push_back(Source::Ready(buf)),
+            Some(Claim::Wait(f)) => self.pending.push_back(Source::Fill(f)),
+            Some(Claim::Write(_)) | None => {}
+        }
+        if !writers.is_empty() {
+            self.up.fill(self.target, self.obj.clone(), writers);
         }
         Ok(())
     }
 
-    /// The next chunk of bytes, or `None` at the end of the range.
     /// The next chunk of the range; `Ok(None)` at its end. Before the response head is sent
     /// an error becomes a 502/504; after it, the connection is cut (never a short or mixed
     /// body).

@@ -29,7 +29,7 @@ pub fn summary(sh: &Services) -> String {
     let up = &sh.upstream;
     let life = sh.metrics.totals(up.stats.bytes.load(Ordering::Relaxed));
     let mut top = original(&life);
-    let cache = up.cache();
+    let cache = &sh.cache;
     let (objects, blocks, filling) = cache.counts();
     let drives: Vec<_> = cache
         .store()

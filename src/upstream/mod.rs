@@ -17,10 +17,8 @@ use std::sync::mpsc::{Receiver, Sender, channel};
 use std::sync::{Arc, Mutex as StdMutex};
 use std::time::{Duration, Instant};
 
-use hashbrown::HashMap;
-use parking_lot::{Condvar, Mutex};
-
-use crate::cache::{BlockWriter, Cache, Claim, Object};
+use crate::cache::lock::{Collapsed, LockStatus, Pending};
+use crate::cache::{BlockWriter, Cache, Object};
 use crate::config::Config;
 use crate::error::{Error, Kind};
 use crate::route::Target;
@@ -28,73 +26,15 @@ use crate::store::ObjectMeta;
 use fetch::Answer;
 use parents::{Hop, Parents};
 
-/// What a cold fetch or a revalidation gives the requests that joined it.
-#[derive(Clone)]
-pub enum Collapsed {
-    /// The object to serve: stored (or refreshed), its first blocks on their way.
-    Object(Object),
-    /// The answer may not be stored (the reason): pass the request through.
-    Pass(&'static str),
-}
-
-/// The outcome of a cold fetch, shared by every request that joined it.
-pub struct ColdFetch {
-    result: Mutex<Option<Result<Collapsed, Error>>>,
-    notify: tokio::sync::Notify,
-    cond: Condvar,
-}
-
-impl ColdFetch {
-    fn new() -> Arc<ColdFetch> {
-        Arc::new(ColdFetch {
-            result: Mutex::new(None),
-            notify: tokio::sync::Notify::new(),
-            cond: Condvar::new(),
-        })
-    }
-
-    fn finish(&self, r: Result<Collapsed, Error>) {
-        let mut g = self.result.lock();
-        if g.is_none() {
-            *g = Some(r);
-        }
-        self.cond.notify_all();
-        drop(g);
-        self.notify.notify_waiters();
-    }
-
-    /// Waits (async) for the object's metadata, or the reason there is none.
-    pub async fn wait(&self) -> Result<Collapsed, Error> {
-        loop {
-            let notified = self.notify.notified();
-            tokio::pin!(notified);
-            notified.as_mut().enable();
-            if let Some(r) = self.result.lock().clone() {
-                return r;
-            }
-            notified.await;
-        }
-    }
-
-    /// Waits from a plain thread.
-    pub fn wait_blocking(&self) -> Result<Collapsed, Error> {
-        let mut g = self.result.lock();
-        loop {
-            if let Some(r) = g.clone() {
-                return r;
-            }
-            self.cond.wait(&mut g);
-        }
-    }
-}
-
 struct Job {
     target: Target,
     first: u32,
     count: u32,
     known: Option<Object>,
     writers: Vec<BlockWriter>,
-    cold: Option<Arc<ColdFetch>>,
+    /// The collapsed fetch this job leads (cold misses and revalidations), released with the
+    /// outcome.
+    cold: Option<Arc<Pending>>,
     /// A conditional request for `known` (stale): a 304 refreshes its headers.
     revalidate: bool,
 }
@@ -122,10 +62,6 @@ pub struct Upstream {
     /// Our `Via` entry, sent with every upstream request.
     via: String,
     jobs: Sender<Work>,
-    cold: Mutex<HashMap<String, Arc<ColdFetch>>>,
-    /// Keys whose last answer could not be stored, until when: their requests pass through
-    /// at once instead of trying a cacheable fetch first.
-    passes: Mutex<HashMap<String, Instant>>,
     pub parents: Parents,
     pub stats: Stats,
 }
@@ -141,8 +77,6 @@ impl Upstream {
             window: cfg.upstream.window,
             via: format!("1.1 {} (gatecache)", cfg.node_name),
             jobs: tx,
-            cold: Mutex::new(HashMap::new()),
-            passes: Mutex::new(HashMap::new()),
             parents: Parents::new(
                 &cfg.upstream.parents,
                 cfg.upstream.direct_fallback,
@@ -198,7 +132,7 @@ impl Upstream {
 
     /// Fetches the head (and the first `count` blocks from `first`) of an object that is not
     /// cached; joins the fetch already under way for the same key.
-    pub fn fetch_cold(&self, target: &Target, first: u32, count: u32) -> Arc<ColdFetch> {
+    pub fn fetch_cold(&self, target: &Target, first: u32, count: u32) -> Arc<Pending> {
         self.collapsed(target, first, count, None)
     }
 
@@ -211,7 +145,7 @@ impl Upstream {
         stale: &Object,
         first: u32,
         count: u32,
-    ) -> Arc<ColdFetch> {
+    ) -> Arc<Pending> {
         self.collapsed(target, first, count, Some(stale))
     }
 
@@ -222,31 +156,29 @@ impl Upstream {
         first: u32,
         count: u32,
         stale: Option<&Object>,
-    ) -> Arc<ColdFetch> {
-        let mut cold = self.cold.lock();
-        if let Some(c) = cold.get(&target.key) {
-            return c.clone();
-        }
-        let c = ColdFetch::new();
+    ) -> Arc<Pending> {
+        let lock = self.cache.fetch_lock();
+        let p = match lock.acquire(&target.key) {
+            LockStatus::Joined(p) => return p,
+            LockStatus::Leader(p) => p,
+        };
         if stale.is_none()
             && let Some(o) = self.cache.lookup(&target.key)
         {
             // Cached since the caller looked: nothing to fetch here.
-            c.finish(Ok(Collapsed::Object(o)));
-            return c;
+            lock.release(&target.key, &p, Ok(Collapsed::Object(o)));
+            return p;
         }
-        cold.insert(target.key.clone(), c.clone());
-        drop(cold);
         self.submit(Job {
             target: target.clone(),
             first,
             count: count.clamp(1, self.window_blocks()),
             known: stale.cloned(),
             writers: Vec::new(),
-            cold: Some(c.clone()),
+            cold: Some(p.clone()),
             revalidate: stale.is_some(),
         });
-        c
+        p
     }
 
     /// Fills the run of blocks the caller claimed (consecutive, from `writers[0].block()`).
@@ -277,17 +209,41 @@ impl Upstream {
     }
 
     fn end_cold(&self, job: &Job, r: Result<Collapsed, Error>) {
-        if let Some(c) = &job.cold {
-            // Out of the map first: a request arriving after the result is out must start
-            // its own fetch, not join this finished one (and be handed a stale error).
-            {
-                let mut cold = self.cold.lock();
-                if cold.get(&job.target.key).is_some_and(|x| Arc::ptr_eq(x, c)) {
-                    cold.remove(&job.target.key);
+        if let Some(p) = &job.cold {
+            self.cache.fetch_lock().release(&job.target.key, p, r);
+        }
+    }
+
+    /// The one hop loop: asks the hops in order (parents, then the origin if allowed) until one
+    /// answers, or fails in a way the next cannot help with. `resendable`: the request may go
+    /// to another hop after one that may have received it (RFC 9110 §9.2.2). Returns the
+    /// answer and the hop that gave it, or the last failure.
+    pub(super) fn over_hops<R>(
+        &self,
+        target: &Target,
+        resendable: bool,
+        mut ask: impl FnMut(&Hop) -> Result<R, Error>,
+    ) -> Result<(R, Hop), Error> {
+        let mut last = Error::with(Kind::Connect, "no upstream to ask");
+        for hop in self.parents.plan(Instant::now()) {
+            self.stats.requests.fetch_add(1, Ordering::Relaxed);
+            match ask(&hop) {
+                Ok(r) => {
+                    self.parents.succeeded(&hop);
+                    return Ok((r, hop));
+                }
+                Err(e) => {
+                    log::warn!("{} via {hop:?}: {}", target.url(), e.message());
+                    let next =
+                        self.hop_failed(&hop, &e) && (resendable || e.kind == Kind::Connect);
+                    last = e;
+                    if !next {
+                        break;
+                    }
                 }
             }
-            c.finish(r);
         }
+        Err(last)
     }
 
     fn run(&self, mut job: Job) {
@@ -299,26 +255,11 @@ impl Upstream {
         }
         let started = Instant::now();
         let range = Some((start, end.max(start + 1) - 1));
-        let mut answer = Err(Error::with(Kind::Connect, "no upstream to ask"));
-        for hop in self.parents.plan(started) {
-            self.stats.requests.fetch_add(1, Ordering::Relaxed);
-            let cond = job.known.as_ref().filter(|_| job.revalidate);
-            let meta = cond.map(|k| &*k.meta);
-            answer = fetch::fetch(&self.agent, &job.target, range, &self.via, &hop, meta)
-                .map(|f| (f, hop.clone()));
-            match &answer {
-                Ok(_) => {
-                    self.parents.succeeded(&hop);
-                    break;
-                }
-                Err(e) => {
-                    log::warn!("{} via {hop:?}: {}", job.target.url(), e.message());
-                    if !self.hop_failed(&hop, e) {
-                        break;
-                    }
-                }
-            }
-        }
+        let cond = job.known.as_ref().filter(|_| job.revalidate);
+        let meta = cond.map(|k| &*k.meta);
+        let answer = self.over_hops(&job.target, true, |hop| {
+            fetch::fetch(&self.agent, &job.target, range, &self.via, hop, meta)
+        });
         let (fetched, hop) = match answer {
             Ok((Answer::Store(f), hop)) => (f, hop),
             Ok((Answer::NotModified(meta), _)) => {
@@ -471,11 +412,8 @@ impl Upstream {
         obj: &Object,
         writers: &mut BTreeMap<u32, BlockWriter>,
     ) {
-        match self.cache.claim(key, b, obj.version) {
-            Ok(Claim::Write(w)) => {
-                writers.insert(b, w);
-            }
-            Ok(_) => {}
+        match self.cache.claim_run(key, b, b + 1, obj.version) {
+            Ok((ws, _)) => writers.extend(ws.into_iter().map(|w| (w.block(), w))),
             Err(e) => log::warn!("{key}: block {b} not claimed: {e}"),
         }
     }

@@ -4,7 +4,6 @@
 //! bounded channel, so a slow client slows the upstream read instead of filling memory.
 
 use std::io::Read;
-use std::time::Instant;
 
 use tokio::sync::mpsc;
 
@@ -55,26 +54,7 @@ const NOT_RELAYED: &[&str] = &[
 /// Bytes per body message.
 const CHUNK: usize = 64 * 1024;
 
-/// How long a key whose answer could not be stored is passed through without asking first.
-const PASS_HINT: std::time::Duration = std::time::Duration::from_secs(60);
-
 impl Upstream {
-    /// Remembers that `key`'s answer could not be stored.
-    pub fn mark_pass(&self, key: &str) {
-        let mut p = self.passes.lock();
-        let now = Instant::now();
-        if p.len() > 10_000 {
-            p.retain(|_, until| *until > now);
-        }
-        p.insert(key.to_string(), now + PASS_HINT);
-    }
-
-    /// Should requests for `key` pass through straight away?
-    pub fn is_pass(&self, key: &str) -> bool {
-        let p = self.passes.lock();
-        !p.is_empty() && p.get(key).is_some_and(|until| *until > Instant::now())
-    }
-
     /// Starts a pass-through exchange; the messages arrive on the returned channel.
     pub fn pass(&self, req: PassRequest) -> mpsc::Receiver<PassMsg> {
         let (tx, rx) = mpsc::channel(4);
@@ -92,18 +72,8 @@ impl Upstream {
             let _ = tx.blocking_send(PassMsg::Failed(e));
             return;
         };
-        let mut last = Error::with(Kind::Connect, "no upstream to ask");
-        for hop in self.parents.plan(Instant::now()) {
-            self.stats
-                .requests
-                .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-            let (url, host) = match upstream_url(&req.target, &hop) {
-                Ok(x) => x,
-                Err(e) => {
-                    last = e;
-                    break;
-                }
-            };
+        let answer = self.over_hops(&req.target, resendable, |hop| {
+            let (url, host) = upstream_url(&req.target, hop)?;
             let mut b = ureq::http::Request::builder()
                 .method(method)
                 .uri(url)
@@ -114,7 +84,7 @@ impl Upstream {
             }
             // No body, no Content-Length: a GET without one must not claim one (RFC 9110
             // §8.6); a POST without one says 0.
-            let r = if req.body.is_empty() && req.method.is_safe() {
+            let resp = if req.body.is_empty() && req.method.is_safe() {
                 b.body(())
                     .map_err(|e| Error::caused(Kind::Internal, e))
                     .and_then(|r| self.agent.run(r).map_err(map_err))
@@ -122,37 +92,23 @@ impl Upstream {
                 b.body(req.body.clone())
                     .map_err(|e| Error::caused(Kind::Internal, e))
                     .and_then(|r| self.agent.run(r).map_err(map_err))
-            };
-            let resp = match r {
-                Ok(resp)
-                    if matches!(hop, Hop::Parent(..))
-                        && resp.status().as_u16() >= 500
-                        && resp.status().as_u16() != 508
-                        && resendable =>
-                {
-                    // Alive but relaying a failure: ask the next hop, no back-off.
-                    last = Error::with(
-                        Kind::InvalidResponse,
-                        format!("upstream status {}", resp.status()),
-                    );
-                    continue;
-                }
-                Ok(resp) => resp,
-                Err(e) => {
-                    log::warn!("{} via {hop:?} (pass): {}", req.target.url(), e.message());
-                    let next = self.hop_failed(&hop, &e) && (resendable || e.kind == Kind::Connect);
-                    last = e;
-                    if next {
-                        continue;
-                    }
-                    break;
-                }
-            };
-            self.parents.succeeded(&hop);
-            self.relay(resp, req.method, &tx);
-            return;
+            }?;
+            let status = resp.status().as_u16();
+            if matches!(hop, Hop::Parent(..)) && status >= 500 && status != 508 && resendable {
+                // Alive but relaying a failure: ask the next hop (no back-off: it answered).
+                return Err(Error::with(
+                    Kind::InvalidResponse,
+                    format!("upstream status {status}"),
+                ));
+            }
+            Ok(resp)
+        });
+        match answer {
+            Ok((resp, _)) => self.relay(resp, req.method, &tx),
+            Err(e) => {
+                let _ = tx.blocking_send(PassMsg::Failed(e));
+            }
         }
-        let _ = tx.blocking_send(PassMsg::Failed(last));
     }
 
     fn relay(
