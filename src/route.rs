@@ -375,8 +375,8 @@ fn route_target<'c>(
             .iter()
             .find(|r| r.prefix == prefix)
             .expect("prefix comes from a route");
+        // Prefix and origin path both end with '/' (config): a plain join, nothing collapsed.
         let up_path = format!("{}{}", r.path, &norm[r.prefix.len()..]);
-        let up_path = up_path.replacen("//", "/", 1);
         return Ok(for_route(cfg, r, &up_path, &query));
     }
     Err(Refusal::NotAllowed(host_field.map_or_else(
@@ -422,8 +422,12 @@ fn named_target<'c>(
     }
     // Only what the routes to this origin serve: a route's origin path is a boundary too.
     match under_prefix(path, routes.iter().map(|r| r.path.as_str()))? {
-        Some((_, norm)) => {
-            let r = routes[0];
+        Some((matched, norm)) => {
+            // The route whose origin path holds the request: its scheme too.
+            let r = routes
+                .iter()
+                .find(|r| r.path == matched)
+                .expect("the path matched one of these routes");
             Ok(for_route(cfg, r, &norm, query))
         }
         None => Err(Refusal::NotAllowed(format!(
@@ -905,5 +909,32 @@ mod tests {
         ] {
             assert!(route(&req(target, "gw"), &cfg()).is_ok(), "{target}");
         }
+    }
+
+    #[test]
+    fn regression_named_route_took_the_first_route_of_the_host() {
+        let c = RawConfig::from_toml(
+            "[[route]]\nprefix = \"/a/\"\norigin = \"http://m.example.org:443/x/\"\n\
+             [[route]]\nprefix = \"/b/\"\norigin = \"https://m.example.org/y/\"",
+        )
+        .unwrap()
+        .validate()
+        .unwrap();
+        let t = route(&req("/y/z?cacheHostOrigin=m.example.org:443", "gw"), &c).unwrap();
+        assert_eq!(
+            t.uri_for(None).unwrap().to_string(),
+            "https://m.example.org/y/z"
+        );
+        let t = route(&req("/x/z?cacheHostOrigin=m.example.org:443", "gw"), &c).unwrap();
+        assert_eq!(
+            t.uri_for(None).unwrap().to_string(),
+            "http://m.example.org:443/x/z"
+        );
+    }
+
+    #[test]
+    fn regression_a_double_slash_inside_a_routed_path_was_collapsed() {
+        let t = route(&req("/debian/a//b", "gw"), &cfg()).unwrap();
+        assert_eq!(t.url(), "http://mirror.example.org/debian/a//b");
     }
 }
