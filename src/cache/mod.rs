@@ -368,7 +368,7 @@ impl Cache {
         }
     }
 
-/// Claims the run of missing blocks of `key` from `first` up to `end` (exclusive), a writer
+    /// Claims the run of missing blocks of `key` from `first` up to `end` (exclusive), a writer
     /// each, for one upstream request to fill. The run stops at the first block that is not
     /// missing, returned as claimed (`Ready` or `Wait`), or at `end`. An error on `first` is
     /// returned; one further on ends the run.
@@ -391,7 +391,7 @@ impl Cache {
         Ok((writers, None))
     }
 
-        /// Claims block `block` of version `version` of the object: exactly one caller at a time
+    /// Claims block `block` of version `version` of the object: exactly one caller at a time
     /// gets [`Claim::Write`]; the others wait on its fill or read the cached bytes.
     pub fn claim(&self, key: &str, block: u32, version: u64) -> Result<Claim, CacheError> {
         loop {

@@ -8,6 +8,7 @@ use super::pass;
 use super::stream::BlockStream;
 use super::transport::{Out, Transport};
 use crate::cache::Object;
+use crate::cache::lock::Collapsed;
 use crate::error::{Error, Kind};
 use crate::http::cache_status::{BypassReason, CacheStatus};
 use crate::http::freshness;
@@ -16,7 +17,6 @@ use crate::http::request::{Method, Request};
 use crate::http::response::{self, Head};
 use crate::route::Target;
 use crate::serve::plan::{self, AfterRevalidation, Early, Plan, Revalidated, Shape};
-use crate::cache::lock::Collapsed;
 
 /// What happened, for the access log, the metrics and the connection.
 pub struct Outcome {
@@ -117,7 +117,11 @@ impl<T: Transport> Exchange<'_, T> {
     async fn run(&mut self, body: Vec<u8>) -> (Outcome, RevalidateAfter) {
         let up = &self.sh.upstream;
         let stored = self.sh.cache.lookup(&self.target.key);
-        let hit_for_pass = self.sh.cache.pass_hints().is_pass(&self.target.key, std::time::Instant::now());
+        let hit_for_pass = self
+            .sh
+            .cache
+            .pass_hints()
+            .is_pass(&self.target.key, std::time::Instant::now());
         let meta = stored.as_ref().map(|o| &*o.meta);
         let window = plan::first_blocks(self.req, u64::from(self.sh.cache.block_size()));
         let mut after = None;
@@ -167,7 +171,10 @@ impl<T: Transport> Exchange<'_, T> {
                             self.target.key
                         );
                         self.sh.cache.remove(&self.target.key);
-                        self.sh.cache.pass_hints().mark(&self.target.key, std::time::Instant::now());
+                        self.sh
+                            .cache
+                            .pass_hints()
+                            .mark(&self.target.key, std::time::Instant::now());
                         return (self.pass(body, NOT_STORABLE).await, None);
                     }
                     AfterRevalidation::ServeStale => {
@@ -189,7 +196,10 @@ impl<T: Transport> Exchange<'_, T> {
                     Ok(Collapsed::Object(o)) => (o, Some(CacheStatus::Miss)),
                     Ok(Collapsed::Pass(why)) => {
                         log::debug!("{}: {why}; passing through", self.target.key);
-                        self.sh.cache.pass_hints().mark(&self.target.key, std::time::Instant::now());
+                        self.sh
+                            .cache
+                            .pass_hints()
+                            .mark(&self.target.key, std::time::Instant::now());
                         return (self.pass(body, NOT_STORABLE).await, None);
                     }
                     Err(e) => return (error_reply(self.t, &e, self.keep).await, None),

@@ -9,11 +9,14 @@ use tokio::net::TcpStream;
 
 use crate::serve::transport::{Out, Transport};
 
+/// A client connection on epoll: a tokio TCP stream with `TCP_NODELAY` set.
 pub struct EpollConn {
     stream: TcpStream,
 }
 
 impl EpollConn {
+    /// Wraps an accepted stream and sets `TCP_NODELAY` (a failure to set it is ignored: the
+    /// connection works, only with Nagle's delay on small writes).
     pub fn new(stream: TcpStream) -> EpollConn {
         let _ = stream.set_nodelay(true);
         EpollConn { stream }

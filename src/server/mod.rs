@@ -7,6 +7,8 @@ pub mod uring;
 
 use std::net::{SocketAddr, TcpListener};
 use std::sync::Arc;
+use std::sync::atomic::Ordering;
+use std::time::{Duration, Instant};
 
 use crate::cache::Cache;
 use crate::config::{Config, IoBackend};
@@ -16,15 +18,25 @@ use crate::upstream::Upstream;
 pub use crate::serve::Shared;
 use crate::serve::{Lifecycle, Services};
 
-/// The backend that will run, and why.
+/// The I/O backend the workers run on (chosen once, by [`choose_backend`]).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Backend {
+    /// io_uring through tokio-uring: slot memory is handed to the kernel as is.
     Uring,
+    /// epoll through a current-thread tokio runtime: where io_uring is refused (Docker's
+    /// default seccomp profile, `kernel.io_uring_disabled`).
     Epoll,
 }
 
 /// Chooses the backend: io_uring unless configured otherwise or unavailable (the probe sets up
 /// a real ring, which is what seccomp or `kernel.io_uring_disabled` refuse).
+///
+/// Returns the backend and why it was chosen (a line for the start-up log; on `auto` without
+/// io_uring, how to allow it).
+///
+/// # Errors
+///
+/// `io_backend = "uring"` and no ring can be set up: the message gives the kernel's error.
 pub fn choose_backend(want: IoBackend) -> Result<(Backend, String), String> {
     let probe = || tokio_uring::Runtime::new(&tokio_uring::builder()).map(drop);
     match want {
@@ -47,7 +59,12 @@ pub fn choose_backend(want: IoBackend) -> Result<(Backend, String), String> {
     }
 }
 
-/// A listening socket with SO_REUSEPORT, so each worker accepts on its own.
+/// A listening socket with SO_REUSEPORT, so each worker accepts on its own: bound to `addr`,
+/// non-blocking, with a backlog of 1024.
+///
+/// # Errors
+///
+/// Creating, configuring, binding or listening failed (the address is in use or not local).
 pub fn listener(addr: SocketAddr) -> std::io::Result<TcpListener> {
     use socket2::{Domain, Protocol, Socket, Type};
     let s = Socket::new(Domain::for_address(addr), Type::STREAM, Some(Protocol::TCP))?;
@@ -59,18 +76,23 @@ pub fn listener(addr: SocketAddr) -> std::io::Result<TcpListener> {
     Ok(s.into())
 }
 
-/// Opens the cache, starts fetchers, admin and workers; returns when the workers end.
+/// Runs the server with `cfg` until SIGTERM or SIGINT, then drains and returns.
+///
+/// In order: chooses the backend ([`choose_backend`]), opens the cache (recovering the store),
+/// starts the fetchers, binds one listener per worker, opens the access log, starts the admin
+/// listener and the housekeeping thread, installs the signal handlers, starts the workers and
+/// reports ready (to systemd too, `READY=1`). SIGHUP reopens the access log; SIGTERM or SIGINT
+/// stops accepting, lets responses in flight finish (up to `shutdown_grace`), then fetches and
+/// flushes (up to 10 s).
+///
+/// # Errors
+///
+/// A message naming what failed, before anything is served: io_uring required but unavailable,
+/// the store, the upstream setup, a listen or admin address, the access log, a thread or the
+/// signal handlers. A worker whose runtime fails later logs it and exits the process (status 1).
 pub fn run(cfg: Config) -> Result<(), String> {
     let (backend, why) = choose_backend(cfg.io_backend)?;
-    let (cache, report) = Cache::open(&cfg.store).map_err(|e| e.to_string())?;
-    log::info!(
-        "cache: {} objects, {} bytes in {} drive(s); capacity {} bytes",
-        report.objects,
-        report.bytes,
-        cfg.store.drives.len(),
-        cache.store().capacity_bytes()
-    );
-    let upstream = Upstream::start(cache, &cfg)?;
+    let (cache, upstream) = open_cache(&cfg)?;
     // Bind every listener before reporting ready, so a bad address fails start-up.
     let listeners = (0..cfg.workers)
         .map(|_| listener(cfg.listen))
@@ -83,6 +105,7 @@ pub fn run(cfg: Config) -> Result<(), String> {
             cfg,
             upstream,
             limits: Limits::default(),
+            cache,
             metrics: Default::default(),
             access,
         },
@@ -102,7 +125,7 @@ pub fn run(cfg: Config) -> Result<(), String> {
     // Installed before any worker runs and before READY=1, so that a stop or a reload sent as
     // soon as the service is up is handled, not fatal. SIGTERM (systemd, Docker) and SIGINT
     // drain and flush (a stop loses only transfers in flight); SIGHUP reopens the access log.
-    let mut signals = signal_hook::iterator::Signals::new([
+    let signals = signal_hook::iterator::Signals::new([
         signal_hook::consts::SIGTERM,
         signal_hook::consts::SIGINT,
         signal_hook::consts::SIGHUP,
@@ -114,6 +137,34 @@ pub fn run(cfg: Config) -> Result<(), String> {
         .map(|l| l.try_clone())
         .collect::<Result<Vec<_>, _>>()
         .map_err(|e| format!("listener: {e}"))?;
+    spawn_workers(listeners, backend, &shared)?;
+    shared.lifecycle.ready.store(true, Ordering::Relaxed);
+    notify(&[sd_notify::NotifyState::Ready]);
+    until_stopped(signals, &shared, &stoppers);
+    Ok(())
+}
+
+/// Opens the cache (recovering the store, logged) and starts the fetchers that fill it.
+fn open_cache(cfg: &Config) -> Result<(Cache, Arc<Upstream>), String> {
+    let (cache, report) = Cache::open(&cfg.store).map_err(|e| e.to_string())?;
+    log::info!(
+        "cache: {} objects, {} bytes in {} drive(s); capacity {} bytes",
+        report.objects,
+        report.bytes,
+        cfg.store.drives.len(),
+        cache.store().capacity_bytes()
+    );
+    let upstream = Upstream::start(cache.clone(), cfg)?;
+    Ok((cache, upstream))
+}
+
+/// Starts one worker thread per listener, each running `backend`'s accept loop; a worker whose
+/// runtime fails logs it and exits the process.
+fn spawn_workers(
+    listeners: Vec<TcpListener>,
+    backend: Backend,
+    shared: &Arc<Shared>,
+) -> Result<(), String> {
     for (i, l) in listeners.into_iter().enumerate() {
         let sh = shared.clone();
         std::thread::Builder::new()
@@ -130,12 +181,16 @@ pub fn run(cfg: Config) -> Result<(), String> {
             })
             .map_err(|e| format!("spawn worker: {e}"))?;
     }
-    shared
-        .lifecycle
-        .ready
-        .store(true, std::sync::atomic::Ordering::Relaxed);
-    notify(&[sd_notify::NotifyState::Ready]);
+    Ok(())
+}
 
+/// Handles signals until a stop: SIGHUP reopens the access log; SIGTERM or SIGINT drains
+/// ([`drain`]) and returns.
+fn until_stopped(
+    mut signals: signal_hook::iterator::Signals,
+    shared: &Shared,
+    stoppers: &[TcpListener],
+) {
     for sig in signals.forever() {
         if sig == signal_hook::consts::SIGHUP {
             log::info!("SIGHUP: reopening the access log");
@@ -147,45 +202,37 @@ pub fn run(cfg: Config) -> Result<(), String> {
              flushes, then exiting",
             shared.services.cfg.shutdown_grace
         );
-        notify(&[sd_notify::NotifyState::Stopping]);
-        shared
-            .lifecycle
-            .ready
-            .store(false, std::sync::atomic::Ordering::Relaxed);
-        shared
-            .lifecycle
-            .draining
-            .store(true, std::sync::atomic::Ordering::Relaxed);
-        for l in &stoppers {
-            let _ = socket2::SockRef::from(l).shutdown(std::net::Shutdown::Read);
-        }
-        let until = std::time::Instant::now() + shared.services.cfg.shutdown_grace;
-        while shared
-            .lifecycle
-            .in_flight
-            .load(std::sync::atomic::Ordering::Relaxed)
-            > 0
-            && std::time::Instant::now() < until
-        {
-            std::thread::sleep(std::time::Duration::from_millis(20));
-        }
-        let left = shared
-            .lifecycle
-            .in_flight
-            .load(std::sync::atomic::Ordering::Relaxed);
-        if left > 0 {
-            log::warn!("{left} responses still running at the deadline; they are cut");
-        }
-        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
-        let quiet = shared.services.upstream.quiesce(deadline);
-        let left = deadline.saturating_duration_since(std::time::Instant::now());
-        if !quiet || !shared.services.upstream.cache().flush_within(left) {
-            log::warn!("fetches still running after 10 s; exiting without their blocks");
-        }
-        shared.services.access.flush();
+        drain(shared, stoppers);
         break;
     }
-    Ok(())
+}
+
+/// Stops the process cleanly: not ready, no new connections or requests, responses in flight
+/// finished (up to `shutdown_grace`), then fetches finished and blocks flushed (up to 10 s),
+/// then the access log flushed.
+fn drain(shared: &Shared, stoppers: &[TcpListener]) {
+    notify(&[sd_notify::NotifyState::Stopping]);
+    let life = &shared.lifecycle;
+    life.ready.store(false, Ordering::Relaxed);
+    life.draining.store(true, Ordering::Relaxed);
+    for l in stoppers {
+        let _ = socket2::SockRef::from(l).shutdown(std::net::Shutdown::Read);
+    }
+    let until = Instant::now() + shared.services.cfg.shutdown_grace;
+    while life.in_flight.load(Ordering::Relaxed) > 0 && Instant::now() < until {
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    let left = life.in_flight.load(Ordering::Relaxed);
+    if left > 0 {
+        log::warn!("{left} responses still running at the deadline; they are cut");
+    }
+    let deadline = Instant::now() + Duration::from_secs(10);
+    let quiet = shared.services.upstream.quiesce(deadline);
+    let left = deadline.saturating_duration_since(Instant::now());
+    if !quiet || !shared.services.cache.flush_within(left) {
+        log::warn!("fetches still running after 10 s; exiting without their blocks");
+    }
+    shared.services.access.flush();
 }
 
 /// Tells systemd (Type=notify) where we are; nothing when not started by it.
@@ -202,18 +249,13 @@ fn housekeeping(sh: Arc<Shared>) -> Result<(), String> {
     std::thread::Builder::new()
         .name("housekeeping".into())
         .spawn(move || {
-            let mut next_period = std::time::Instant::now() + crate::metrics::PERIOD;
+            let mut next_period = Instant::now() + crate::metrics::PERIOD;
             loop {
-                std::thread::sleep(std::time::Duration::from_secs(1));
+                std::thread::sleep(Duration::from_secs(1));
                 sh.services.access.flush();
-                if std::time::Instant::now() >= next_period {
+                if Instant::now() >= next_period {
                     next_period += crate::metrics::PERIOD;
-                    let up = sh
-                        .services
-                        .upstream
-                        .stats
-                        .bytes
-                        .load(std::sync::atomic::Ordering::Relaxed);
+                    let up = sh.services.upstream.stats.bytes.load(Ordering::Relaxed);
                     sh.services.metrics.tick(up);
                 }
             }
@@ -222,6 +264,8 @@ fn housekeeping(sh: Arc<Shared>) -> Result<(), String> {
         .map_err(|e| format!("spawn housekeeping: {e}"))
 }
 
+/// One io_uring worker: accepts on `l` and serves each connection as a task of its own, until
+/// the process ends.
 fn run_uring(l: TcpListener, sh: Arc<Shared>) -> Result<(), String> {
     tokio_uring::start(async move {
         let listener = tokio_uring::net::TcpListener::from_std(l);
@@ -230,24 +274,21 @@ fn run_uring(l: TcpListener, sh: Arc<Shared>) -> Result<(), String> {
                 Ok((s, peer)) => {
                     tokio_uring::spawn(conn::serve(uring::UringConn::new(s), peer, sh.clone()));
                 }
-                Err(_)
-                    if sh
-                        .lifecycle
-                        .draining
-                        .load(std::sync::atomic::Ordering::Relaxed) =>
-                {
+                Err(_) if sh.lifecycle.draining.load(Ordering::Relaxed) => {
                     // Keep the runtime (and the connections on it) until the process ends.
                     std::future::pending::<()>().await;
                 }
                 Err(e) => {
                     log::warn!("accept: {e}");
-                    tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+                    tokio::time::sleep(Duration::from_millis(50)).await;
                 }
             }
         }
     })
 }
 
+/// One epoll worker: accepts on `l` and serves each connection as a local task of its own,
+/// until the process ends.
 fn run_epoll(l: TcpListener, sh: Arc<Shared>) -> Result<(), String> {
     let rt = tokio::runtime::Builder::new_current_thread()
         .enable_all()
@@ -265,17 +306,12 @@ fn run_epoll(l: TcpListener, sh: Arc<Shared>) -> Result<(), String> {
                         sh.clone(),
                     ));
                 }
-                Err(_)
-                    if sh
-                        .lifecycle
-                        .draining
-                        .load(std::sync::atomic::Ordering::Relaxed) =>
-                {
+                Err(_) if sh.lifecycle.draining.load(Ordering::Relaxed) => {
                     std::future::pending::<()>().await;
                 }
                 Err(e) => {
                     log::warn!("accept: {e}");
-                    tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+                    tokio::time::sleep(Duration::from_millis(50)).await;
                 }
             }
         }

@@ -9,11 +9,14 @@ use tokio_uring::net::TcpStream;
 use crate::serve::transport::{Out, Transport};
 use crate::store::SlotBuf;
 
+/// A client connection on io_uring: a tokio-uring TCP stream with `TCP_NODELAY` set.
 pub struct UringConn {
     stream: TcpStream,
 }
 
 impl UringConn {
+    /// Wraps an accepted stream and sets `TCP_NODELAY` (a failure to set it is ignored: the
+    /// connection works, only with Nagle's delay on small writes).
     pub fn new(stream: TcpStream) -> UringConn {
         let _ = stream.set_nodelay(true);
         UringConn { stream }

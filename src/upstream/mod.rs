@@ -234,8 +234,7 @@ impl Upstream {
                 }
                 Err(e) => {
                     log::warn!("{} via {hop:?}: {}", target.url(), e.message());
-                    let next =
-                        self.hop_failed(&hop, &e) && (resendable || e.kind == Kind::Connect);
+                    let next = self.hop_failed(&hop, &e) && (resendable || e.kind == Kind::Connect);
                     last = e;
                     if !next {
                         break;
