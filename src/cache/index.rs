@@ -21,23 +21,30 @@ const VERIFIED: u64 = 1 << 61;
 /// What a block is doing, as far as a request is concerned.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum BlockStatus {
+    /// Not cached and nobody is filling it.
     Missing,
+    /// A writer is filling it; readers wait on its watermark.
     Filling,
+    /// Committed: readable from its slot.
     Ready,
 }
 
 impl BlockState {
+    /// A missing block.
     pub const EMPTY: BlockState = BlockState(0);
 
+    /// A block being filled into the slot at `addr`.
     pub fn filling(addr: SlotAddr) -> BlockState {
         BlockState(FILLING << TAG_SHIFT | addr.to_bits())
     }
 
+    /// A committed block at `addr`; `verified` once its crc was checked since the last start.
     pub fn ready(addr: SlotAddr, verified: bool) -> BlockState {
         let v = if verified { VERIFIED } else { 0 };
         BlockState(READY << TAG_SHIFT | v | addr.to_bits())
     }
 
+    /// Missing, filling or ready.
     pub fn status(self) -> BlockStatus {
         match self.0 >> TAG_SHIFT {
             0 => BlockStatus::Missing,
@@ -46,10 +53,12 @@ impl BlockState {
         }
     }
 
+    /// The slot address (meaningless when missing).
     pub fn addr(self) -> SlotAddr {
         SlotAddr::from_bits(self.0)
     }
 
+    /// Was the data crc checked since the store was opened?
     pub fn verified(self) -> bool {
         self.0 & VERIFIED != 0
     }
@@ -71,19 +80,25 @@ impl std::fmt::Debug for BlockState {
 
 /// One cached object: its metadata and where each of its blocks is.
 pub struct ObjectEntry {
+    /// The stored response metadata.
     pub meta: Arc<ObjectMeta>,
+    /// The object version its blocks belong to.
     pub version: u64,
+    /// Where its metadata record lives.
     pub meta_addr: SlotAddr,
     /// Sequence number of the metadata record: a newer record always wins.
     pub meta_seq: u64,
+    /// One state per block of the object.
     pub blocks: Box<[BlockState]>,
 }
 
 impl ObjectEntry {
+    /// Has the object no block at all (a zero-length body)?
     pub fn is_empty(&self) -> bool {
         self.blocks.iter().all(|b| *b == BlockState::EMPTY)
     }
 
+    /// How many blocks are committed.
     pub fn ready_blocks(&self) -> usize {
         self.blocks
             .iter()
@@ -92,8 +107,10 @@ impl ObjectEntry {
     }
 }
 
+/// One shard of the index, behind its own lock.
 #[derive(Default)]
 pub struct Shard {
+    /// Objects by key hash.
     pub objects: HashMap<u128, ObjectEntry>,
     /// Fills in progress, so a second claimer can wait on the first one's watermark.
     pub fills: HashMap<(u128, u32), Arc<Fill>>,
@@ -103,6 +120,7 @@ pub struct Shard {
 #[repr(align(128))]
 struct Padded(Mutex<Shard>);
 
+/// The index: objects by key hash, in shards chosen by the hash's high bits.
 pub struct Index {
     shards: Box<[Padded]>,
     mask: usize,
@@ -126,6 +144,7 @@ impl Index {
         (cores * 8).max(16)
     }
 
+    /// How many shards (a power of two).
     pub fn shard_count(&self) -> usize {
         self.shards.len()
     }
@@ -135,6 +154,7 @@ impl Index {
         self.shards[(key_hash >> 64) as usize & self.mask].0.lock()
     }
 
+    /// Shard number `i`, locked (for walks over every shard).
     pub fn shard_at(&self, i: usize) -> MutexGuard<'_, Shard> {
         self.shards[i].0.lock()
     }

@@ -16,14 +16,19 @@ use crate::store::{
 pub use index::{BlockState, BlockStatus};
 use index::{Index, ObjectEntry};
 
+/// Why the cache refused an operation.
 #[derive(Debug, thiserror::Error)]
 pub enum CacheError {
+    /// The key is not cached.
     #[error("object not in the cache")]
     NoObject,
+    /// Another version of the object was installed meanwhile.
     #[error("object changed version")]
     VersionChanged,
+    /// The block number is past the object's last block.
     #[error("block {0} is past the end of the object")]
     OutOfRange(u32),
+    /// The store failed (no slot could be freed, an I/O error).
     #[error(transparent)]
     Store(#[from] StoreError),
 }
@@ -31,7 +36,9 @@ pub enum CacheError {
 /// A cached object as a request sees it: metadata plus its version (for claims).
 #[derive(Clone, Debug)]
 pub struct Object {
+    /// The stored response metadata (headers, length, freshness).
     pub meta: Arc<ObjectMeta>,
+    /// xxh3 of length + ETag + Last-Modified: blocks of another version are never mixed in.
     pub version: u64,
 }
 
@@ -58,6 +65,8 @@ struct Inner {
     drained: parking_lot::Condvar,
 }
 
+/// The cache: an index of objects and blocks over the store, with the fetch lock and the
+/// hit-for-pass memory. Cheap to clone (one `Arc`).
 #[derive(Clone)]
 pub struct Cache {
     inner: Arc<Inner>,
@@ -69,6 +78,7 @@ impl Cache {
         Self::open_with_shards(cfg, Index::default_shards())
     }
 
+    /// [`Cache::open`] with `shards` index shards (a power of two; tests use few).
     pub fn open_with_shards(
         cfg: &StoreConfig,
         shards: usize,
@@ -124,10 +134,12 @@ impl Cache {
         &self.inner.pass_hints
     }
 
+    /// The store underneath (drives, capacity; for the summary and verify).
     pub fn store(&self) -> &Store {
         &self.inner.store
     }
 
+    /// Block size in bytes (a power of two, 64 KiB to 16 MiB).
     pub fn block_size(&self) -> u32 {
         self.inner.store.block_size()
     }
@@ -198,6 +210,9 @@ impl Cache {
         Ok(self.put_object_inner(meta, 0..0, Some(expected))?.0)
     }
 
+    /// Installs `meta` (a new object, a new version, or a refresh when `expected` names the
+    /// version it must still be) and claims the missing blocks of `blocks` under the same
+    /// shard lock.
     fn put_object_inner(
         &self,
         meta: ObjectMeta,
@@ -206,9 +221,52 @@ impl Cache {
     ) -> Result<(Object, Vec<BlockWriter>), CacheError> {
         let inner = &self.inner;
         let h = key_hash(&meta.key);
-        let version = meta.version();
         let bs = inner.store.block_size();
         let blocks = blocks.start..blocks.end.min(meta.block_count(bs) as u32);
+        let (addr, seq) = self.write_record(&meta, h)?;
+        // Allocated before the shard lock (allocation may evict, which locks shards).
+        let slots = self.block_slots(&meta, h, blocks);
+        let rec = Record {
+            version: meta.version(),
+            meta: Arc::new(meta),
+            addr,
+            seq,
+        };
+        let mut to_free = Vec::new();
+        let mut writers = Vec::new();
+        let result = {
+            let mut shard = inner.index.shard(h);
+            let nblocks = rec.meta.block_count(bs) as usize;
+            let installed = install(&mut shard, h, &rec, expected, nblocks, &mut to_free);
+            for (b, w) in slots {
+                match installed
+                    .as_ref()
+                    .and_then(|_| claim_slot(&mut shard, h, b, &w))
+                {
+                    Some(()) => writers.push(BlockWriter {
+                        inner: inner.clone(),
+                        key_hash: h,
+                        block: b,
+                        version: rec.version,
+                        writer: Some(w),
+                    }),
+                    None => to_free.push(w.fill().addr()),
+                }
+            }
+            installed
+        };
+        for addr in to_free {
+            inner.store.drive(addr.drive()).free(addr);
+        }
+        match result {
+            Some(o) => Ok((o, writers)),
+            None => Err(CacheError::VersionChanged),
+        }
+    }
+
+    /// Writes `meta`'s record into a metadata slot; its address and sequence number.
+    fn write_record(&self, meta: &ObjectMeta, h: u128) -> Result<(SlotAddr, u64), CacheError> {
+        let inner = &self.inner;
         let record = meta.encode();
         let drive = inner.store.drive_for(h, u32::MAX);
         let mut w = drive.alloc(SlotKind::Meta, record.len() as u32, &**inner)?;
@@ -221,7 +279,7 @@ impl Cache {
             block: 0,
             data_len: 0,
             data_crc: 0,
-            object_version: version,
+            object_version: meta.version(),
             seq,
         };
         let meta_addr = w.fill().addr();
@@ -233,11 +291,20 @@ impl Cache {
             drive.free(meta_addr);
             return Err(e.into());
         }
-        drop(w);
-        // Slots for the blocks to claim, allocated before the shard lock (allocation may evict,
-        // which locks shards).
+        Ok((meta_addr, seq))
+    }
+
+    /// Data slots for `blocks` of `meta`, as many as can be allocated in order.
+    fn block_slots(
+        &self,
+        meta: &ObjectMeta,
+        h: u128,
+        blocks: std::ops::Range<u32>,
+    ) -> Vec<(u32, SlotWriter)> {
+        let inner = &self.inner;
+        let bs = inner.store.block_size();
         let mut slots = Vec::with_capacity(blocks.len());
-        for b in blocks.clone() {
+        for b in blocks {
             let len = meta.block_len(bs, u64::from(b)) as u32;
             match inner
                 .store
@@ -251,97 +318,7 @@ impl Cache {
                 }
             }
         }
-        let meta = Arc::new(meta);
-        let mut to_free = Vec::new();
-        let mut writers = Vec::new();
-        let result = {
-            let mut shard = inner.index.shard(h);
-            let nblocks = meta.block_count(bs) as usize;
-            let installed = match shard.objects.get_mut(&h) {
-                Some(e) if expected.is_some_and(|v| v != e.version) => {
-                    // Replaced by another version since the caller looked: that one stands.
-                    to_free.push(meta_addr);
-                    None
-                }
-                Some(e) if e.meta_seq > seq => {
-                    // A newer record was installed while ours was being written.
-                    to_free.push(meta_addr);
-                    (e.version == version).then(|| Object {
-                        meta: e.meta.clone(),
-                        version: e.version,
-                    })
-                }
-                Some(e) => {
-                    to_free.push(e.meta_addr);
-                    if e.version != version || e.meta.key != meta.key {
-                        for b in e.blocks.iter_mut() {
-                            if b.status() == BlockStatus::Ready {
-                                to_free.push(b.addr());
-                            }
-                        }
-                        // Filling blocks belong to the old version: their commit will fail.
-                        e.blocks = vec![BlockState::EMPTY; nblocks].into_boxed_slice();
-                    }
-                    e.meta = meta.clone();
-                    e.version = version;
-                    e.meta_addr = meta_addr;
-                    e.meta_seq = seq;
-                    Some(Object {
-                        meta: meta.clone(),
-                        version,
-                    })
-                }
-                None => {
-                    shard.objects.insert(
-                        h,
-                        ObjectEntry {
-                            meta: meta.clone(),
-                            version,
-                            meta_addr,
-                            meta_seq: seq,
-                            blocks: vec![BlockState::EMPTY; nblocks].into_boxed_slice(),
-                        },
-                    );
-                    Some(Object {
-                        meta: meta.clone(),
-                        version,
-                    })
-                }
-            };
-            for (b, w) in slots {
-                let addr = w.fill().addr();
-                let claimed = installed.is_some()
-                    && shard.objects.get_mut(&h).is_some_and(|e| {
-                        let s = &mut e.blocks[b as usize];
-                        let free = *s == BlockState::EMPTY;
-                        if free {
-                            *s = BlockState::filling(addr);
-                        }
-                        free
-                    });
-                if claimed {
-                    shard.fills.insert((h, b), w.fill().clone());
-                    writers.push(BlockWriter {
-                        inner: inner.clone(),
-                        key_hash: h,
-                        block: b,
-                        version,
-                        writer: Some(w),
-                    });
-                } else {
-                    to_free.push(addr);
-                    drop(w);
-                }
-            }
-            installed
-        };
-        for addr in to_free {
-            inner.store.drive(addr.drive()).free(addr);
-        }
-        match result {
-            Some(o) => Ok((o, writers)),
-            None => Err(CacheError::VersionChanged),
-        }
+        slots
     }
 
     /// Drops an object and frees its slots (each when its last reader is done).
@@ -632,18 +609,22 @@ impl BlockWriter {
         self.writer.as_mut().expect("writer used after commit")
     }
 
+    /// The block number this writer fills.
     pub fn block(&self) -> u32 {
         self.block
     }
 
+    /// The slot bytes not yet written (to read into directly).
     pub fn spare_mut(&mut self) -> &mut [u8] {
         self.w().spare_mut()
     }
 
+    /// Marks `n` more bytes of [`BlockWriter::spare_mut`] written (publishes them to readers).
     pub fn advance(&mut self, n: usize) {
         self.w().advance(n)
     }
 
+    /// Copies as much of `data` as fits; returns the bytes taken.
     pub fn write(&mut self, data: &[u8]) -> usize {
         self.w().write(data)
     }
@@ -654,18 +635,22 @@ impl BlockWriter {
         self.w().write_through_file(data)
     }
 
+    /// Bytes written so far.
     pub fn filled(&self) -> usize {
         self.writer.as_ref().map_or(0, |w| w.filled())
     }
 
+    /// The block's length in bytes (the last block may be short).
     pub fn capacity(&self) -> usize {
         self.writer.as_ref().map_or(0, |w| w.capacity())
     }
 
+    /// Is every byte of the block written?
     pub fn is_complete(&self) -> bool {
         self.writer.as_ref().is_some_and(|w| w.is_complete())
     }
 
+    /// The fill readers wait on (its watermark), while the writer lives.
     pub fn fill(&self) -> Option<&Arc<Fill>> {
         self.writer.as_ref().map(|w| w.fill())
     }
@@ -790,6 +775,90 @@ impl BlockWriter {
 }
 
 /// The committer thread: flushes each drive once per batch, then seals the batch's blocks.
+/// A metadata record just written: the object's metadata, version, slot and sequence number.
+struct Record {
+    meta: Arc<ObjectMeta>,
+    version: u64,
+    addr: SlotAddr,
+    seq: u64,
+}
+
+/// Installs `rec` in the shard (under its lock): a new entry, a new version (the old one's
+/// ready blocks go to `to_free`), or nothing when another version or a newer record won.
+/// The object as installed, or `None` (`VersionChanged` for the caller).
+fn install(
+    shard: &mut index::Shard,
+    h: u128,
+    rec: &Record,
+    expected: Option<u64>,
+    nblocks: usize,
+    to_free: &mut Vec<SlotAddr>,
+) -> Option<Object> {
+    let object = || Object {
+        meta: rec.meta.clone(),
+        version: rec.version,
+    };
+    match shard.objects.get_mut(&h) {
+        Some(e) if expected.is_some_and(|v| v != e.version) => {
+            // Replaced by another version since the caller looked: that one stands.
+            to_free.push(rec.addr);
+            None
+        }
+        Some(e) if e.meta_seq > rec.seq => {
+            // A newer record was installed while ours was being written.
+            to_free.push(rec.addr);
+            (e.version == rec.version).then(|| Object {
+                meta: e.meta.clone(),
+                version: e.version,
+            })
+        }
+        Some(e) => {
+            to_free.push(e.meta_addr);
+            if e.version != rec.version || e.meta.key != rec.meta.key {
+                for b in e.blocks.iter_mut() {
+                    if b.status() == BlockStatus::Ready {
+                        to_free.push(b.addr());
+                    }
+                }
+                // Filling blocks belong to the old version: their commit will fail.
+                e.blocks = vec![BlockState::EMPTY; nblocks].into_boxed_slice();
+            }
+            e.meta = rec.meta.clone();
+            e.version = rec.version;
+            e.meta_addr = rec.addr;
+            e.meta_seq = rec.seq;
+            Some(object())
+        }
+        None => {
+            shard.objects.insert(
+                h,
+                ObjectEntry {
+                    meta: rec.meta.clone(),
+                    version: rec.version,
+                    meta_addr: rec.addr,
+                    meta_seq: rec.seq,
+                    blocks: vec![BlockState::EMPTY; nblocks].into_boxed_slice(),
+                },
+            );
+            Some(object())
+        }
+    }
+}
+
+/// Marks block `b` of `h` as filling into `w`'s slot if it is missing (under the shard lock);
+/// `None` if someone else has it.
+fn claim_slot(shard: &mut index::Shard, h: u128, b: u32, w: &SlotWriter) -> Option<()> {
+    let addr = w.fill().addr();
+    let e = shard.objects.get_mut(&h)?;
+    let s = &mut e.blocks[b as usize];
+    if *s != BlockState::EMPTY {
+        return None;
+    }
+    *s = BlockState::filling(addr);
+    shard.fills.insert((h, b), w.fill().clone());
+    Some(())
+}
+
 fn committer(rx: std::sync::mpsc::Receiver<BlockWriter>) {
     while let Ok(first) = rx.recv() {
         let mut batch = vec![first];

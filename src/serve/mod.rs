@@ -28,11 +28,17 @@ use crate::upstream::Upstream;
 /// fetch lock and hit-for-pass memory), the fetcher pool, the metrics and the access log. One
 /// per process, shared by every worker and the admin listener.
 pub struct Services {
+    /// The validated configuration.
     pub cfg: Config,
+    /// What a request head may hold (bytes, fields, target length).
     pub limits: Limits,
+    /// The cache (index, fetch lock, hit-for-pass memory, store).
     pub cache: Cache,
+    /// The fetcher pool (upstream requests, parents).
     pub upstream: Arc<Upstream>,
+    /// Requests and bytes by cache status and origin; response times.
     pub metrics: Metrics,
+    /// One line per response.
     pub access: AccessLog,
 }
 
@@ -49,6 +55,8 @@ pub struct Lifecycle {
 
 /// The services and the lifecycle, behind one `Arc` for every worker and the admin listener.
 pub struct Shared {
+    /// What answering requests uses.
     pub services: Services,
+    /// Ready, draining, in flight.
     pub lifecycle: Lifecycle,
 }

@@ -40,7 +40,9 @@ pub enum Plan {
     /// reached the stored object may stand in when `stale_if_unreachable`; if it answers a
     /// 5xx, when `stale_if_5xx`.
     Revalidate {
+        /// The stored object may stand in if the upstream cannot be reached.
         stale_if_unreachable: bool,
+        /// The stored object may stand in if the upstream answers 5xx.
         stale_if_5xx: bool,
     },
     /// Nothing stored: fetch it (joining a fetch under way).
@@ -188,7 +190,12 @@ pub enum Shape {
     /// 416: no range overlaps the representation (RFC 9110 §15.5.17).
     Unsatisfiable,
     /// 200 with the whole representation, or 206 with one range (`partial`).
-    Single { range: Range<u64>, partial: bool },
+    Single {
+        /// The bytes sent (end exclusive).
+        range: Range<u64>,
+        /// A 206 with `Content-Range` (else a 200 with the whole representation).
+        partial: bool,
+    },
     /// 206 `multipart/byteranges` (RFC 9110 §14.6), ranges in the client's order.
     Multipart(Vec<Range<u64>>),
 }

@@ -20,9 +20,13 @@ use crate::serve::plan::{self, AfterRevalidation, Early, Plan, Revalidated, Shap
 
 /// What happened, for the access log, the metrics and the connection.
 pub struct Outcome {
+    /// Can the connection take another request?
     pub keep_alive: bool,
+    /// The status sent.
     pub status: u16,
+    /// Body bytes sent.
     pub bytes: u64,
+    /// What the cache did (RFC 9211).
     pub cache: CacheStatus,
     /// The origin host the request was routed to (none when refused before routing).
     pub origin: Option<String>,

@@ -18,6 +18,7 @@ enum Source {
     Fill(Arc<Fill>),
 }
 
+/// The bytes of one range of an object, block by block (see the module).
 pub struct BlockStream<'a> {
     cache: &'a Cache,
     up: &'a Upstream,

@@ -7,13 +7,16 @@ use crate::store::SlotBuf;
 
 /// Bytes to send: owned (heads, error bodies) or pinned slot memory (sent with no copy).
 pub enum Out {
+    /// Owned bytes (heads, error bodies, multipart separators).
     Bytes(Vec<u8>),
+    /// A pinned view of slot memory, sent without a userspace copy.
     Slot(SlotBuf),
     /// A head and the first body chunk in one vectored write.
     HeadAndSlot(Vec<u8>, SlotBuf),
 }
 
 impl Out {
+    /// Bytes to send.
     pub fn len(&self) -> usize {
         match self {
             Out::Bytes(b) => b.len(),
@@ -22,11 +25,13 @@ impl Out {
         }
     }
 
+    /// Nothing to send?
     pub fn is_empty(&self) -> bool {
         self.len() == 0
     }
 }
 
+/// A client connection as the HTTP code sees it.
 #[allow(async_fn_in_trait)] // Connections never leave their worker thread: no Send bound wanted.
 pub trait Transport {
     /// Reads into the spare capacity of `buf` (appending); returns bytes read, 0 at EOF.

@@ -126,6 +126,8 @@ fn roots(extra: &[Vec<u8>]) -> RootCerts {
     RootCerts::Specific(Arc::new(certs))
 }
 
+/// The upstream client: timeouts, the outbound proxy, trusted roots, redirects off and the
+/// resolver with `connect` overrides and `deny_private`. Errors name the bad proxy setting.
 pub fn build(cfg: &Config) -> Result<ureq::Agent, String> {
     let u = &cfg.upstream;
     let proxy = match &u.proxy {

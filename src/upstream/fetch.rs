@@ -25,11 +25,13 @@ pub enum Answer {
 
 /// A checked upstream response, ready to be streamed into blocks.
 pub struct Fetched {
+    /// The response metadata to store.
     pub meta: ObjectMeta,
     /// Offset of the first body byte within the object.
     pub start: u64,
     /// Offset one past the last body byte.
     pub end: u64,
+    /// The body, from `start`.
     pub body: ureq::BodyReader<'static>,
 }
 

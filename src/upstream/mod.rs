@@ -48,13 +48,18 @@ enum Work {
 /// Counters for tests and the summary.
 #[derive(Default)]
 pub struct Stats {
+    /// Upstream requests sent (every hop tried counts).
     pub requests: AtomicU64,
+    /// Body bytes received from upstream.
     pub bytes: AtomicU64,
+    /// Upstream requests that failed (connect, timeout, refused answer, cut body).
     pub errors: AtomicU64,
     /// Fetch jobs running right now.
     pub active: AtomicU64,
 }
 
+/// The fetcher pool: blocking threads that send upstream requests and stream the answers
+/// into claimed slots, or relay pass-through exchanges.
 pub struct Upstream {
     cache: Cache,
     agent: ureq::Agent,
@@ -62,7 +67,9 @@ pub struct Upstream {
     /// Our `Via` entry, sent with every upstream request.
     via: String,
     jobs: Sender<Work>,
+    /// The parent caches and their back-off state.
     pub parents: Parents,
+    /// Counters for the summary and tests.
     pub stats: Stats,
 }
 
@@ -110,6 +117,7 @@ impl Upstream {
         Ok(up)
     }
 
+    /// The cache fills are written into.
     pub fn cache(&self) -> &Cache {
         &self.cache
     }

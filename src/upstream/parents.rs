@@ -27,6 +27,7 @@ impl Parent {
     }
 }
 
+/// The configured parents, in order, each with its back-off state.
 pub struct Parents {
     list: Vec<Parent>,
     direct_fallback: bool,
@@ -34,6 +35,8 @@ pub struct Parents {
 }
 
 impl Parents {
+    /// Parents at `addrs` (`host:port`); `direct_fallback` lets the origin come after them; a
+    /// failed parent is skipped for `backoff`.
     pub fn new(addrs: &[String], direct_fallback: bool, backoff: Duration) -> Parents {
         Parents {
             list: addrs

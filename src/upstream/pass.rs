@@ -18,22 +18,30 @@ use crate::route::Target;
 pub struct PassRequest {
     /// A known method (`Other` is answered 405 before anything is passed).
     pub method: Method,
+    /// Where to send it.
     pub target: Target,
     /// End-to-end request headers to forward (Range, conditionals, credentials, ...).
     pub headers: Vec<(&'static str, String)>,
+    /// The request body (at most 1 MiB, read before routing).
     pub body: Vec<u8>,
 }
 
 /// What comes back, in order: `Head`, then `Data`..., then `End` (or `Failed` at any point).
 pub enum PassMsg {
+    /// The status and end-to-end headers.
     Head {
+        /// The upstream's status.
         status: u16,
+        /// End-to-end fields to relay.
         headers: Vec<(String, String)>,
         /// The body length if the upstream gave one.
         len: Option<u64>,
     },
+    /// A piece of the body (at most 64 KiB).
     Data(Vec<u8>),
+    /// The body is complete.
     End,
+    /// The exchange failed (before or during the body).
     Failed(Error),
 }
 
