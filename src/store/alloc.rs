@@ -92,11 +92,18 @@ struct PinCount {
 /// What a newly taken slot needs written before use.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Taken {
+    /// The slot, now used (its free bit cleared).
     pub addr: SlotAddr,
-    /// Set when the region was free and has just been given this class: write its header.
+    /// Set when the region was free and has just been given this class: write its header,
+    /// `(kind, slot size in bytes, generation)`, as a
+    /// [`RegionHeader`](super::format::RegionHeader).
     pub new_region: Option<(SlotKind, u32, u32)>,
 }
 
+/// The slot bookkeeping of one drive: each region's class and free bits, the free-region pool,
+/// pin counts and the SIEVE queue over data regions. No I/O: the drive calls it under its lock
+/// and writes the headers it is told to. Measured: 45.0 bytes per cached block, of 53.6 with
+/// the index (target 64; 1,000 objects of 1,000 blocks, perf/RESULTS.md).
 pub struct Allocator {
     drive: u8,
     block_size: u32,
@@ -111,6 +118,9 @@ pub struct Allocator {
 }
 
 impl Allocator {
+    /// All `regions` free, for drive `drive` with blocks of `block_size` bytes and the slot
+    /// sizes `classes` (from [`slot_classes`](super::format::slot_classes)). Free regions are
+    /// handed out lowest first.
     pub fn new(drive: u8, block_size: u32, classes: Vec<u32>, regions: u32) -> Allocator {
         let n = classes.len();
         Allocator {
@@ -138,14 +148,17 @@ impl Allocator {
         }
     }
 
+    /// The slot sizes in bytes, header included, smallest first; a class is an index into it.
     pub fn classes(&self) -> &[u32] {
         &self.classes
     }
 
+    /// Regions of the drive.
     pub fn region_count(&self) -> u32 {
         self.regions.len() as u32
     }
 
+    /// Regions assigned to no class.
     pub fn free_region_count(&self) -> usize {
         self.free_regions.len()
     }
@@ -165,12 +178,14 @@ impl Allocator {
         (r.class != UNASSIGNED).then(|| self.classes[r.class as usize])
     }
 
+    /// Kind, class and generation of a region, if assigned.
     pub fn region_info(&self, region: u32) -> Option<(SlotKind, u8, u32)> {
         let r = &self.regions[region as usize];
         (r.class != UNASSIGNED).then_some((r.kind, r.class, r.generation))
     }
 
-    /// Takes a free slot of `class`, assigning a free region to the class if needed.
+    /// Takes a free slot of `class`, assigning a free region to the class if needed. `None`
+    /// when neither is left: the caller evicts ([`Allocator::begin_eviction`]).
     pub fn take(&mut self, kind: SlotKind, class: u8) -> Option<Taken> {
         while let Some(&region) = self.partial_list(kind, class).last() {
             let r = &mut self.regions[region as usize];
@@ -261,6 +276,10 @@ impl Allocator {
 
     /// Returns a slot to the free pool, unless pinned (then it is recycled on the last unpin).
     /// Returns true if the slot is free now (its header should be cleared by the caller).
+    ///
+    /// # Panics
+    ///
+    /// If the slot is unpinned and already free.
     pub fn release(&mut self, addr: SlotAddr) -> bool {
         if let Some(p) = self.pins.get_mut(&addr) {
             p.doomed = true;
@@ -303,6 +322,10 @@ impl Allocator {
     }
 
     /// Drops a pin; returns true if this freed a doomed slot (caller clears its header).
+    ///
+    /// # Panics
+    ///
+    /// If `addr` is not pinned.
     pub fn unpin(&mut self, addr: SlotAddr) -> bool {
         let p = self.pins.get_mut(&addr).expect("unpin of an unpinned slot");
         p.n -= 1;
@@ -318,10 +341,12 @@ impl Allocator {
         doomed
     }
 
+    /// Whether `addr` holds at least one pin.
     pub fn is_pinned(&self, addr: SlotAddr) -> bool {
         self.pins.contains_key(&addr)
     }
 
+    /// Slots holding at least one pin.
     pub fn pinned_slots(&self) -> usize {
         self.pins.len()
     }
@@ -354,7 +379,9 @@ impl Allocator {
         }
     }
 
-    /// Bytes of heap this allocator uses (for the memory-per-block measurement).
+    /// Bytes of heap this allocator uses, as it counts them (region table, bitmaps, free list,
+    /// SIEVE links: 9 bytes per region); the pin table and partial lists are left out.
+    /// `tests/footprint.rs` prints it beside a counting global allocator's figure.
     pub fn heap_bytes(&self) -> usize {
         let bits: usize = self
             .regions

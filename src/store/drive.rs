@@ -18,6 +18,9 @@ use super::{SlotAddr, StoreError};
 /// Removes index entries for slots the drive wants to evict. Implemented by the cache index:
 /// it returns true only if the slot was live, unpinned, and is now unreachable.
 pub(crate) trait Evictor {
+    /// Called by [`Drive::alloc`] for each used slot of the victim region, with `header` read
+    /// under the drive's lock and that lock released (the index's shard lock comes first in the
+    /// lock order, docs/DESIGN.md "Index"). On true the drive frees the slot.
     fn evict(&self, addr: SlotAddr, header: &SlotHeader) -> bool;
 }
 
@@ -27,9 +30,12 @@ pub(crate) struct SlabOpen {
     pub(crate) valid_regions: u32,
     /// Length of the file before it was resized: slot data past it was lost.
     pub(crate) original_len: u64,
+    /// Why the file's contents were dropped (already logged), if they were.
     pub(crate) reinitialised: Option<String>,
 }
 
+/// One open cache directory: its `flock`, its mapped slab files, and its allocator behind one
+/// mutex (a leaf in the lock order, docs/DESIGN.md "Index").
 pub struct Drive {
     id: u8,
     path: PathBuf,
@@ -52,6 +58,7 @@ pub struct PinGuard {
 }
 
 impl PinGuard {
+    /// The pinned slot.
     pub fn addr(&self) -> SlotAddr {
         self.addr
     }
@@ -61,10 +68,17 @@ impl PinGuard {
         self.capacity as usize
     }
 
+    /// The slab file the slot lies in.
     pub(super) fn slab(&self) -> &Slab {
         self.drive.slab_of(self.addr)
     }
 
+    /// The slot's first data byte, for a view of `len` bytes; dereferencing it is subject to
+    /// the protocol of `slab.rs`.
+    ///
+    /// # Panics
+    ///
+    /// If `len` exceeds the slot's capacity.
     pub(super) fn data_ptr(&self, len: usize) -> *mut u8 {
         assert!(len <= self.capacity as usize, "view past the slot");
         self.drive
@@ -85,7 +99,8 @@ impl Drop for PinGuard {
     }
 }
 
-fn io_err<'a>(
+/// Turns an I/O error of step `what` on `path` into a [`StoreError::Io`] (for `map_err`).
+pub(super) fn io_err<'a>(
     path: &'a Path,
     what: &'static str,
 ) -> impl FnOnce(std::io::Error) -> StoreError + 'a {
@@ -127,12 +142,22 @@ fn lock_dir(dir: &Path) -> Result<File, StoreError> {
     Ok(file)
 }
 
+/// The path of slab file `n` of the cache directory `dir`: `slab-NNNN.dat`, at least four
+/// digits.
 pub fn slab_path(dir: &Path, n: u32) -> PathBuf {
     dir.join(format!("slab-{n:04}.dat"))
 }
 
 impl Drive {
-    /// Opens (creating or resizing as needed) the slab files of one directory.
+    /// Opens (creating or resizing as needed) the slab files of one directory, `size` bytes in
+    /// whole regions, each file at most `slab_size` bytes, and removes slab files past them.
+    /// Returns the drive, not yet recovered (see `recover`), and what was found of each file.
+    ///
+    /// # Errors
+    ///
+    /// [`StoreError::Locked`] if another process holds the directory, [`StoreError::Config`] if
+    /// `size` holds fewer than 4 regions, [`StoreError::Io`] if the directory, the lock file or
+    /// a slab cannot be created, read, resized, preallocated, mapped or removed.
     pub(crate) fn open(
         id: u8,
         dir: &Path,
@@ -254,18 +279,22 @@ impl Drive {
         ))
     }
 
+    /// The drive's id: its index in the store ([`SlotAddr::drive`]).
     pub fn id(&self) -> u8 {
         self.id
     }
 
+    /// The cache directory.
     pub fn path(&self) -> &Path {
         &self.path
     }
 
+    /// Regions on this drive, over all its slab files.
     pub fn region_count(&self) -> u32 {
         self.state.lock().region_count()
     }
 
+    /// Data capacity in bytes: one block per region (each region's 4 KiB of headers not counted).
     pub fn capacity_bytes(&self) -> u64 {
         u64::from(self.region_count()) * u64::from(self.block_size)
     }
@@ -277,11 +306,17 @@ impl Drive {
             * u64::from(self.block_size)
     }
 
+    /// The mapped slab files, by number.
     pub(crate) fn slabs(&self) -> &[Slab] {
         &self.slabs
     }
 
-    /// Slab and byte offset of a region.
+    /// Slab and byte offset of a region (region `r` of the drive is in slab file
+    /// `r / regions_per_slab`).
+    ///
+    /// # Panics
+    ///
+    /// If `region` is not below [`Drive::region_count`].
     pub fn region_at(&self, region: u32) -> (&Slab, u64) {
         let slab = &self.slabs[(region / self.regions_per_slab) as usize];
         let off = SLAB_HEADER_LEN + u64::from(region % self.regions_per_slab) * self.region_len;
@@ -368,11 +403,20 @@ impl Drive {
         SlotHeader::decode(&unsafe { slab.read_header_mapped(off) })
     }
 
+    /// Whether `addr` is pinned now (by a [`SlotBuf`], a [`Fill`] or its `SlotWriter`).
     pub fn is_pinned(&self, addr: SlotAddr) -> bool {
         self.state.lock().is_pinned(addr)
     }
 
-    /// Allocates a slot for `data_len` bytes, evicting data regions if the drive is full.
+    /// Allocates a slot of the smallest class for `data_len` bytes, evicting data regions
+    /// (SIEVE, up to 64 rounds of one region each) if no slot is free, and returns its only
+    /// writer, pinned.
+    ///
+    /// # Errors
+    ///
+    /// [`StoreError::TooLarge`] if `data_len` exceeds a block, [`StoreError::Full`] if eviction
+    /// frees nothing usable, [`StoreError::Io`] if the cleared headers of a newly assigned
+    /// small-slot region cannot be flushed (only with `sync_data`).
     pub(crate) fn alloc(
         self: &Arc<Self>,
         kind: SlotKind,
@@ -464,6 +508,14 @@ impl Drive {
     /// on disk always describes complete data). Returns a pinned view of the data.
     ///
     /// With `flush` false the caller has already flushed the data (see [`Drive::sync_data`]).
+    ///
+    /// # Errors
+    ///
+    /// [`StoreError::Io`] if the data cannot be flushed (msync); the header is then not written.
+    ///
+    /// # Panics
+    ///
+    /// If the writer is not complete.
     pub(crate) fn commit(
         &self,
         w: &SlotWriter,
@@ -493,6 +545,11 @@ impl Drive {
     }
 
     /// Flushes all data written to this drive so far (a batch of commits shares one flush).
+    /// Does nothing without [`StoreConfig::sync_data`](super::StoreConfig::sync_data).
+    ///
+    /// # Errors
+    ///
+    /// [`StoreError::Io`] if a slab's fdatasync fails.
     pub(crate) fn sync_data(&self) -> Result<(), StoreError> {
         if !self.sync_data {
             return Ok(());
@@ -503,11 +560,17 @@ impl Drive {
         Ok(())
     }
 
+    /// Whether slot data is flushed before its header is written
+    /// ([`StoreConfig::sync_data`](super::StoreConfig::sync_data)).
     pub(crate) fn syncs_data(&self) -> bool {
         self.sync_data
     }
 
     /// Frees a slot (now, or when its last pin drops) and clears its header.
+    ///
+    /// # Panics
+    ///
+    /// If the slot's region is not assigned, or the slot is free already.
     pub(crate) fn free(&self, addr: SlotAddr) {
         let mut st = self.state.lock();
         let size = st
@@ -520,6 +583,11 @@ impl Drive {
     }
 
     /// Reads the header of a live slot (lazy verification after a restart).
+    ///
+    /// # Errors
+    ///
+    /// [`HeaderError::Empty`] if the slot's region is not assigned or the header is cleared,
+    /// else as [`SlotHeader::decode`].
     pub(crate) fn read_slot_header(&self, addr: SlotAddr) -> Result<SlotHeader, HeaderError> {
         let st = self.state.lock();
         self.slot_header(&st, addr)
@@ -579,14 +647,17 @@ impl Drive {
         self.state.lock().pinned_slots()
     }
 
+    /// Regions assigned to no slot class right now.
     pub fn free_regions(&self) -> usize {
         self.state.lock().free_region_count()
     }
 
+    /// Bytes per region, and regions per slab file (the last file may hold fewer).
     pub(super) fn region_geometry(&self) -> (u64, u32) {
         (self.region_len, self.regions_per_slab)
     }
 
+    /// Bytes per block.
     pub fn block_size(&self) -> u32 {
         self.block_size
     }

@@ -8,7 +8,8 @@
 
 const NIL: u32 = u32::MAX;
 
-/// A SIEVE queue over ids `0..capacity` (region numbers of one drive).
+/// A SIEVE queue over ids `0..capacity` (region numbers of one drive). Every method panics on
+/// an id outside that range.
 pub struct Sieve {
     /// Towards the newer end.
     newer: Vec<u32>,
@@ -25,6 +26,7 @@ const QUEUED: u8 = 1;
 const VISITED: u8 = 2;
 
 impl Sieve {
+    /// An empty queue: 9 bytes per id (two `u32` links and a flag byte), allocated up front.
     pub fn new(capacity: usize) -> Sieve {
         Sieve {
             newer: vec![NIL; capacity],
@@ -37,14 +39,17 @@ impl Sieve {
         }
     }
 
+    /// Ids queued.
     pub fn len(&self) -> usize {
         self.len
     }
 
+    /// Whether no id is queued.
     pub fn is_empty(&self) -> bool {
         self.len == 0
     }
 
+    /// Whether `id` is queued.
     pub fn contains(&self, id: u32) -> bool {
         self.flags[id as usize] & QUEUED != 0
     }
@@ -94,7 +99,7 @@ impl Sieve {
         self.len -= 1;
     }
 
-    /// Records a hit.
+    /// Records a hit: sets `id`'s visited bit (no-op if not queued).
     pub fn touch(&mut self, id: u32) {
         if self.contains(id) {
             self.flags[id as usize] |= VISITED;

@@ -16,9 +16,11 @@ use std::fmt;
 pub const FORMAT_VERSION: u16 = 1;
 /// Size reserved at the front of each slab file (one page keeps regions page-aligned).
 pub const SLAB_HEADER_LEN: u64 = 4096;
+/// Bytes of the header at the front of every region.
 pub const REGION_HEADER_LEN: u64 = 64;
+/// Bytes of the header in front of every slot's data, counted in the slot's size.
 pub const SLOT_HEADER_LEN: u64 = 64;
-/// The smallest slot, header included: a small object metadata record fits.
+/// The smallest slot in bytes, header included: a small object metadata record fits.
 pub const MIN_SLOT: u32 = 512;
 
 const SLAB_MAGIC: u32 = u32::from_le_bytes(*b"GCSL");
@@ -26,15 +28,20 @@ const REGION_MAGIC: u32 = u32::from_le_bytes(*b"GCRG");
 const SLOT_MAGIC: u32 = u32::from_le_bytes(*b"GCBK");
 const META_RECORD_VERSION: u8 = 1;
 
-/// A region holds one full block (plus both headers) or many smaller slots of one class.
+/// Bytes of one region: `block_size` plus one 4 KiB page, which holds the region header and a
+/// full block's slot header and keeps every region page-aligned. A region holds one full block
+/// or many smaller slots of one class (docs/DESIGN.md, "Layout on disk").
 pub fn region_len(block_size: u32) -> u64 {
     u64::from(block_size) + 4096
 }
 
-/// Slot sizes (header included) a store offers, smallest first; the last one holds a full block.
+/// Slot sizes in bytes (header included) a store offers, smallest first, from [`MIN_SLOT`]; the
+/// last one holds a full block.
 ///
 /// Between powers of two there is a 1.5x step, so a small object wastes at most a third of its
-/// slot: 10 KiB of data lands in a 12 KiB slot.
+/// slot: 10 KiB of data lands in a 12 KiB slot (powers of two alone would take 16 KiB; the
+/// measured disk use of 10,000 such objects with 1 MiB blocks is 1.26x their size,
+/// perf/RESULTS.md).
 pub fn slot_classes(block_size: u32) -> Vec<u32> {
     let large = block_size + SLOT_HEADER_LEN as u32;
     let mut classes = Vec::new();
@@ -51,7 +58,8 @@ pub fn slot_classes(block_size: u32) -> Vec<u32> {
     classes
 }
 
-/// Index into `slot_classes` of the smallest class that holds `data_len` bytes.
+/// Index into `classes` (from [`slot_classes`]) of the smallest class that holds `data_len`
+/// bytes of data and the slot header; `None` if even the largest (a full block) does not.
 pub fn class_for(classes: &[u32], data_len: u32) -> Option<u8> {
     let need = u64::from(data_len) + SLOT_HEADER_LEN;
     classes
@@ -60,7 +68,8 @@ pub fn class_for(classes: &[u32], data_len: u32) -> Option<u8> {
         .map(|i| i as u8)
 }
 
-/// Number of slots of `slot_size` that fit in one region.
+/// Number of slots of `slot_size` bytes (header included) that fit in one region behind its
+/// header.
 pub fn slots_per_region(block_size: u32, slot_size: u32) -> u32 {
     ((region_len(block_size) - REGION_HEADER_LEN) / u64::from(slot_size)) as u32
 }
@@ -68,10 +77,16 @@ pub fn slots_per_region(block_size: u32, slot_size: u32) -> u32 {
 /// Why a header was not accepted. Zeroed headers are `Empty` (free space), the rest are damage.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum HeaderError {
+    /// All bytes are zero: free space (never written, or cleared).
     Empty,
+    /// Not this kind of header's magic: damage, or another kind's header in its place.
     BadMagic,
+    /// The crc32 over bytes 0..60 does not match bytes 60..64: torn or damaged.
     BadCrc,
+    /// Intact, but of another [`FORMAT_VERSION`] (the one found).
     BadVersion(u16),
+    /// Intact, but the named field is impossible (`geometry`, `kind`, `slot_size`), or a
+    /// metadata record does not decode (`meta record`, `meta record version`).
     BadField(&'static str),
 }
 
@@ -155,15 +170,22 @@ fn open_sealed(buf: &[u8; 64], magic: u32) -> Result<Reader<'_>, HeaderError> {
 /// First 64 bytes of every slab file: ties the file to its store and fixes its geometry.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct SlabHeader {
+    /// Bytes per block the slab was laid out for; a store opened with another block size
+    /// re-initialises the slab.
     pub block_size: u32,
+    /// Bytes per region: [`region_len`] of `block_size` (checked by [`SlabHeader::decode`]).
     pub region_len: u64,
+    /// Regions in this file.
     pub regions: u32,
+    /// The file's number within its directory (`slab-NNNN.dat`).
     pub slab_no: u32,
-    /// Random per cache directory, so a slab copied in from another store is not trusted.
+    /// xxh3-64 of the cache directory's path, so a slab copied in from another directory is
+    /// not trusted.
     pub store_id: u64,
 }
 
 impl SlabHeader {
+    /// The 64 bytes stored at offset 0 of the slab file, sealed with their crc.
     pub fn encode(&self) -> [u8; 64] {
         let mut buf = [0u8; 64];
         let mut w = Writer {
@@ -182,6 +204,13 @@ impl SlabHeader {
         buf
     }
 
+    /// Reads what [`SlabHeader::encode`] wrote.
+    ///
+    /// # Errors
+    ///
+    /// [`HeaderError::Empty`] for zeros, `BadMagic`, `BadCrc` or `BadVersion` for damage or
+    /// another format, `BadField("geometry")` if `block_size` is not a power of two or
+    /// `region_len` does not follow from it.
     pub fn decode(buf: &[u8; 64]) -> Result<Self, HeaderError> {
         let mut r = open_sealed(buf, SLAB_MAGIC)?;
         r.u16();
@@ -203,7 +232,9 @@ impl SlabHeader {
 /// never throws away the records that describe other objects.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub enum SlotKind {
+    /// Blocks of object bodies; only these regions are evicted.
     Data = 1,
+    /// Object metadata records ([`ObjectMeta::encode`]), one per slot.
     Meta = 2,
 }
 
@@ -222,12 +253,16 @@ impl SlotKind {
 /// sit exactly where a new slot starts, and must not come back to life.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct RegionHeader {
+    /// What every slot of the region holds.
     pub kind: SlotKind,
+    /// Bytes per slot, header included: one of [`slot_classes`].
     pub slot_size: u32,
+    /// Set by the drive's allocator on each assignment: increasing, wrapping, never 0.
     pub generation: u32,
 }
 
 impl RegionHeader {
+    /// The 64 bytes stored at the region's first byte, sealed with their crc.
     pub fn encode(&self) -> [u8; 64] {
         let mut buf = [0u8; 64];
         let mut w = Writer {
@@ -243,6 +278,13 @@ impl RegionHeader {
         buf
     }
 
+    /// Reads what [`RegionHeader::encode`] wrote.
+    ///
+    /// # Errors
+    ///
+    /// [`HeaderError::Empty`] for a free region, `BadMagic`, `BadCrc` or `BadVersion` for damage,
+    /// `BadField("kind")` or `BadField("slot_size")` (below [`MIN_SLOT`]) for impossible fields.
+    /// A `slot_size` that is not one of this store's classes is the caller's to reject.
     pub fn decode(buf: &[u8; 64]) -> Result<Self, HeaderError> {
         let mut r = open_sealed(buf, REGION_MAGIC)?;
         let kind = SlotKind::from_u8(r.u8().unwrap()).ok_or(HeaderError::BadField("kind"))?;
@@ -262,12 +304,19 @@ impl RegionHeader {
 /// The header in front of every slot's data; written only after the data is complete and flushed.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct SlotHeader {
+    /// What the slot holds; a header whose kind is not its region's is stale.
     pub kind: SlotKind,
+    /// Its region's generation when written; a header with another one is stale.
     pub region_generation: u32,
+    /// [`key_hash`] of the object's key.
     pub key_hash: u128,
     /// Block number within the object (0 for metadata).
     pub block: u32,
+    /// Bytes of data behind the header: the block's length, or the metadata record's.
     pub data_len: u32,
+    /// crc32 (crc32fast) of those bytes: checked eagerly for metadata at recovery, on a block's
+    /// first read after a restart, and by `verify` (docs/DESIGN.md, "Headers and the format
+    /// version").
     pub data_crc: u32,
     /// Hash of the object's validators and length; blocks of another version are not served.
     pub object_version: u64,
@@ -276,6 +325,7 @@ pub struct SlotHeader {
 }
 
 impl SlotHeader {
+    /// The 64 bytes stored at the slot's first byte, sealed with their crc.
     pub fn encode(&self) -> [u8; 64] {
         let mut buf = [0u8; 64];
         let mut w = Writer {
@@ -296,6 +346,13 @@ impl SlotHeader {
         buf
     }
 
+    /// Reads what [`SlotHeader::encode`] wrote. Whether it belongs to its region (generation,
+    /// kind, length) is the caller's to check.
+    ///
+    /// # Errors
+    ///
+    /// [`HeaderError::Empty`] for a free slot, `BadMagic`, `BadCrc` or `BadVersion` for damage
+    /// (every single-bit flip is caught), `BadField("kind")` for an unknown kind.
     pub fn decode(buf: &[u8; 64]) -> Result<Self, HeaderError> {
         let mut r = open_sealed(buf, SLOT_MAGIC)?;
         let kind = SlotKind::from_u8(r.u8().unwrap()).ok_or(HeaderError::BadField("kind"))?;
@@ -313,7 +370,7 @@ impl SlotHeader {
     }
 }
 
-/// The 128-bit hash that names an object on disk and in the index.
+/// The 128-bit hash (xxh3-128) that names an object on disk and in the index.
 pub fn key_hash(key: &str) -> u128 {
     xxhash_rust::xxh3::xxh3_128(key.as_bytes())
 }
@@ -324,12 +381,20 @@ pub struct ObjectMeta {
     /// The full cache key (canonical origin + path [+ query]); checked on lookup against hash
     /// collisions.
     pub key: String,
+    /// Body length in bytes, over all blocks.
     pub total_len: u64,
+    /// The stored response's HTTP status code.
     pub status: u16,
+    /// The upstream's `ETag`, as received (quotes included); a validator (RFC 9110 §8.8.3).
     pub etag: Option<String>,
+    /// The upstream's `Last-Modified`, as received; a validator (RFC 9110 §8.8.2).
     pub last_modified: Option<String>,
+    /// The upstream's `Content-Type`, replayed on hits.
     pub content_type: Option<String>,
+    /// The upstream's `Cache-Control`, unparsed; freshness is computed from it on each hit
+    /// (`crate::http::freshness`, RFC 9111 §4.2).
     pub cache_control: Option<String>,
+    /// The upstream's `Expires`, unparsed (RFC 9111 §5.3).
     pub expires: Option<String>,
     /// The upstream's `Date`, kept for RFC 9111 age calculations.
     pub date: Option<String>,
@@ -360,11 +425,12 @@ impl ObjectMeta {
         h.digest()
     }
 
+    /// Blocks of `block_size` bytes the body takes (0 for an empty body).
     pub fn block_count(&self, block_size: u32) -> u64 {
         self.total_len.div_ceil(u64::from(block_size))
     }
 
-    /// Length of block `n` (the last one may be short).
+    /// Length of block `n` in bytes (the last one may be short; 0 past the end).
     pub fn block_len(&self, block_size: u32, n: u64) -> u64 {
         let start = n * u64::from(block_size);
         self.total_len
@@ -372,6 +438,9 @@ impl ObjectMeta {
             .min(u64::from(block_size))
     }
 
+    /// The record stored in a metadata slot: a version byte, then each field little-endian,
+    /// strings with a `u16` length. A string is cut to 65,535 bytes, and the extra headers to
+    /// 65,535 entries.
     pub fn encode(&self) -> Vec<u8> {
         fn s(out: &mut Vec<u8>, v: &str) {
             let len = v.len().min(u16::MAX as usize);
@@ -409,6 +478,12 @@ impl ObjectMeta {
         out
     }
 
+    /// Reads what [`ObjectMeta::encode`] wrote; bytes past the record are ignored.
+    ///
+    /// # Errors
+    ///
+    /// `BadField("meta record version")` for another record version, `BadField("meta record")`
+    /// if the record is cut short, a string is not UTF-8 or an option tag is not 0 or 1.
     pub fn decode(buf: &[u8]) -> Result<Self, HeaderError> {
         fn s(r: &mut Reader<'_>) -> Option<String> {
             let len = r.u16()? as usize;

@@ -39,23 +39,33 @@ pub const MIN_DRIVE_REGIONS: u64 = 4;
 pub struct SlotAddr(u64);
 
 impl SlotAddr {
+    /// Bits of a packed address (drive 8 | region 32 | slot 16); the index keeps a block's tag
+    /// and verified bit in the 8 bits above (docs/DESIGN.md, "Index").
     pub const BITS: u32 = 56;
 
+    /// The address of slot `slot` of region `region` (counted over all of the drive's slab
+    /// files) on drive `drive` (its index in [`Store::drives`]).
     pub fn new(drive: u8, region: u32, slot: u16) -> SlotAddr {
         SlotAddr(u64::from(drive) << 48 | u64::from(region) << 16 | u64::from(slot))
     }
+    /// The drive's id: its index in [`Store::drives`] and in the configuration's `[[storage]]`.
     pub fn drive(self) -> u8 {
         (self.0 >> 48) as u8
     }
+    /// The region number within the drive, counted over all of its slab files.
     pub fn region(self) -> u32 {
         (self.0 >> 16) as u32
     }
+    /// The slot number within the region (always 0 in a full-block region).
     pub fn slot(self) -> u16 {
         self.0 as u16
     }
+    /// The packed form, below `1 << BITS`.
     pub fn to_bits(self) -> u64 {
         self.0
     }
+    /// Unpacks [`SlotAddr::to_bits`], ignoring every bit from [`SlotAddr::BITS`] up (where the
+    /// index keeps its state bits).
     pub fn from_bits(bits: u64) -> SlotAddr {
         SlotAddr(bits & ((1 << Self::BITS) - 1))
     }
@@ -67,21 +77,33 @@ impl std::fmt::Debug for SlotAddr {
     }
 }
 
+/// Why the store could not open a drive, allocate a slot or flush data.
 #[derive(Debug, thiserror::Error)]
 pub enum StoreError {
+    /// A system call on a file or directory failed.
     #[error("{what} {}: {source}", path.display())]
     Io {
+        /// The file or directory it was made on.
         path: PathBuf,
+        /// The step that failed, in words ("map slab", "flush slot data").
         what: &'static str,
+        /// The operating system's error.
         #[source]
         source: std::io::Error,
     },
+    /// Another process holds the directory's `lock` file (`flock`, docs/DESIGN.md "Layout on
+    /// disk"): a running cache, or a `gatecache verify` of it.
     #[error("cache directory {} is in use by another process", .0.display())]
     Locked(PathBuf),
+    /// A rule broken, in words: a [`StoreConfigError`], a drive smaller than four blocks, a
+    /// `verify` path that is not a directory, a commit of an incomplete block.
     #[error("{0}")]
     Config(String),
+    /// No free slot, and eviction freed none within 64 rounds (one region each): every data
+    /// region holds a pinned slot (being read or filled) or is under eviction by another thread.
     #[error("no slot can be freed: every candidate is pinned or being filled")]
     Full,
+    /// This many data bytes exceed the largest slot class (one block).
     #[error("{0} bytes do not fit in one slot")]
     TooLarge(u32),
 }
@@ -298,7 +320,15 @@ pub struct Store {
 }
 
 impl Store {
-    /// Opens every drive and recovers what they hold.
+    /// Opens every drive, then recovers what they hold (one scan thread per drive): returns the
+    /// store, the surviving objects for the index, and the report (already logged).
+    ///
+    /// # Errors
+    ///
+    /// [`StoreError::Config`] if `cfg` breaks a rule (checked before any disk access),
+    /// [`StoreError::Locked`] if a directory is in use, [`StoreError::Io`] if a directory or slab
+    /// file cannot be created, sized, preallocated or mapped. Damage found on disk is not an
+    /// error: it is dropped and counted in the [`RecoveryReport`].
     pub(crate) fn open(
         cfg: &StoreConfig,
     ) -> Result<(Store, Vec<RecoveredObject>, RecoveryReport), StoreError> {
@@ -338,14 +368,21 @@ impl Store {
         Ok((store, objects, report))
     }
 
+    /// Bytes per block ([`StoreConfig::block_size`]).
     pub fn block_size(&self) -> u32 {
         self.block_size
     }
 
+    /// The drives, in configuration order: a drive's index is its id ([`SlotAddr::drive`]).
     pub fn drives(&self) -> &[Arc<Drive>] {
         &self.drives
     }
 
+    /// The drive with id `id` ([`SlotAddr::drive`]).
+    ///
+    /// # Panics
+    ///
+    /// If no drive has that id.
     pub fn drive(&self, id: u8) -> &Arc<Drive> {
         &self.drives[id as usize]
     }
@@ -364,6 +401,8 @@ impl Store {
         &self.drives[i]
     }
 
+    /// The next store-wide sequence number (each call a new one, starting above the highest
+    /// recovered): the newer of two records for the same thing wins at recovery.
     pub(crate) fn next_seq(&self) -> u64 {
         self.seq.fetch_add(1, Ordering::Relaxed)
     }
@@ -373,7 +412,7 @@ impl Store {
         self.drives.iter().map(|d| d.pinned_slots()).sum()
     }
 
-    /// Total data capacity in bytes.
+    /// Data capacity in bytes over all drives: one block per region ([`Drive::capacity_bytes`]).
     pub fn capacity_bytes(&self) -> u64 {
         self.drives.iter().map(|d| d.capacity_bytes()).sum()
     }
