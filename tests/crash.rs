@@ -379,7 +379,30 @@ fn check_reopen(
     assert_eq!(report.bad_headers, bad_headers, "{report:?}");
     assert_eq!(report.truncated_slots + report.bad_meta, 0, "{report:?}");
 
-    // What the index offers, every block of it read and compared.
+    let held = read_held(&cache);
+    assert_eq!(report.objects, held.len());
+    assert_eq!(
+        report.blocks,
+        held.values().map(|h| h.blocks.len()).sum::<usize>()
+    );
+
+    check_against_model(model, &held, r);
+
+    // Fills in progress at the kill are gone (bar the one whose commit was the last step).
+    let resurrected = r
+        .torn
+        .iter()
+        .filter(|(k, v, b)| {
+            held.get(k)
+                .is_some_and(|h| h.meta.version() == *v && h.blocks.contains(b))
+        })
+        .count();
+    assert!(resurrected <= 1, "{resurrected} torn fills came back");
+    (held, r.torn.len())
+}
+
+/// What the index offers, every block of it read and compared.
+fn read_held(cache: &Cache) -> BTreeMap<String, Held> {
     let mut held = BTreeMap::new();
     for (obj, ready) in cache.objects() {
         let m = &*obj.meta;
@@ -418,14 +441,12 @@ fn check_reopen(
             },
         );
     }
-    assert_eq!(report.objects, held.len());
-    assert_eq!(
-        report.blocks,
-        held.values().map(|h| h.blocks.len()).sum::<usize>()
-    );
+    held
+}
 
-    // Against the model: exact for keys nobody was working on at the kill; for the others, the
-    // one unreported step may have landed.
+/// Against the model: exact for keys nobody was working on at the kill; for the others, the
+/// one unreported step may have landed.
+fn check_against_model(model: &BTreeMap<String, Held>, held: &BTreeMap<String, Held>, r: &Replay) {
     let mut surprises = Vec::new();
     let keys: BTreeSet<&String> = model.keys().chain(held.keys()).collect();
     for key in keys {
@@ -476,18 +497,6 @@ fn check_reopen(
         surprises.len() <= 1,
         "more than the step at the kill: {surprises:?}"
     );
-
-    // Fills in progress at the kill are gone (bar the one whose commit was the last step).
-    let resurrected = r
-        .torn
-        .iter()
-        .filter(|(k, v, b)| {
-            held.get(k)
-                .is_some_and(|h| h.meta.version() == *v && h.blocks.contains(b))
-        })
-        .count();
-    assert!(resurrected <= 1, "{resurrected} torn fills came back");
-    (held, r.torn.len())
 }
 
 #[test]

@@ -148,150 +148,160 @@ impl Harness {
                 len,
                 etag,
                 stamp,
-            } => {
-                let m = meta_for(key, len, etag, stamp);
-                let o = self.cache().put_object(m.clone()).unwrap();
-                assert_eq!(*o.meta, m);
-                assert_eq!(o.version, m.version());
-                let e = self.model.entry(key).or_insert_with(|| Entry {
-                    meta: m.clone(),
-                    blocks: BTreeSet::new(),
-                });
-                if e.meta.version() != m.version() {
-                    e.blocks.clear();
-                }
-                e.meta = m;
-            }
-            Op::Fill { key, block, pieces } => {
-                let name = key_name(key);
-                let Some(e) = self.model.get(&key) else {
-                    assert!(matches!(
-                        self.cache().claim(&name, 0, 0),
-                        Err(CacheError::NoObject)
-                    ));
-                    return;
-                };
-                let (m, v) = (e.meta.clone(), e.meta.version());
-                let n = m.block_count(BS32) as u32;
-                assert!(matches!(
-                    self.cache().claim(&name, n, v),
-                    Err(CacheError::OutOfRange(b)) if b == n
-                ));
-                if n == 0 {
-                    return;
-                }
-                let b = u32::from(block) % n;
-                assert!(matches!(
-                    self.cache().claim(&name, b, v ^ 1),
-                    Err(CacheError::VersionChanged)
-                ));
-                let committed = e.blocks.contains(&b);
-                let want = self.want(key, &m, b);
-                match self.cache().claim(&name, b, v).unwrap() {
-                    Claim::Ready(buf) => {
-                        assert!(committed, "block {b} of {name} Ready but never committed");
-                        assert!(buf[..] == want[..]);
-                    }
-                    Claim::Write(mut w) => {
-                        assert!(
-                            !committed,
-                            "committed block {b} of {name} offered for writing"
-                        );
-                        assert_eq!(w.capacity(), want.len());
-                        let chunk = want.len().div_ceil(usize::from(pieces));
-                        for piece in want.chunks(chunk) {
-                            assert_eq!(w.write(piece), piece.len());
-                        }
-                        assert!(w.commit().unwrap()[..] == want[..]);
-                        self.model.get_mut(&key).unwrap().blocks.insert(b);
-                    }
-                    Claim::Wait(_) => panic!("block {b} of {name} filling with no writer"),
-                }
-            }
+            } => self.put(key, len, etag, stamp),
+            Op::Fill { key, block, pieces } => self.fill(key, block, pieces),
             Op::Abort {
                 key,
                 block,
                 cut,
                 explicit,
-            } => {
-                let name = key_name(key);
-                let Some(e) = self.model.get(&key) else {
-                    return;
-                };
-                let (m, v) = (e.meta.clone(), e.meta.version());
-                let n = m.block_count(BS32) as u32;
-                if n == 0 {
-                    return;
-                }
-                let b = u32::from(block) % n;
-                let want = self.want(key, &m, b);
-                match self.cache().claim(&name, b, v).unwrap() {
-                    Claim::Ready(buf) => {
-                        assert!(self.model[&key].blocks.contains(&b));
-                        assert!(buf[..] == want[..]);
-                    }
-                    Claim::Write(mut w) => {
-                        assert!(!self.model[&key].blocks.contains(&b));
-                        let fill = w.fill().unwrap().clone();
-                        // Possibly all of it: an uncommitted complete block is still aborted.
-                        let upto = usize::from(cut) * want.len() / usize::from(u16::MAX);
-                        w.write(&want[..upto]);
-                        if explicit {
-                            w.abort();
-                        } else {
-                            drop(w);
-                        }
-                        assert_eq!(fill.state(), gatecache::store::FillState::Aborted);
-                        assert!(fill.readable()[..] == want[..upto]);
-                        // An object with nothing stored is forgotten with its aborted fill.
-                        if self.model[&key].blocks.is_empty() {
-                            self.model.remove(&key);
-                        }
-                    }
-                    Claim::Wait(_) => panic!("block {b} of {name} filling with no writer"),
-                }
-            }
-            Op::Get { key, block } => {
-                // Checked by `check` after every op; here also past the end.
-                let name = key_name(key);
-                let n = self
-                    .model
-                    .get(&key)
-                    .map_or(0, |e| e.meta.block_count(BS32) as u32);
-                let b = u32::from(block) % (n + 1);
-                let got = self.cache().get(&name, b);
-                match self.model.get(&key) {
-                    Some(e) if e.blocks.contains(&b) => {
-                        let m = e.meta.clone();
-                        assert!(got.unwrap()[..] == self.want(key, &m, b)[..]);
-                    }
-                    _ => assert!(got.is_none(), "get({name}, {b}) should miss"),
-                }
-            }
+            } => self.abort(key, block, cut, explicit),
+            Op::Get { key, block } => self.get(key, block),
             Op::Remove { key } => {
                 let removed = self.cache().remove(&key_name(key));
                 assert_eq!(removed, self.model.remove(&key).is_some());
             }
-            Op::Reopen => {
-                drop(self.cache.take());
-                let (cache, report) = Cache::open(&self.cfg).unwrap();
-                self.cache = Some(cache);
-                // Recovery keeps an object only with at least one block (or none to hold).
-                let before = self.model.len();
-                self.model
-                    .retain(|_, e| e.meta.total_len == 0 || !e.blocks.is_empty());
-                assert_eq!(
-                    report.empty_objects,
-                    before - self.model.len(),
-                    "{report:?}"
-                );
-                assert_eq!(report.objects, self.model.len(), "{report:?}");
-                let blocks: usize = self.model.values().map(|e| e.blocks.len()).sum();
-                assert_eq!(report.blocks, blocks, "{report:?}");
-                // Nothing else may be dropped: no bad, stale, orphan or superseded slot.
-                assert_eq!(report.dropped(), report.empty_objects, "{report:?}");
-            }
+            Op::Reopen => self.reopen(),
         }
+    }
+
+    fn put(&mut self, key: u8, len: u64, etag: u8, stamp: u8) {
+        let m = meta_for(key, len, etag, stamp);
+        let o = self.cache().put_object(m.clone()).unwrap();
+        assert_eq!(*o.meta, m);
+        assert_eq!(o.version, m.version());
+        let e = self.model.entry(key).or_insert_with(|| Entry {
+            meta: m.clone(),
+            blocks: BTreeSet::new(),
+        });
+        if e.meta.version() != m.version() {
+            e.blocks.clear();
+        }
+        e.meta = m;
+    }
+
+    fn fill(&mut self, key: u8, block: u8, pieces: u8) {
+        let name = key_name(key);
+        let Some(e) = self.model.get(&key) else {
+            assert!(matches!(
+                self.cache().claim(&name, 0, 0),
+                Err(CacheError::NoObject)
+            ));
+            return;
+        };
+        let (m, v) = (e.meta.clone(), e.meta.version());
+        let n = m.block_count(BS32) as u32;
+        assert!(matches!(
+            self.cache().claim(&name, n, v),
+            Err(CacheError::OutOfRange(b)) if b == n
+        ));
+        if n == 0 {
+            return;
+        }
+        let b = u32::from(block) % n;
+        assert!(matches!(
+            self.cache().claim(&name, b, v ^ 1),
+            Err(CacheError::VersionChanged)
+        ));
+        let committed = e.blocks.contains(&b);
+        let want = self.want(key, &m, b);
+        match self.cache().claim(&name, b, v).unwrap() {
+            Claim::Ready(buf) => {
+                assert!(committed, "block {b} of {name} Ready but never committed");
+                assert!(buf[..] == want[..]);
+            }
+            Claim::Write(mut w) => {
+                assert!(
+                    !committed,
+                    "committed block {b} of {name} offered for writing"
+                );
+                assert_eq!(w.capacity(), want.len());
+                let chunk = want.len().div_ceil(usize::from(pieces));
+                for piece in want.chunks(chunk) {
+                    assert_eq!(w.write(piece), piece.len());
+                }
+                assert!(w.commit().unwrap()[..] == want[..]);
+                self.model.get_mut(&key).unwrap().blocks.insert(b);
+            }
+            Claim::Wait(_) => panic!("block {b} of {name} filling with no writer"),
+        }
+    }
+
+    fn abort(&mut self, key: u8, block: u8, cut: u16, explicit: bool) {
+        let name = key_name(key);
+        let Some(e) = self.model.get(&key) else {
+            return;
+        };
+        let (m, v) = (e.meta.clone(), e.meta.version());
+        let n = m.block_count(BS32) as u32;
+        if n == 0 {
+            return;
+        }
+        let b = u32::from(block) % n;
+        let want = self.want(key, &m, b);
+        match self.cache().claim(&name, b, v).unwrap() {
+            Claim::Ready(buf) => {
+                assert!(self.model[&key].blocks.contains(&b));
+                assert!(buf[..] == want[..]);
+            }
+            Claim::Write(mut w) => {
+                assert!(!self.model[&key].blocks.contains(&b));
+                let fill = w.fill().unwrap().clone();
+                // Possibly all of it: an uncommitted complete block is still aborted.
+                let upto = usize::from(cut) * want.len() / usize::from(u16::MAX);
+                w.write(&want[..upto]);
+                if explicit {
+                    w.abort();
+                } else {
+                    drop(w);
+                }
+                assert_eq!(fill.state(), gatecache::store::FillState::Aborted);
+                assert!(fill.readable()[..] == want[..upto]);
+                // An object with nothing stored is forgotten with its aborted fill.
+                if self.model[&key].blocks.is_empty() {
+                    self.model.remove(&key);
+                }
+            }
+            Claim::Wait(_) => panic!("block {b} of {name} filling with no writer"),
+        }
+    }
+
+    fn get(&mut self, key: u8, block: u8) {
+        // Checked by `check` after every op; here also past the end.
+        let name = key_name(key);
+        let n = self
+            .model
+            .get(&key)
+            .map_or(0, |e| e.meta.block_count(BS32) as u32);
+        let b = u32::from(block) % (n + 1);
+        let got = self.cache().get(&name, b);
+        match self.model.get(&key) {
+            Some(e) if e.blocks.contains(&b) => {
+                let m = e.meta.clone();
+                assert!(got.unwrap()[..] == self.want(key, &m, b)[..]);
+            }
+            _ => assert!(got.is_none(), "get({name}, {b}) should miss"),
+        }
+    }
+
+    fn reopen(&mut self) {
+        drop(self.cache.take());
+        let (cache, report) = Cache::open(&self.cfg).unwrap();
+        self.cache = Some(cache);
+        // Recovery keeps an object only with at least one block (or none to hold).
+        let before = self.model.len();
+        self.model
+            .retain(|_, e| e.meta.total_len == 0 || !e.blocks.is_empty());
+        assert_eq!(
+            report.empty_objects,
+            before - self.model.len(),
+            "{report:?}"
+        );
+        assert_eq!(report.objects, self.model.len(), "{report:?}");
+        let blocks: usize = self.model.values().map(|e| e.blocks.len()).sum();
+        assert_eq!(report.blocks, blocks, "{report:?}");
+        // Nothing else may be dropped: no bad, stale, orphan or superseded slot.
+        assert_eq!(report.dropped(), report.empty_objects, "{report:?}");
     }
 
     /// The cache agrees with the model on every key and block.
@@ -478,68 +488,7 @@ fn run_allocator(ops: &[AOp]) {
     };
     for op in ops {
         match *op {
-            AOp::Take { meta, class } => {
-                let kind = if meta { SlotKind::Meta } else { SlotKind::Data };
-                match a.take(kind, class) {
-                    Some(t) => {
-                        let addr = t.addr;
-                        let region = addr.region();
-                        assert!(
-                            !m.owned.contains_key(&addr),
-                            "{addr:?} handed out while owned: {:?}",
-                            m.owned[&addr]
-                        );
-                        match t.new_region {
-                            Some((k, size, generation)) => {
-                                assert_eq!(
-                                    m.regions[region as usize], None,
-                                    "region {region} re-assigned while in use"
-                                );
-                                assert_eq!((k, size), (kind, classes[class as usize]));
-                                assert!(generation > m.last_generation, "generation reused");
-                                m.last_generation = generation;
-                                m.regions[region as usize] = Some(RegionModel {
-                                    kind,
-                                    class,
-                                    evicting: false,
-                                });
-                            }
-                            None => assert_eq!(
-                                m.regions[region as usize],
-                                Some(RegionModel {
-                                    kind,
-                                    class,
-                                    evicting: false
-                                }),
-                                "slot of a region of another kind, class, or under eviction"
-                            ),
-                        }
-                        assert!((addr.slot() as usize) < m.capacity(class));
-                        assert_eq!(
-                            a.region_info(region).map(|i| (i.0, i.1)),
-                            Some((kind, class))
-                        );
-                        m.owned.insert(addr, SlotModel::default());
-                    }
-                    None => {
-                        // Only when there is really no room for this kind and class.
-                        for (r, state) in m.regions.iter().enumerate() {
-                            let r = r as u32;
-                            match state {
-                                None => panic!("take({kind:?}, {class}) failed; region {r} free"),
-                                Some(s) if s.kind == kind && s.class == class && !s.evicting => {
-                                    assert_eq!(
-                                        m.used(r),
-                                        m.capacity(class),
-                                        "take({kind:?}, {class}) failed; region {r} has room"
-                                    )
-                                }
-                                Some(_) => {}
-                            }
-                        }
-                    }
-                }
-            }
+            AOp::Take { meta, class } => take(&mut a, &mut m, &classes, meta, class),
             AOp::Release(i) => {
                 let live = m.live();
                 let Some(addr) = pick(&live, i) else { continue };
@@ -575,37 +524,7 @@ fn run_allocator(ops: &[AOp]) {
                     m.free_slot(addr);
                 }
             }
-            AOp::BeginEviction => match a.begin_eviction() {
-                Some((region, used)) => {
-                    let r = m.regions[region as usize].expect("victim is an unassigned region");
-                    assert_eq!(r.kind, SlotKind::Data, "metadata region evicted");
-                    assert!(!r.evicting, "region {region} evicted twice at once");
-                    assert_eq!(m.pins(region), 0, "pinned region {region} evicted");
-                    let owned: Vec<u16> = m
-                        .owned
-                        .keys()
-                        .filter(|a| a.region() == region)
-                        .map(|a| a.slot())
-                        .collect();
-                    assert!(!owned.is_empty());
-                    assert_eq!(used, owned, "used slots of region {region}");
-                    m.regions[region as usize].as_mut().unwrap().evicting = true;
-                }
-                None => {
-                    for (r, state) in m.regions.iter().enumerate() {
-                        if let Some(s) = state {
-                            let r = r as u32;
-                            assert!(
-                                s.kind != SlotKind::Data
-                                    || s.evicting
-                                    || m.pins(r) > 0
-                                    || m.used(r) == 0,
-                                "no victim found, but region {r} could be evicted"
-                            );
-                        }
-                    }
-                }
-            },
+            AOp::BeginEviction => begin_eviction(&mut a, &mut m),
             AOp::EndEviction(i) => {
                 let evicting: Vec<u32> = (0..REGIONS)
                     .filter(|&r| m.regions[r as usize].is_some_and(|s| s.evicting))
@@ -618,23 +537,124 @@ fn run_allocator(ops: &[AOp]) {
                 m.settle(region);
             }
         }
+        check_allocator_invariants(&a, &m, &classes, op);
+    }
+}
 
-        // Invariants after every step.
-        let free = m.regions.iter().filter(|r| r.is_none()).count();
-        assert_eq!(a.free_region_count(), free, "free regions after {op:?}");
-        assert!(a.free_region_count() <= a.region_count() as usize);
-        let pinned = m.owned.values().filter(|s| s.pins > 0).count();
-        assert_eq!(a.pinned_slots(), pinned);
-        for (addr, s) in &m.owned {
-            assert_eq!(a.is_pinned(*addr), s.pins > 0, "{addr:?}");
-        }
-        for r in 0..REGIONS {
-            assert_eq!(
-                a.region_slot_size(r),
-                m.regions[r as usize].map(|s| classes[s.class as usize]),
-                "slot size of region {r}"
+/// `AOp::Take`: a slot of this kind and class, from a region of the same, or from a free one;
+/// none only when there is really no room.
+fn take(a: &mut Allocator, m: &mut AllocModel, classes: &[u32], meta: bool, class: u8) {
+    let kind = if meta { SlotKind::Meta } else { SlotKind::Data };
+    match a.take(kind, class) {
+        Some(t) => {
+            let addr = t.addr;
+            let region = addr.region();
+            assert!(
+                !m.owned.contains_key(&addr),
+                "{addr:?} handed out while owned: {:?}",
+                m.owned[&addr]
             );
+            match t.new_region {
+                Some((k, size, generation)) => {
+                    assert_eq!(
+                        m.regions[region as usize], None,
+                        "region {region} re-assigned while in use"
+                    );
+                    assert_eq!((k, size), (kind, classes[class as usize]));
+                    assert!(generation > m.last_generation, "generation reused");
+                    m.last_generation = generation;
+                    m.regions[region as usize] = Some(RegionModel {
+                        kind,
+                        class,
+                        evicting: false,
+                    });
+                }
+                None => assert_eq!(
+                    m.regions[region as usize],
+                    Some(RegionModel {
+                        kind,
+                        class,
+                        evicting: false
+                    }),
+                    "slot of a region of another kind, class, or under eviction"
+                ),
+            }
+            assert!((addr.slot() as usize) < m.capacity(class));
+            assert_eq!(
+                a.region_info(region).map(|i| (i.0, i.1)),
+                Some((kind, class))
+            );
+            m.owned.insert(addr, SlotModel::default());
         }
+        None => {
+            // Only when there is really no room for this kind and class.
+            for (r, state) in m.regions.iter().enumerate() {
+                let r = r as u32;
+                match state {
+                    None => panic!("take({kind:?}, {class}) failed; region {r} free"),
+                    Some(s) if s.kind == kind && s.class == class && !s.evicting => {
+                        assert_eq!(
+                            m.used(r),
+                            m.capacity(class),
+                            "take({kind:?}, {class}) failed; region {r} has room"
+                        )
+                    }
+                    Some(_) => {}
+                }
+            }
+        }
+    }
+}
+
+/// `AOp::BeginEviction`: the victim is an unpinned data region with slots in use, not already
+/// being evicted; none only when no region is such.
+fn begin_eviction(a: &mut Allocator, m: &mut AllocModel) {
+    match a.begin_eviction() {
+        Some((region, used)) => {
+            let r = m.regions[region as usize].expect("victim is an unassigned region");
+            assert_eq!(r.kind, SlotKind::Data, "metadata region evicted");
+            assert!(!r.evicting, "region {region} evicted twice at once");
+            assert_eq!(m.pins(region), 0, "pinned region {region} evicted");
+            let owned: Vec<u16> = m
+                .owned
+                .keys()
+                .filter(|a| a.region() == region)
+                .map(|a| a.slot())
+                .collect();
+            assert!(!owned.is_empty());
+            assert_eq!(used, owned, "used slots of region {region}");
+            m.regions[region as usize].as_mut().unwrap().evicting = true;
+        }
+        None => {
+            for (r, state) in m.regions.iter().enumerate() {
+                if let Some(s) = state {
+                    let r = r as u32;
+                    assert!(
+                        s.kind != SlotKind::Data || s.evicting || m.pins(r) > 0 || m.used(r) == 0,
+                        "no victim found, but region {r} could be evicted"
+                    );
+                }
+            }
+        }
+    }
+}
+
+/// Invariants after every step (`op`, for the message).
+fn check_allocator_invariants(a: &Allocator, m: &AllocModel, classes: &[u32], op: &AOp) {
+    let free = m.regions.iter().filter(|r| r.is_none()).count();
+    assert_eq!(a.free_region_count(), free, "free regions after {op:?}");
+    assert!(a.free_region_count() <= a.region_count() as usize);
+    let pinned = m.owned.values().filter(|s| s.pins > 0).count();
+    assert_eq!(a.pinned_slots(), pinned);
+    for (addr, s) in &m.owned {
+        assert_eq!(a.is_pinned(*addr), s.pins > 0, "{addr:?}");
+    }
+    for r in 0..REGIONS {
+        assert_eq!(
+            a.region_slot_size(r),
+            m.regions[r as usize].map(|s| classes[s.class as usize]),
+            "slot size of region {r}"
+        );
     }
 }
 

@@ -371,29 +371,48 @@ fn answer(s: &mut TcpStream, req: &ReqHead, obj: Option<&Obj>, seen: &mut Seen) 
             && s.write_all(body).is_ok();
     };
     if let Fault::Status(code) = obj.fault {
-        seen.status = code;
-        let body = format!("fault-origin says {code}\n");
-        let mut headers = vec![("Content-Length".into(), body.len().to_string())];
-        if (300..400).contains(&code) {
-            // A redirect carries the object's headers (its `Location`).
-            headers.extend(obj.headers.iter().cloned());
-        }
-        // No body after the head of a HEAD (RFC 9110 §9.3.2): the connection is reused.
-        return write_head(s, code, &headers)
-            && (req.method == "HEAD" || s.write_all(body.as_bytes()).is_ok());
+        return answer_status_fault(s, req, obj, code, seen);
     }
     if !matches!(req.method.as_str(), "GET" | "HEAD") {
-        // An API call: answered, never content.
-        seen.status = 200;
-        let body = format!(
-            "{} {} took {} bytes\n",
-            req.method,
-            req.target,
-            req.body.len()
-        );
-        return write_head(s, 200, &[("Content-Length".into(), body.len().to_string())])
-            && s.write_all(body.as_bytes()).is_ok();
+        return answer_api_call(s, req, seen);
     }
+    answer_content(s, req, obj, seen)
+}
+
+/// Answers with the status `code` the object is set to fail with, and a short text body.
+fn answer_status_fault(
+    s: &mut TcpStream,
+    req: &ReqHead,
+    obj: &Obj,
+    code: u16,
+    seen: &mut Seen,
+) -> bool {
+    seen.status = code;
+    let body = format!("fault-origin says {code}\n");
+    let mut headers = vec![("Content-Length".into(), body.len().to_string())];
+    if (300..400).contains(&code) {
+        // A redirect carries the object's headers (its `Location`).
+        headers.extend(obj.headers.iter().cloned());
+    }
+    // No body after the head of a HEAD (RFC 9110 §9.3.2): the connection is reused.
+    write_head(s, code, &headers) && (req.method == "HEAD" || s.write_all(body.as_bytes()).is_ok())
+}
+
+/// An API call: answered, never content.
+fn answer_api_call(s: &mut TcpStream, req: &ReqHead, seen: &mut Seen) -> bool {
+    seen.status = 200;
+    let body = format!(
+        "{} {} took {} bytes\n",
+        req.method,
+        req.target,
+        req.body.len()
+    );
+    write_head(s, 200, &[("Content-Length".into(), body.len().to_string())])
+        && s.write_all(body.as_bytes()).is_ok()
+}
+
+/// Answers a GET or HEAD for the object's content: 304, 416, 200 or 206, faults applied.
+fn answer_content(s: &mut TcpStream, req: &ReqHead, obj: &Obj, seen: &mut Seen) -> bool {
     let len = obj.data.len() as u64;
     let mut headers = vec![
         ("ETag".to_string(), obj.etag.clone()),
@@ -438,31 +457,41 @@ fn answer(s: &mut TcpStream, req: &ReqHead, obj: Option<&Obj>, seen: &mut Seen) 
     if status == 206 {
         headers.push(("Content-Range".into(), format!("bytes {a}-{b}/{len}")));
     }
+    let span = a as usize..(a + body_len) as usize;
     if obj.chunked {
         seen.status = status;
         headers.push(("Transfer-Encoding".into(), "chunked".into()));
         if !write_head(s, status, &headers) || req.method == "HEAD" {
             return req.method == "HEAD";
         }
-        let body = &obj.data[a as usize..(a + body_len) as usize];
-        for c in body.chunks(10_000) {
-            if s.write_all(format!("{:x}\r\n", c.len()).as_bytes())
-                .is_err()
-                || s.write_all(c).is_err()
-                || s.write_all(b"\r\n").is_err()
-            {
-                return false;
-            }
-            seen.body_sent += c.len() as u64;
-        }
-        return s.write_all(b"0\r\n\r\n").is_ok();
+        return send_chunked(s, &obj.data[span], seen);
     }
     headers.push(("Content-Length".into(), body_len.to_string()));
     seen.status = status;
     if !write_head(s, status, &headers) || req.method == "HEAD" {
         return req.method == "HEAD";
     }
-    let body = &obj.data[a as usize..(a + body_len) as usize];
+    send_body(s, obj, &obj.data[span], seen)
+}
+
+/// Sends `body` chunked, in 10 000-byte chunks, and the last chunk.
+fn send_chunked(s: &mut TcpStream, body: &[u8], seen: &mut Seen) -> bool {
+    for c in body.chunks(10_000) {
+        if s.write_all(format!("{:x}\r\n", c.len()).as_bytes())
+            .is_err()
+            || s.write_all(c).is_err()
+            || s.write_all(b"\r\n").is_err()
+        {
+            return false;
+        }
+        seen.body_sent += c.len() as u64;
+    }
+    s.write_all(b"0\r\n\r\n").is_ok()
+}
+
+/// Sends `body` (after a Content-Length head) with the object's fault applied; returns
+/// whether the connection may be reused.
+fn send_body(s: &mut TcpStream, obj: &Obj, body: &[u8], seen: &mut Seen) -> bool {
     match &obj.fault {
         Fault::ResetMidBody | Fault::ShortBody => {
             let half = body.len() / 2;

@@ -145,9 +145,27 @@ fn check_target(cfg: &Config, t: &Target) -> Result<(), String> {
         return Err(format!("upstream Host {:?} is not {}", t.host, t.authority));
     }
 
-    // Only a configured destination: the connect address of the origin the resolver picks for
-    // this host (its first match), else the host's DNS answer at a port its origin or a route
-    // to it allows.
+    check_destination(cfg, t, port, uri.path(), want_scheme)?;
+
+    // The URL for each parent names exactly that parent and carries this origin.
+    let (t_path, t_query) = t.path.split_once('?').unwrap_or((&t.path, ""));
+    for p in &cfg.upstream.parents {
+        check_parent(cfg, t, p, port, (t_path, t_query))?;
+    }
+    Ok(())
+}
+
+/// Only a configured destination: the connect address of the origin the resolver picks for
+/// this host (its first match), else the host's DNS answer at a port its origin or a route
+/// to it allows. `path` is the path of the origin's URL; `want_scheme` is the target's scheme.
+fn check_destination(
+    cfg: &Config,
+    t: &Target,
+    port: u16,
+    path: &str,
+    want_scheme: &str,
+) -> Result<(), String> {
+    let host = &t.authority.host;
     let pinned = cfg
         .origins
         .iter()
@@ -171,7 +189,6 @@ fn check_target(cfg: &Config, t: &Target) -> Result<(), String> {
             ));
         }
         // Served for a route only: inside its origin path, no way back out.
-        let path = uri.path();
         if !routes.iter().any(|r| path.starts_with(&r.path)) {
             return Err(format!(
                 "routed path {path:?} is outside the route's origin path {:?}",
@@ -182,74 +199,84 @@ fn check_target(cfg: &Config, t: &Target) -> Result<(), String> {
             return Err(format!("routed path {path:?} has a '..' segment"));
         }
     }
+    Ok(())
+}
 
-    // The URL for each parent names exactly that parent and carries this origin.
-    let (t_path, t_query) = t.path.split_once('?').unwrap_or((&t.path, ""));
-    for p in &cfg.upstream.parents {
-        let pa = Authority::parse(p).map_err(|e| format!("parent {p:?}: {e}"))?;
-        let uri = t
-            .uri_for(Some(p))
-            .map_err(|e| format!("no URL for parent {p}: {e}"))?;
-        if uri.scheme_str() != Some("http") {
-            return Err(format!("parent URL {uri} is not http"));
+/// The URL for the parent `p` names exactly that parent and carries this origin, and the
+/// parent, configured alike, fetches the same thing. `(t_path, t_query)` is the target's path,
+/// split at its `?`.
+fn check_parent(
+    cfg: &Config,
+    t: &Target,
+    p: &str,
+    port: u16,
+    (t_path, t_query): (&str, &str),
+) -> Result<(), String> {
+    let scheme_port = default_port(t.https);
+    let host = &t.authority.host;
+    let pa = Authority::parse(p).map_err(|e| format!("parent {p:?}: {e}"))?;
+    let uri = t
+        .uri_for(Some(p))
+        .map_err(|e| format!("no URL for parent {p}: {e}"))?;
+    if uri.scheme_str() != Some("http") {
+        return Err(format!("parent URL {uri} is not http"));
+    }
+    if uri.authority().is_some_and(|a| a.as_str().contains('@')) {
+        return Err(format!("parent URL {uri} has userinfo"));
+    }
+    if uri.host() != Some(pa.host.to_string().as_str())
+        || uri.port_u16().unwrap_or(80) != pa.port_or(80)
+    {
+        return Err(format!("parent URL {uri} does not name the parent {p}"));
+    }
+    if uri.path() != t_path {
+        return Err(format!(
+            "parent URL {uri} does not carry the path {t_path:?}"
+        ));
+    }
+    let query = uri.query().unwrap_or("");
+    let (mut origins, mut rest) = (Vec::new(), Vec::new());
+    for part in query.split('&').filter(|s| !s.is_empty()) {
+        match part.split_once('=') {
+            Some((k, v)) if k == ORIGIN_PARAM => origins.push(v),
+            _ => rest.push(part),
         }
-        if uri.authority().is_some_and(|a| a.as_str().contains('@')) {
-            return Err(format!("parent URL {uri} has userinfo"));
-        }
-        if uri.host() != Some(pa.host.to_string().as_str())
-            || uri.port_u16().unwrap_or(80) != pa.port_or(80)
-        {
-            return Err(format!("parent URL {uri} does not name the parent {p}"));
-        }
-        if uri.path() != t_path {
+    }
+    let [v] = origins[..] else {
+        return Err(format!(
+            "parent URL {uri} carries {} {ORIGIN_PARAM}",
+            origins.len()
+        ));
+    };
+    let a =
+        Authority::parse(v).map_err(|e| format!("parent URL {uri}: {ORIGIN_PARAM}={v:?}: {e}"))?;
+    if a.host != *host || a.port_or(scheme_port) != port {
+        return Err(format!(
+            "parent URL {uri} names origin {a}, not {}",
+            t.authority
+        ));
+    }
+    if rest.join("&") != t_query {
+        return Err(format!(
+            "parent URL {uri} does not carry the query {t_query:?}"
+        ));
+    }
+    // The parent, configured alike, fetches the same thing.
+    let preq = Request {
+        target: uri
+            .path_and_query()
+            .map_or("/", |pq| pq.as_str())
+            .to_string(),
+        host: Some(p.to_string()),
+        ..Request::default()
+    };
+    match route(&preq, cfg) {
+        Ok(pt) if pt.authority == t.authority && pt.https == t.https && pt.path == t.path => {}
+        other => {
             return Err(format!(
-                "parent URL {uri} does not carry the path {t_path:?}"
+                "the parent routes {:?} otherwise: {other:?}",
+                preq.target
             ));
-        }
-        let query = uri.query().unwrap_or("");
-        let (mut origins, mut rest) = (Vec::new(), Vec::new());
-        for part in query.split('&').filter(|s| !s.is_empty()) {
-            match part.split_once('=') {
-                Some((k, v)) if k == ORIGIN_PARAM => origins.push(v),
-                _ => rest.push(part),
-            }
-        }
-        let [v] = origins[..] else {
-            return Err(format!(
-                "parent URL {uri} carries {} {ORIGIN_PARAM}",
-                origins.len()
-            ));
-        };
-        let a = Authority::parse(v)
-            .map_err(|e| format!("parent URL {uri}: {ORIGIN_PARAM}={v:?}: {e}"))?;
-        if a.host != *host || a.port_or(scheme_port) != port {
-            return Err(format!(
-                "parent URL {uri} names origin {a}, not {}",
-                t.authority
-            ));
-        }
-        if rest.join("&") != t_query {
-            return Err(format!(
-                "parent URL {uri} does not carry the query {t_query:?}"
-            ));
-        }
-        // The parent, configured alike, fetches the same thing.
-        let preq = Request {
-            target: uri
-                .path_and_query()
-                .map_or("/", |pq| pq.as_str())
-                .to_string(),
-            host: Some(p.clone()),
-            ..Request::default()
-        };
-        match route(&preq, cfg) {
-            Ok(pt) if pt.authority == t.authority && pt.https == t.https && pt.path == t.path => {}
-            other => {
-                return Err(format!(
-                    "the parent routes {:?} otherwise: {other:?}",
-                    preq.target
-                ));
-            }
         }
     }
     Ok(())
