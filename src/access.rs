@@ -9,14 +9,20 @@ use std::path::PathBuf;
 
 use parking_lot::Mutex;
 
+/// Where access-log lines go (the `access_log` setting).
 pub enum AccessLog {
     /// Through `log` (target "access"), like the service log.
     Service,
+    /// Standard output, a line at a time.
     Stdout,
+    /// Appended to a file, buffered (64 KiB) until [`AccessLog::flush`].
     File {
+        /// The file's path, kept for [`AccessLog::reopen`].
         path: PathBuf,
+        /// The open file.
         out: Mutex<BufWriter<File>>,
     },
+    /// No access log.
     Off,
 }
 
@@ -26,7 +32,12 @@ fn open(path: &PathBuf) -> std::io::Result<BufWriter<File>> {
 }
 
 impl AccessLog {
-    /// From the `access_log` setting: "stderr", "stdout", "off", or a file path.
+    /// From the `access_log` setting: "stderr", "stdout", "off", or a file path (opened for
+    /// appending, created if missing).
+    ///
+    /// # Errors
+    ///
+    /// The file cannot be opened.
     pub fn from_setting(v: &str) -> std::io::Result<AccessLog> {
         Ok(match v {
             "stderr" => AccessLog::Service,
@@ -40,6 +51,8 @@ impl AccessLog {
         })
     }
 
+    /// Writes one line (`args` without its newline). Write errors are dropped: a full disk
+    /// never fails a response.
     pub fn line(&self, args: Arguments<'_>) {
         match self {
             AccessLog::Service => log::info!(target: "access", "{args}"),
@@ -57,6 +70,7 @@ impl AccessLog {
         }
     }
 
+    /// Writes out a file's buffered lines (once a second, and at shutdown); a no-op otherwise.
     pub fn flush(&self) {
         if let AccessLog::File { out, .. } = self {
             let _ = out.lock().flush();

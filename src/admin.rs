@@ -14,7 +14,12 @@ use crate::http::response::{self, reply};
 use crate::serve::summary::summary;
 use crate::serve::{Services, Shared};
 
-/// Binds the admin listener and serves it on its own thread; returns the bound address.
+/// Binds the admin listener and serves it on its own thread; returns the bound address (the
+/// real port when `addr` asked for port 0).
+///
+/// # Errors
+///
+/// The address cannot be bound, or the thread cannot be started.
 pub fn start(addr: SocketAddr, sh: Arc<Shared>) -> std::io::Result<SocketAddr> {
     let l = TcpListener::bind(addr)?;
     let bound = l.local_addr()?;

@@ -17,6 +17,7 @@ use std::path::PathBuf;
 use std::time::Duration;
 
 use serde::Deserialize;
+use toml::{Table, Value};
 
 use crate::http::authority::{self, Authority, Host};
 use crate::store::{DriveConfig, StoreConfig, StoreConfigError};
@@ -327,8 +328,9 @@ pub struct Config {
     pub idle_timeout: Duration,
     /// The socket backend.
     pub io_backend: IoBackend,
-    /// This node's name in `Via` headers (loop detection): `node_name`, or host name and port
-    /// (`gatecache:<port>` until [`Config::load_resources`] has read the host name).
+    /// This node's name in `Via` headers (loop detection, RFC 9110 §7.6.3): `node_name`, or
+    /// host name and port (`gatecache:<port>` until [`Config::load_resources`] has read the
+    /// host name).
     pub node_name: String,
     /// `node_name` was not configured: [`Config::load_resources`] names this node after the
     /// machine's host name.
@@ -355,117 +357,42 @@ impl Config {
     /// The effective configuration as TOML (`gatecache check-config`): every key, defaults
     /// and environment included; it reads back as the same configuration.
     pub fn render(&self) -> String {
-        use toml::{Table, Value};
-        fn s(v: impl ToString) -> Value {
-            Value::String(v.to_string())
-        }
-        fn dur(d: Duration) -> Value {
-            if d.subsec_millis() != 0 || d.as_secs() == 0 {
-                s(format!("{}ms", d.as_millis()))
-            } else {
-                s(format!("{}s", d.as_secs()))
-            }
-        }
+        let mut t = self.render_general();
+        table_list(&mut t, "storage", &self.store.drives, render_drive);
+        table_list(&mut t, "origin", &self.origins, render_origin);
+        table_list(&mut t, "route", &self.routes, render_route);
+        table_list(&mut t, "rule", &self.rules, render_rule);
+        t.insert("upstream".into(), Value::Table(self.upstream.render()));
+        toml::to_string(&t).unwrap_or_default()
+    }
+
+    /// The top-level keys (everything but the tables and arrays of tables).
+    fn render_general(&self) -> Table {
         let mut t = Table::new();
-        t.insert("listen".into(), s(self.listen));
-        t.insert("admin_listen".into(), s(self.admin_listen));
+        t.insert("listen".into(), text(self.listen));
+        t.insert("admin_listen".into(), text(self.admin_listen));
         t.insert("workers".into(), Value::Integer(self.workers as i64));
         t.insert(
             "io_backend".into(),
-            s(match self.io_backend {
+            text(match self.io_backend {
                 IoBackend::Auto => "auto",
                 IoBackend::Uring => "uring",
                 IoBackend::Epoll => "epoll",
             }),
         );
-        t.insert("block_size".into(), s(self.store.block_size));
-        t.insert("slab_size".into(), s(self.store.slab_size));
+        t.insert("block_size".into(), text(self.store.block_size));
+        t.insert("slab_size".into(), text(self.store.slab_size));
         t.insert("sync_data".into(), Value::Boolean(self.store.sync_data));
-        t.insert("head_timeout".into(), dur(self.head_timeout));
-        t.insert("idle_timeout".into(), dur(self.idle_timeout));
-        t.insert("shutdown_grace".into(), dur(self.shutdown_grace));
-        t.insert("node_name".into(), s(&self.node_name));
-        t.insert("access_log".into(), s(&self.access_log));
+        t.insert("head_timeout".into(), duration(self.head_timeout));
+        t.insert("idle_timeout".into(), duration(self.idle_timeout));
+        t.insert("shutdown_grace".into(), duration(self.shutdown_grace));
+        t.insert("node_name".into(), text(&self.node_name));
+        t.insert("access_log".into(), text(&self.access_log));
         t.insert(
             "summary_unrestricted".into(),
             Value::Boolean(self.summary_unrestricted),
         );
-        // An array of tables, one per item, filled by `f`.
-        fn list<T>(t: &mut Table, name: &str, items: &[T], f: impl Fn(&T, &mut Table)) {
-            let v = items
-                .iter()
-                .map(|i| {
-                    let mut x = Table::new();
-                    f(i, &mut x);
-                    Value::Table(x)
-                })
-                .collect();
-            t.insert(name.into(), Value::Array(v));
-        }
-        list(&mut t, "storage", &self.store.drives, |d, x| {
-            x.insert("path".into(), s(d.path.display()));
-            x.insert("size".into(), s(d.size));
-        });
-        list(&mut t, "origin", &self.origins, |o, x| {
-            let host = if o.port == authority::default_port(o.https) {
-                o.host.clone()
-            } else {
-                format!("{}:{}", o.host, o.port)
-            };
-            x.insert("host".into(), s(host));
-            if !o.ports.is_empty() {
-                let ports = o.ports.iter().map(|&p| Value::Integer(p.into())).collect();
-                x.insert("ports".into(), Value::Array(ports));
-            }
-            x.insert("deny_private".into(), Value::Boolean(o.deny_private));
-            if let Some(c) = &o.canonical {
-                x.insert("canonical".into(), s(c));
-            }
-            if let Some(c) = o.connect {
-                x.insert("connect".into(), s(c));
-            }
-            x.insert("scheme".into(), s(if o.https { "https" } else { "http" }));
-            x.insert("key_query".into(), Value::Boolean(o.key_query));
-            x.insert("immutable".into(), Value::Boolean(o.immutable));
-        });
-        list(&mut t, "route", &self.routes, |r, x| {
-            x.insert("prefix".into(), s(&r.prefix));
-            let scheme = if r.https { "https" } else { "http" };
-            x.insert(
-                "origin".into(),
-                s(format!("{scheme}://{}{}", r.host, r.path)),
-            );
-        });
-        list(&mut t, "rule", &self.rules, |r, x| {
-            x.insert("path".into(), s(&r.path));
-            if let Some(h) = &r.host {
-                x.insert("host".into(), s(h));
-            }
-            x.insert("immutable".into(), Value::Boolean(r.fresh.immutable));
-            if let Some(m) = r.fresh.max_age {
-                x.insert("max_age".into(), dur(Duration::from_secs(m)));
-            }
-        });
-        let u = &self.upstream;
-        let mut up = Table::new();
-        up.insert(
-            "parents".into(),
-            Value::Array(u.parents.iter().map(s).collect()),
-        );
-        up.insert("direct_fallback".into(), Value::Boolean(u.direct_fallback));
-        up.insert("parent_backoff".into(), dur(u.parent_backoff));
-        if let Some(p) = &u.proxy {
-            up.insert("proxy".into(), s(p));
-        }
-        if let Some(f) = &u.ca_file {
-            up.insert("ca_file".into(), s(f.display()));
-        }
-        up.insert("window".into(), s(u.window));
-        up.insert("fetchers".into(), Value::Integer(u.fetchers as i64));
-        up.insert("connect_timeout".into(), dur(u.connect_timeout));
-        up.insert("read_timeout".into(), dur(u.read_timeout));
-        t.insert("upstream".into(), Value::Table(up));
-        toml::to_string(&t).unwrap_or_default()
+        t
     }
 
     /// The freshness override for `path` (no query) on origin `host`: the first matching
@@ -494,6 +421,115 @@ impl Config {
     }
 }
 
+/// A TOML string of `v`'s text.
+fn text(v: impl ToString) -> Value {
+    Value::String(v.to_string())
+}
+
+/// A duration as [`parse_duration`] reads it back: whole seconds (`30s`), else milliseconds.
+fn duration(d: Duration) -> Value {
+    if d.subsec_millis() != 0 || d.as_secs() == 0 {
+        text(format!("{}ms", d.as_millis()))
+    } else {
+        text(format!("{}s", d.as_secs()))
+    }
+}
+
+/// An array of tables `name` in `t`, one per item, each filled by `f`.
+fn table_list<T>(t: &mut Table, name: &str, items: &[T], f: impl Fn(&T, &mut Table)) {
+    let v = items
+        .iter()
+        .map(|i| {
+            let mut x = Table::new();
+            f(i, &mut x);
+            Value::Table(x)
+        })
+        .collect();
+    t.insert(name.into(), Value::Array(v));
+}
+
+/// One `[[storage]]`.
+fn render_drive(d: &DriveConfig, x: &mut Table) {
+    x.insert("path".into(), text(d.path.display()));
+    x.insert("size".into(), text(d.size));
+}
+
+/// One `[[origin]]`: the port in `host` only when it is not the scheme's default.
+fn render_origin(o: &Origin, x: &mut Table) {
+    let host = if o.port == authority::default_port(o.https) {
+        o.host.clone()
+    } else {
+        format!("{}:{}", o.host, o.port)
+    };
+    x.insert("host".into(), text(host));
+    if !o.ports.is_empty() {
+        let ports = o.ports.iter().map(|&p| Value::Integer(p.into())).collect();
+        x.insert("ports".into(), Value::Array(ports));
+    }
+    x.insert("deny_private".into(), Value::Boolean(o.deny_private));
+    if let Some(c) = &o.canonical {
+        x.insert("canonical".into(), text(c));
+    }
+    if let Some(c) = o.connect {
+        x.insert("connect".into(), text(c));
+    }
+    x.insert(
+        "scheme".into(),
+        text(if o.https { "https" } else { "http" }),
+    );
+    x.insert("key_query".into(), Value::Boolean(o.key_query));
+    x.insert("immutable".into(), Value::Boolean(o.immutable));
+}
+
+/// One `[[route]]`, its origin as the URL it was written as.
+fn render_route(r: &Route, x: &mut Table) {
+    x.insert("prefix".into(), text(&r.prefix));
+    let scheme = if r.https { "https" } else { "http" };
+    x.insert(
+        "origin".into(),
+        text(format!("{scheme}://{}{}", r.host, r.path)),
+    );
+}
+
+/// One `[[rule]]`.
+fn render_rule(r: &Rule, x: &mut Table) {
+    x.insert("path".into(), text(&r.path));
+    if let Some(h) = &r.host {
+        x.insert("host".into(), text(h));
+    }
+    x.insert("immutable".into(), Value::Boolean(r.fresh.immutable));
+    if let Some(m) = r.fresh.max_age {
+        x.insert("max_age".into(), duration(Duration::from_secs(m)));
+    }
+}
+
+impl Upstream {
+    /// The `[upstream]` table.
+    fn render(&self) -> Table {
+        let mut up = Table::new();
+        up.insert(
+            "parents".into(),
+            Value::Array(self.parents.iter().map(text).collect()),
+        );
+        up.insert(
+            "direct_fallback".into(),
+            Value::Boolean(self.direct_fallback),
+        );
+        up.insert("parent_backoff".into(), duration(self.parent_backoff));
+        if let Some(p) = &self.proxy {
+            up.insert("proxy".into(), text(p));
+        }
+        if let Some(f) = &self.ca_file {
+            up.insert("ca_file".into(), text(f.display()));
+        }
+        up.insert("window".into(), text(self.window));
+        up.insert("fetchers".into(), Value::Integer(self.fetchers as i64));
+        up.insert("connect_timeout".into(), duration(self.connect_timeout));
+        up.insert("read_timeout".into(), duration(self.read_timeout));
+        up
+    }
+}
+
 /// A rejected value: which key, what was given, what is allowed.
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]
 #[error("config: {key} = {value:?}: {reason}")]
@@ -515,7 +551,12 @@ fn bad(key: impl Into<String>, value: impl Into<String>, reason: impl Into<Strin
     }
 }
 
-/// Parses sizes like `1048576`, `64KiB`, `1MiB`, `20GiB`, `10GB`.
+/// Parses a size in bytes: digits and an optional unit, binary (`KiB`/`K` to `TiB`/`T`) or
+/// decimal (`KB` to `TB`): `1048576`, `64KiB`, `1MiB`, `20GiB`, `10GB`.
+///
+/// # Errors
+///
+/// No leading number, an unknown unit, or a size over `u64`: the reason, for a [`ConfigError`].
 pub fn parse_size(s: &str) -> Result<u64, String> {
     let s = s.trim();
     let split = s.find(|c: char| !c.is_ascii_digit()).unwrap_or(s.len());
@@ -542,7 +583,13 @@ pub fn parse_size(s: &str) -> Result<u64, String> {
     n.checked_mul(mult).ok_or_else(|| "too large".to_string())
 }
 
-/// Parses durations like `500ms`, `10s`, `2m`, `1h`, `1d`.
+/// Parses a duration: digits and a unit `ms`, `s` (the default), `m`, `h` or `d`: `500ms`,
+/// `10s`, `2m`, `1h`, `1d`.
+///
+/// # Errors
+///
+/// No leading number, an unknown unit, or a number of seconds over `u64`: the reason, for a
+/// [`ConfigError`].
 pub fn parse_duration(s: &str) -> Result<Duration, String> {
     let s = s.trim();
     let split = s.find(|c: char| !c.is_ascii_digit()).unwrap_or(s.len());

@@ -28,7 +28,12 @@ pub enum Side {
 pub enum Kind {
     /// The client's request cannot be served: a 4xx with this status and reason (a refused
     /// origin or port, a malformed head).
-    Refused { status: u16, reason: String },
+    Refused {
+        /// The 4xx status.
+        status: u16,
+        /// The one-line body.
+        reason: String,
+    },
     /// No connection to the upstream, or it broke (502).
     Connect,
     /// The upstream did not answer in time (504).
@@ -40,7 +45,12 @@ pub enum Kind {
     Redirect(u16),
     /// A final answer that is not content (404, 410, 403, ...): relayed as is, never stored;
     /// `body` holds at most the first 64 KiB.
-    Status { status: u16, body: Vec<u8> },
+    Status {
+        /// The upstream's status.
+        status: u16,
+        /// The start of the upstream's body (at most 64 KiB).
+        body: Vec<u8>,
+    },
     /// The range starts past the end of the object; the total length if known (416).
     Unsatisfiable(Option<u64>),
     /// A block's fill failed (upstream error, short body) after the retries (502).
@@ -58,6 +68,7 @@ pub enum Kind {
 /// A serving error: its kind, and what caused it (a library's error, or a message).
 #[derive(Debug, Clone)]
 pub struct Error {
+    /// What went wrong; it decides the side and the client's status.
     pub kind: Kind,
     cause: Option<Arc<dyn std::error::Error + Send + Sync>>,
 }
@@ -148,7 +159,7 @@ impl Error {
         matches!(self.kind, Kind::Connect | Kind::Timeout)
     }
 
-    /// The one-line body a client gets, naming the side and the cause.
+    /// The one-line body a client gets (without its newline), naming the side and the cause.
     pub fn message(&self) -> String {
         let what = match &self.kind {
             Kind::Refused { reason, .. } => return reason.clone(),

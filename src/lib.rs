@@ -9,6 +9,7 @@
 //! ```
 #![deny(clippy::undocumented_unsafe_blocks)]
 #![deny(unsafe_op_in_unsafe_fn)]
+#![warn(missing_docs)]
 
 pub mod access;
 pub mod admin;

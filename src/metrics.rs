@@ -25,10 +25,14 @@ struct Pair {
     bytes: AtomicU64,
 }
 
+/// One origin's content responses (status below 400) since start.
 #[derive(Default, Clone, Copy, Debug, PartialEq, Eq)]
 pub struct OriginCounts {
+    /// Responses with content.
     pub requests: u64,
+    /// Body bytes sent from the cache.
     pub hit_bytes: u64,
+    /// Body bytes sent that came from upstream.
     pub miss_bytes: u64,
 }
 
@@ -41,14 +45,17 @@ pub struct Totals {
     pub miss_bytes: u64,
     /// Bytes received from upstream.
     pub upstream_bytes: u64,
+    /// Responses sent, refusals and errors included.
     pub requests: u64,
 }
 
 impl Totals {
+    /// Body bytes sent to clients: `hit_bytes + miss_bytes`.
     pub fn egress(&self) -> u64 {
         self.hit_bytes + self.miss_bytes
     }
 
+    /// The share of [`Totals::egress`] sent from the cache, 0.0 to 1.0 (0.0 when nothing was sent).
     pub fn hit_ratio(&self) -> f64 {
         if self.egress() == 0 {
             0.0
@@ -67,6 +74,8 @@ impl Totals {
     }
 }
 
+/// The counters of one running cache, shared by every worker ([`Metrics::record`]) and read by
+/// the admin listener.
 pub struct Metrics {
     by_status: [Pair; STATUSES.len()],
     /// Responses by status class: 1xx..5xx.
@@ -74,6 +83,7 @@ pub struct Metrics {
     latency: [AtomicU64; BUCKETS.len() + 1],
     latency_sum_us: AtomicU64,
     origins: Mutex<HashMap<String, OriginCounts>>,
+    /// When the cache started (the uptime gauge).
     pub started: Instant,
     /// (totals at the start of the current period, the last complete period).
     period: Mutex<(Totals, Totals)>,
@@ -94,7 +104,8 @@ impl Default for Metrics {
 }
 
 impl Metrics {
-    /// One response: its origin (none for refusals), status, cache status, body bytes and time.
+    /// One response: its origin label (none for refusals), status, cache status, body bytes
+    /// and the time from a complete head to the last byte (zero: no latency sample).
     /// Only content counts in the byte totals: refusals and error bodies (no origin, or a
     /// status of 400 and up) count as requests but not as hit or miss bytes.
     pub fn record(
@@ -172,6 +183,7 @@ impl Metrics {
         self.period.lock().1
     }
 
+    /// Each origin label with its counts, sorted by label.
     pub fn origins(&self) -> Vec<(String, OriginCounts)> {
         let mut v: Vec<_> = self
             .origins
@@ -183,6 +195,7 @@ impl Metrics {
         v
     }
 
+    /// `(label, responses, body bytes)` for each cache status, in [`LABELS`](STATUSES) order.
     pub fn by_status(&self) -> Vec<(&'static str, u64, u64)> {
         STATUSES
             .iter()

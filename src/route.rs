@@ -17,6 +17,7 @@ use crate::http::request::Request;
 /// Where a request goes upstream and under which key it is cached.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Target {
+    /// Fetched over TLS (port 443 by default).
     pub https: bool,
     /// The upstream's host and port (the port always spelled out).
     pub authority: Authority,
@@ -68,6 +69,11 @@ impl Target {
     /// (`host:port` from the configuration) in the form a Delivery Optimization client uses,
     /// `http://<parent><path>?<query>&cacheHostOrigin=<origin>`, so a parent may be gatecache
     /// or the original.
+    ///
+    /// # Errors
+    ///
+    /// A part the `http` crate refuses ([`UrlError`]); [`route`] has already built the origin's
+    /// URL once, so only a malformed `parent` can fail.
     pub fn uri_for(&self, parent: Option<&str>) -> Result<Uri, UrlError> {
         match parent {
             None => build_uri(self.https, &self.host, &self.path),
@@ -92,6 +98,7 @@ pub enum Refusal {
 }
 
 impl Refusal {
+    /// The status code of the answer: 403 or 400.
     pub fn status(&self) -> u16 {
         match self {
             Refusal::NotAllowed(_) | Refusal::PortNotAllowed(_) => 403,
@@ -99,6 +106,7 @@ impl Refusal {
         }
     }
 
+    /// The one-line body of the answer, naming the origin, the port or the bad field.
     pub fn message(&self) -> String {
         match self {
             Refusal::NotAllowed(h) => format!("origin not allowed: {h}"),
@@ -291,7 +299,13 @@ fn under_prefix<'p>(
     }
 }
 
-/// Routes a request: `cacheHostOrigin=`, then absolute-form, then `Host`, then path prefixes.
+/// Routes a request: `cacheHostOrigin=`, then absolute-form (RFC 9112 §3.2.2), then `Host`
+/// (RFC 9110 §7.2), then path prefixes.
+///
+/// # Errors
+///
+/// A [`Refusal`]: 403 for an origin or a port not configured, 400 for a target, host field or
+/// path that cannot be parsed or normalised, or climbs out of its route.
 pub fn route(req: &Request, cfg: &Config) -> Result<Target, Refusal> {
     let (mut t, origin) = route_target(req, cfg)?;
     t.via = req.via.clone();

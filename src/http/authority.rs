@@ -20,7 +20,9 @@ pub enum Host {
     /// LDH labels, lower case, without a trailing dot; never all-numeric in its last label
     /// (that would be read as an IPv4 address by resolvers).
     Name(String),
+    /// A dotted-quad IPv4 address (RFC 3986 §3.2.2 `IPv4address`).
     V4(Ipv4Addr),
+    /// An IPv6 literal, written in brackets (RFC 3986 §3.2.2 `IP-literal`).
     V6(Ipv6Addr),
 }
 
@@ -57,6 +59,7 @@ impl fmt::Display for Host {
 /// A validated `host[:port]`.
 #[derive(Debug, Clone, PartialEq, Eq, Hash)]
 pub struct Authority {
+    /// The host, validated and lower-cased.
     pub host: Host,
     /// The port as given; `None` when the text named none (the scheme's default applies).
     pub port: Option<u16>,
@@ -66,22 +69,33 @@ pub struct Authority {
 /// configuration error.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum AuthorityError {
+    /// No host (also a bare `.`, or an unbracketed IPv6 address, whose first `:` starts the
+    /// port).
     #[error("empty host")]
     Empty,
+    /// An `@`: userinfo (RFC 3986 §3.2.1) could hide the real host behind a fake one.
     #[error("userinfo ('@') is not allowed")]
     Userinfo,
+    /// One of `/ ? #` (which end an authority, RFC 3986 §3.2) or `\` (a `/` to WHATWG parsers).
     #[error("{0:?} is not allowed in a host")]
     Delimiter(char),
+    /// A `%`: a percent-encoded reg-name (RFC 3986 §3.2.2) is decoded differently by each reader.
     #[error("percent-encoding is not allowed in a host")]
     PercentEncoded,
+    /// ASCII whitespace or a control character.
     #[error("whitespace or control characters are not allowed in a host")]
     Whitespace,
+    /// A non-ASCII character: an IDN must come as its A-label (`xn--`).
     #[error("non-ASCII characters are not allowed in a host (use the A-label, xn--...)")]
     NonAscii,
+    /// A bracketed literal that is not an IPv6 address, or text after its `]` other than a port.
     #[error("bad IPv6 literal")]
     Ipv6,
+    /// A port that is empty, not all digits, 0 or over 65535 (RFC 3986 §3.2.3, narrowed).
     #[error("bad port: must be digits, 1 to 65535")]
     Port,
+    /// A name that breaks the LDH rules or reads as a non-canonical IPv4 address; the text
+    /// says which rule.
     #[error("bad host name: {0}")]
     Name(&'static str),
 }

@@ -15,7 +15,10 @@ fn weak_match(list: &str, etag: &str) -> bool {
     tags(list).any(|t| t == "*" || opaque(t) == opaque(etag))
 }
 
-/// True if a GET/HEAD should be answered 304 Not Modified.
+/// True if a GET/HEAD should be answered 304 Not Modified (RFC 9110 §13.1.2, §13.1.3): an
+/// `If-None-Match` tag (or `*`) that weakly matches `etag`, else an `If-Modified-Since` no
+/// earlier than `last_modified`. With `If-None-Match` present, `If-Modified-Since` is ignored
+/// (§13.2.2); an unparsable date never matches.
 pub fn not_modified(req: &Request, etag: Option<&str>, last_modified: Option<&str>) -> bool {
     if let Some(inm) = &req.if_none_match {
         // When If-None-Match is present, If-Modified-Since is ignored.
@@ -33,8 +36,8 @@ pub fn not_modified(req: &Request, etag: Option<&str>, last_modified: Option<&st
     }
 }
 
-/// True if the `Range` may be honoured: no `If-Range`, or it names the current representation
-/// by a strong ETag or its exact `Last-Modified` date.
+/// True if the `Range` may be honoured (RFC 9110 §13.1.5): no `If-Range`, or it names the
+/// current representation by a strong ETag or its exact `Last-Modified` date.
 pub fn if_range_allows(req: &Request, etag: Option<&str>, last_modified: Option<&str>) -> bool {
     let Some(v) = req.if_range.as_deref().map(str::trim) else {
         return true;

@@ -6,23 +6,37 @@ use std::time::{SystemTime, UNIX_EPOCH};
 
 use crate::store::ObjectMeta;
 
-/// The `Cache-Control` directives gatecache acts on (request or response).
+/// The `Cache-Control` directives gatecache acts on (request or response, RFC 9111 §5.2).
+/// Durations are delta-seconds; unknown directives are ignored (§5.2.3).
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct CacheControl {
+    /// `no-store` (§5.2.1.5, §5.2.2.5).
     pub no_store: bool,
+    /// Unqualified `no-cache` (§5.2.1.4, §5.2.2.4); the field-named form is ignored.
     pub no_cache: bool,
+    /// Unqualified `private` (§5.2.2.7); the field-named form is ignored.
     pub private: bool,
+    /// `public` (§5.2.2.9).
     pub public: bool,
+    /// `must-revalidate` (§5.2.2.2).
     pub must_revalidate: bool,
+    /// `proxy-revalidate` (§5.2.2.8).
     pub proxy_revalidate: bool,
+    /// `immutable` (RFC 8246).
     pub immutable: bool,
+    /// `only-if-cached` (§5.2.1.7).
     pub only_if_cached: bool,
+    /// `max-age` (§5.2.1.1, §5.2.2.1); a malformed value is 0.
     pub max_age: Option<u64>,
+    /// `s-maxage` (§5.2.2.10); a malformed value is 0.
     pub s_maxage: Option<u64>,
-    /// `max-stale` (bare: any staleness, as `u64::MAX`).
+    /// `max-stale` (§5.2.1.2; bare: any staleness, as `u64::MAX`).
     pub max_stale: Option<u64>,
+    /// `min-fresh` (§5.2.1.3); a malformed value is `None`.
     pub min_fresh: Option<u64>,
+    /// `stale-while-revalidate` (RFC 5861 §3); a malformed value is `None`.
     pub stale_while_revalidate: Option<u64>,
+    /// `stale-if-error` (RFC 5861 §4); a malformed value is `None`.
     pub stale_if_error: Option<u64>,
 }
 
@@ -55,6 +69,8 @@ fn seconds(v: &str) -> Option<u64> {
 }
 
 impl CacheControl {
+    /// Parses a `Cache-Control` value (`None`: no field, all directives off). Never fails:
+    /// names are case-insensitive, arguments may be quoted, a value over `u64` saturates.
     pub fn parse(v: Option<&str>) -> CacheControl {
         let mut cc = CacheControl::default();
         for d in directives(v.unwrap_or("")) {
@@ -92,11 +108,14 @@ impl CacheControl {
 pub struct Rule {
     /// Never changes: fresh forever, never revalidated (Device Update content).
     pub immutable: bool,
-    /// Fresh for this long, whatever the origin says.
+    /// Fresh for this many seconds, whatever the origin says.
     pub max_age: Option<u64>,
 }
 
-/// Why a response is not stored (it is passed through instead).
+/// Why a response may not be stored (it is passed through instead), `None` when it may
+/// (RFC 9111 §3): `no-store`, `private`, a request with `Authorization` and no directive that
+/// allows a shared cache to store it (§3.5), or a `Vary` on anything but `Accept-Encoding`
+/// (§4.1). The reason is a short text for the log.
 pub fn not_storable(
     cc: &CacheControl,
     vary: Option<&str>,
@@ -121,6 +140,7 @@ pub fn not_storable(
     None
 }
 
+/// Seconds since the Unix epoch (0 if the clock is before it): the `now` of this module.
 pub fn unix_now() -> u64 {
     SystemTime::now()
         .duration_since(UNIX_EPOCH)
@@ -136,7 +156,7 @@ fn http_date(v: Option<&str>) -> Option<u64> {
 /// Last-Modified; a cap keeps a file untouched for years from being trusted for months).
 pub const HEURISTIC_CAP: u64 = 24 * 3600;
 
-/// Freshness lifetime in seconds (§4.2.1): the operator's rule, then `s-maxage`, `max-age`,
+/// Freshness lifetime in seconds (RFC 9111 §4.2.1): the operator's rule, then `s-maxage`, `max-age`,
 /// `Expires` - `Date`, then a heuristic from `Last-Modified`; `u64::MAX` for immutable.
 pub fn lifetime(meta: &ObjectMeta, rule: &Rule) -> u64 {
     let cc = CacheControl::parse(meta.cache_control.as_deref());
@@ -168,7 +188,8 @@ fn lifetime_with(meta: &ObjectMeta, rule: &Rule, cc: &CacheControl, date: Option
     }
 }
 
-/// Current age in seconds (§4.2.3), with `stored_at` as the response time.
+/// Current age in seconds at `now` (Unix seconds; RFC 9111 §4.2.3), with `stored_at` as the
+/// response time and the stored `Age` as the age it arrived with.
 pub fn age(meta: &ObjectMeta, now: u64) -> u64 {
     age_with(meta, http_date(meta.date.as_deref()), now)
 }
@@ -188,12 +209,17 @@ pub enum Decision {
     /// Ask the upstream first. If the upstream cannot be reached, the stored response may be
     /// served stale when `stale_if_unreachable`; if it answers 5xx, when `stale_if_5xx`.
     Revalidate {
+        /// May stand in when the upstream cannot be reached (RFC 9111 §4.2.4).
         stale_if_unreachable: bool,
+        /// May stand in for a 5xx answer (RFC 5861 §4 `stale-if-error`).
         stale_if_5xx: bool,
     },
 }
 
-/// Decides for a request (its `Cache-Control`, and `Pragma: no-cache`) at `now`.
+/// Decides for a request (its `Cache-Control`, and `Pragma: no-cache`) at `now` (Unix seconds)
+/// what to do with `meta` (RFC 9111 §4.2, §5.2.1, §5.4; RFC 5861; RFC 8246): the operator's
+/// `immutable` rule wins, then the client's directives, then freshness, then the staleness the
+/// response allows.
 pub fn decide(
     meta: &ObjectMeta,
     req: &CacheControl,
@@ -245,7 +271,8 @@ pub fn decide(
     }
 }
 
-/// `Age` header value for a response served from the cache (none when it would be 0).
+/// `Age` header value in seconds for a response served from the cache at `now` (RFC 9111
+/// §5.1); none when it would be 0.
 pub fn age_header(meta: &ObjectMeta, now: u64) -> Option<u64> {
     Some(age(meta, now)).filter(|&a| a > 0)
 }
@@ -392,16 +419,32 @@ mod tests {
         assert_eq!(age(&m, NOW), 30 + 10);
     }
 
-    #[test]
-    fn decisions() {
-        use Decision::*;
-        let none = CacheControl::default();
-        let reval = |u, e| Revalidate {
+    /// (stored Cache-Control, received `ago` seconds back, request Cache-Control, pragma,
+    /// decision)
+    type Row = (Option<&'static str>, u64, &'static str, bool, Decision);
+
+    fn reval(u: bool, e: bool) -> Decision {
+        Decision::Revalidate {
             stale_if_unreachable: u,
             stale_if_5xx: e,
-        };
-        // (stored Cache-Control, received `ago` seconds back, request Cache-Control, pragma, decision)
-        let table: &[(Option<&str>, u64, &str, bool, Decision)] = &[
+        }
+    }
+
+    fn check_decisions(table: &[Row]) {
+        for (stored, ago, req, pragma, want) in table {
+            let m = meta(*ago, *stored);
+            assert_eq!(
+                decide(&m, &cc(req), *pragma, &NONE, NOW),
+                *want,
+                "stored {stored:?}, {ago} s ago, request {req:?} pragma {pragma}"
+            );
+        }
+    }
+
+    #[test]
+    fn decisions_by_the_stored_response() {
+        use Decision::*;
+        check_decisions(&[
             (Some("max-age=60"), 10, "", false, Fresh),
             (Some("max-age=60"), 61, "", false, reval(true, false)),
             (
@@ -440,7 +483,13 @@ mod tests {
                 false,
                 reval(true, false),
             ),
-            // The client's directives.
+        ]);
+    }
+
+    #[test]
+    fn decisions_by_the_clients_directives() {
+        use Decision::*;
+        check_decisions(&[
             (
                 Some("max-age=60"),
                 10,
@@ -486,7 +535,14 @@ mod tests {
                 false,
                 reval(false, false),
             ),
-            // `immutable` while fresh ignores a reload.
+        ]);
+    }
+
+    #[test]
+    fn decisions_for_immutable_content() {
+        use Decision::*;
+        // `immutable` while fresh ignores a reload.
+        check_decisions(&[
             (Some("max-age=60, immutable"), 10, "no-cache", false, Fresh),
             (
                 Some("max-age=60, immutable"),
@@ -495,15 +551,8 @@ mod tests {
                 false,
                 reval(true, false),
             ),
-        ];
-        for (stored, ago, req, pragma, want) in table {
-            let m = meta(*ago, *stored);
-            assert_eq!(
-                decide(&m, &cc(req), *pragma, &NONE, NOW),
-                *want,
-                "stored {stored:?}, {ago} s ago, request {req:?} pragma {pragma}"
-            );
-        }
+        ]);
+        let none = CacheControl::default();
         let m = meta(1_000_000, Some("no-cache"));
         let immutable = Rule {
             immutable: true,

@@ -4,16 +4,23 @@
 /// Why a path was refused (a 400 naming the reason).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
 pub enum PathError {
+    /// A `#`: a request target has no fragment (RFC 9112 §3.2).
     #[error("request target has a fragment ('#')")]
     Fragment,
+    /// A byte outside visible ASCII (RFC 3986 §2).
     #[error("request target has a non-ASCII, whitespace or control byte")]
     Byte,
+    /// A `%` not followed by two hex digits (RFC 3986 §2.1).
     #[error("malformed percent-encoding in path")]
     Percent,
+    /// A `..` segment that would climb above `/` (RFC 3986 §5.2.4).
     #[error("path climbs above its root ('..')")]
     AboveRoot,
+    /// `%2F`, `%5C` or a literal `\` in a routed path (see [`check_routed`]).
     #[error("encoded '/' or '\\' (or a '\\') in a routed path")]
     Separator,
+    /// A segment starting with `..`, a `%00`, a double encoding or an overlong UTF-8 lead in a
+    /// routed path (see [`check_routed`]).
     #[error("a disguised '..', a NUL or a double encoding in a routed path")]
     Disguised,
 }

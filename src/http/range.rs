@@ -36,8 +36,9 @@ fn num(s: &str) -> Option<u64> {
     s.parse().ok()
 }
 
-/// Parses `bytes=...`. `None` means the header is not a valid byte range set, which RFC 9110
-/// says to ignore (serve the whole representation), not to reject.
+/// Parses a `Range` value `bytes=<range-set>` (RFC 9110 §14.1.1, §14.2) into its specs, in
+/// order. `None` means the value is not a valid byte range set, which RFC 9110 §14.2 says to
+/// ignore (serve the whole representation), not to reject.
 pub fn parse(value: &str) -> Option<Vec<Spec>> {
     let value = value.trim();
     let (unit, set) = value.split_once('=')?;
@@ -69,7 +70,9 @@ pub fn parse(value: &str) -> Option<Vec<Spec>> {
     (!specs.is_empty()).then_some(specs)
 }
 
-/// Resolves specs against a representation of `len` bytes.
+/// Resolves specs against a representation of `len` bytes (RFC 9110 §14.1.2): unsatisfiable
+/// specs are dropped, the rest clamped to the length; overlapping or more than
+/// [`MAX_RANGES`] ranges give [`Resolved::Full`] (§14.2 lets a server ignore such a set).
 pub fn resolve(specs: &[Spec], len: u64) -> Resolved {
     let mut out = Vec::with_capacity(specs.len());
     for s in specs {
@@ -96,7 +99,8 @@ pub fn resolve(specs: &[Spec], len: u64) -> Resolved {
     Resolved::Partial(out)
 }
 
-/// `Content-Range` value for one range of a `len`-byte representation.
+/// `Content-Range` value (RFC 9110 §14.4) for one range (end exclusive) of a `len`-byte
+/// representation: `bytes first-last/len`, `last` inclusive. `r` must not be empty.
 pub fn content_range(r: &Range<u64>, len: u64) -> String {
     format!("bytes {}-{}/{}", r.start, r.end - 1, len)
 }

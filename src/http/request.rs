@@ -4,11 +4,16 @@
 //! or malformed `Content-Length`, obs-fold and a missing or repeated `Host` on HTTP/1.1 are all
 //! 400, and the connection is closed after the answer.
 
-/// Limits on what a client may send in a request head.
+/// Limits on what a client may send in a request head (a server sets its own: RFC 9110 §5.4,
+/// RFC 9112 §3).
 #[derive(Debug, Clone, Copy)]
 pub struct Limits {
+    /// Bytes of the whole head, request line to the blank line (default 16 KiB); over it: 431
+    /// (414 if the request line has not ended).
     pub max_head: usize,
+    /// Header fields in one head (default 64); over it: 431.
     pub max_headers: usize,
+    /// Bytes of the request target (default 8 KiB); over it: 414.
     pub max_target: usize,
 }
 
@@ -26,13 +31,21 @@ impl Default for Limits {
 /// (answered 405); the request keeps its name for the log.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Method {
+    /// `GET` (RFC 9110 §9.3.1): served from the cache.
     Get,
+    /// `HEAD` (RFC 9110 §9.3.2): served from the cache, without a body.
     Head,
+    /// `OPTIONS` (RFC 9110 §9.3.7): passed through.
     Options,
+    /// `POST` (RFC 9110 §9.3.3): passed through.
     Post,
+    /// `PUT` (RFC 9110 §9.3.4): passed through.
     Put,
+    /// `DELETE` (RFC 9110 §9.3.5): passed through.
     Delete,
+    /// `PATCH` (RFC 5789): passed through.
     Patch,
+    /// Any other token (`TRACE`, `CONNECT`, extensions, a lower-case `get`): answered 405.
     Other,
 }
 
@@ -88,17 +101,24 @@ impl Method {
     }
 }
 
-/// Why a head was refused; each maps to one status code.
+/// Why a head was refused; each maps to one status code ([`HeadError::status`]).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum HeadError {
+    /// 400 (RFC 9112 §3, §6.3): malformed syntax or framing; the text names what.
     Bad(&'static str),
+    /// 431 (RFC 6585 §5): the head is over [`Limits::max_head`].
     HeadTooLarge,
+    /// 431 (RFC 6585 §5): more fields than [`Limits::max_headers`].
     TooManyHeaders,
+    /// 414 (RFC 9110 §15.5.15): the target is over [`Limits::max_target`], or the request line
+    /// has no end within [`Limits::max_head`].
     UriTooLong,
+    /// 505 (RFC 9110 §15.6.6): a well-formed `HTTP/x.y` other than 1.0 and 1.1.
     Version,
 }
 
 impl HeadError {
+    /// The status code of the answer: 400, 414, 431 or 505.
     pub fn status(&self) -> u16 {
         match self {
             HeadError::Bad(_) => 400,
@@ -108,6 +128,7 @@ impl HeadError {
         }
     }
 
+    /// The one-line body of the answer, naming what was wrong.
     pub fn reason(&self) -> &'static str {
         match self {
             HeadError::Bad(why) => why,
@@ -122,30 +143,46 @@ impl HeadError {
 /// The parts of a request head that gatecache acts on.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct Request {
+    /// The method; `None` only in a `Request` not made by [`parse`] (read it with
+    /// [`Request::method`]).
     pub method: Option<Method>,
+    /// The method token as sent (the log's name for an [`Method::Other`]).
     pub method_name: String,
+    /// The request target as sent (RFC 9112 §3.2): origin-form `/path?query` or absolute-form
+    /// `http://host/path`; not yet checked or normalised (see [`crate::http::path`]).
     pub target: String,
+    /// HTTP/1.0 (no `Host` required, connection closed unless `keep-alive`).
     pub http10: bool,
+    /// The `Host` value (RFC 9110 §7.2), unparsed; never repeated (refused as 400).
     pub host: Option<String>,
     /// The **last** `Range` header: real Delivery Optimization clients send several, oldest first.
     pub range: Option<String>,
+    /// `If-Range` (RFC 9110 §13.1.5): an entity-tag or an HTTP-date.
     pub if_range: Option<String>,
+    /// `If-None-Match` (RFC 9110 §13.1.2), repeated fields joined with `", "`.
     pub if_none_match: Option<String>,
+    /// `If-Modified-Since` (RFC 9110 §13.1.3), an HTTP-date as sent.
     pub if_modified_since: Option<String>,
+    /// `Cache-Control` (RFC 9111 §5.2.1), repeated fields joined with `", "`.
     pub cache_control: Option<String>,
     /// `Pragma: no-cache` (HTTP/1.0 clients).
     pub pragma_no_cache: bool,
+    /// `Via` (RFC 9110 §7.6.3), repeated fields joined with `", "`: the nodes already passed.
     pub via: Option<String>,
+    /// `User-Agent`, forwarded on a pass-through.
     pub user_agent: Option<String>,
     /// Present: the response is for this client alone (never stored or served from the cache).
     pub authorization: Option<String>,
+    /// `Content-Type` of a request body, forwarded with it on a pass-through.
     pub content_type: Option<String>,
+    /// The connection stays open after the answer (RFC 9112 §9.3).
     pub keep_alive: bool,
     /// Bytes of body that follow the head (to be skipped).
     pub body_len: u64,
 }
 
 impl Request {
+    /// The method, [`Method::Other`] when unset.
     pub fn method(&self) -> Method {
         self.method.unwrap_or(Method::Other)
     }
@@ -192,30 +229,18 @@ fn version_error(buf: &[u8]) -> HeadError {
     }
 }
 
-/// Parses one request head from the front of `buf`. `Ok(None)`: incomplete, read more.
-/// `Ok(Some((req, n)))`: the head took `n` bytes.
+/// Parses one request head from the front of `buf` (RFC 9112 §2-3, §5-6).
+///
+/// `Ok(None)`: the head is incomplete, read more. `Ok(Some((req, n)))`: the head took the first
+/// `n` bytes of `buf` (the body, `req.body_len` bytes, follows). Errors: [`HeadError::UriTooLong`]
+/// (target over `max_target`, or no line end within `max_head`), [`HeadError::HeadTooLarge`],
+/// [`HeadError::TooManyHeaders`], [`HeadError::Version`] (505) and [`HeadError::Bad`] (400) for
+/// malformed syntax or framing (see the module).
 pub fn parse(buf: &[u8], limits: &Limits) -> Result<Option<(Request, usize)>, HeadError> {
     let mut headers = vec![httparse::EMPTY_HEADER; limits.max_headers];
     let mut raw = httparse::Request::new(&mut headers);
-    let n = match raw.parse(buf) {
-        Ok(httparse::Status::Complete(n)) => n,
-        Ok(httparse::Status::Partial) => {
-            if buf.len() >= limits.max_head {
-                let line_done = buf.contains(&b'\n');
-                return Err(if line_done {
-                    HeadError::HeadTooLarge
-                } else {
-                    HeadError::UriTooLong
-                });
-            }
-            return Ok(None);
-        }
-        Err(httparse::Error::TooManyHeaders) => return Err(HeadError::TooManyHeaders),
-        Err(httparse::Error::Version) => return Err(version_error(buf)),
-        Err(httparse::Error::HeaderName) | Err(httparse::Error::HeaderValue) => {
-            return Err(HeadError::Bad("malformed header field"));
-        }
-        Err(_) => return Err(HeadError::Bad("malformed request line")),
+    let Some(n) = head_len(raw.parse(buf), buf, limits)? else {
+        return Ok(None);
     };
     if n > limits.max_head {
         return Err(HeadError::HeadTooLarge);
@@ -232,32 +257,64 @@ pub fn parse(buf: &[u8], limits: &Limits) -> Result<Option<(Request, usize)>, He
         http10: raw.version == Some(0),
         ..Request::default()
     };
-    let mut conn_close = false;
-    let mut conn_keep_alive = false;
-    let mut content_length: Option<u64> = None;
-    let mut hosts = 0;
+    let mut framing = Framing::default();
     for h in raw.headers.iter() {
         let value = std::str::from_utf8(h.value)
             .map_err(|_| HeadError::Bad("header value is not UTF-8"))?
             .trim_matches([' ', '\t']);
-        let name = h.name;
+        framing.field(&mut req, h.name, value)?;
+    }
+    framing.finish(&mut req)?;
+    Ok(Some((req, n)))
+}
+
+/// httparse's verdict as ours: `Some(n)` for a complete head of `n` bytes, `None` to read more
+/// (unless `buf` already holds `max_head` bytes: 431 once the request line ended, else 414).
+fn head_len(
+    parsed: httparse::Result<usize>,
+    buf: &[u8],
+    limits: &Limits,
+) -> Result<Option<usize>, HeadError> {
+    match parsed {
+        Ok(httparse::Status::Complete(n)) => Ok(Some(n)),
+        Ok(httparse::Status::Partial) => {
+            if buf.len() >= limits.max_head {
+                let line_done = buf.contains(&b'\n');
+                return Err(if line_done {
+                    HeadError::HeadTooLarge
+                } else {
+                    HeadError::UriTooLong
+                });
+            }
+            Ok(None)
+        }
+        Err(httparse::Error::TooManyHeaders) => Err(HeadError::TooManyHeaders),
+        Err(httparse::Error::Version) => Err(version_error(buf)),
+        Err(httparse::Error::HeaderName) | Err(httparse::Error::HeaderValue) => {
+            Err(HeadError::Bad("malformed header field"))
+        }
+        Err(_) => Err(HeadError::Bad("malformed request line")),
+    }
+}
+
+/// What the fields say about the message's framing and the connection (RFC 9112 §6, §9.3),
+/// gathered over the whole head and judged once it is read.
+#[derive(Default)]
+struct Framing {
+    hosts: usize,
+    content_length: Option<u64>,
+    conn_close: bool,
+    conn_keep_alive: bool,
+}
+
+impl Framing {
+    /// Takes one field: a framing field here, any other into `req`.
+    fn field(&mut self, req: &mut Request, name: &str, value: &str) -> Result<(), HeadError> {
         if name.eq_ignore_ascii_case("host") {
-            hosts += 1;
+            self.hosts += 1;
             req.host = Some(value.to_string());
-        } else if name.eq_ignore_ascii_case("range") {
-            req.range = Some(value.to_string());
         } else if name.eq_ignore_ascii_case("content-length") {
-            if content_length.is_some() {
-                return Err(HeadError::Bad("repeated Content-Length"));
-            }
-            if value.is_empty() || !value.bytes().all(|b| b.is_ascii_digit()) {
-                return Err(HeadError::Bad("malformed Content-Length"));
-            }
-            content_length = Some(
-                value
-                    .parse()
-                    .map_err(|_| HeadError::Bad("malformed Content-Length"))?,
-            );
+            self.content_length(value)?;
         } else if name.eq_ignore_ascii_case("transfer-encoding") {
             return Err(HeadError::Bad(
                 "request bodies with Transfer-Encoding are refused",
@@ -265,48 +322,80 @@ pub fn parse(buf: &[u8], limits: &Limits) -> Result<Option<(Request, usize)>, He
         } else if name.eq_ignore_ascii_case("connection") {
             for t in value.split(',') {
                 let t = t.trim();
-                conn_close |= t.eq_ignore_ascii_case("close");
-                conn_keep_alive |= t.eq_ignore_ascii_case("keep-alive");
+                self.conn_close |= t.eq_ignore_ascii_case("close");
+                self.conn_keep_alive |= t.eq_ignore_ascii_case("keep-alive");
             }
-        } else if name.eq_ignore_ascii_case("if-range") {
-            req.if_range = Some(value.to_string());
-        } else if name.eq_ignore_ascii_case("if-none-match") {
-            join(&mut req.if_none_match, value);
-        } else if name.eq_ignore_ascii_case("if-modified-since") {
-            req.if_modified_since = Some(value.to_string());
-        } else if name.eq_ignore_ascii_case("cache-control") {
-            join(&mut req.cache_control, value);
-        } else if name.eq_ignore_ascii_case("pragma") {
-            req.pragma_no_cache |= value
-                .split(',')
-                .any(|t| t.trim().eq_ignore_ascii_case("no-cache"));
-        } else if name.eq_ignore_ascii_case("via") {
-            join(&mut req.via, value);
-        } else if name.eq_ignore_ascii_case("user-agent") {
-            req.user_agent = Some(value.to_string());
-        } else if name.eq_ignore_ascii_case("authorization") {
-            req.authorization = Some(value.to_string());
-        } else if name.eq_ignore_ascii_case("content-type") {
-            req.content_type = Some(value.to_string());
-        }
-    }
-    if !req.http10 && hosts != 1 {
-        return Err(HeadError::Bad(if hosts == 0 {
-            "missing Host"
         } else {
-            "repeated Host"
-        }));
+            keep_field(req, name, value);
+        }
+        Ok(())
     }
-    if hosts > 1 {
-        return Err(HeadError::Bad("repeated Host"));
+
+    /// One `Content-Length`: digits only, and only once (RFC 9112 §6.3 item 5).
+    fn content_length(&mut self, value: &str) -> Result<(), HeadError> {
+        if self.content_length.is_some() {
+            return Err(HeadError::Bad("repeated Content-Length"));
+        }
+        if value.is_empty() || !value.bytes().all(|b| b.is_ascii_digit()) {
+            return Err(HeadError::Bad("malformed Content-Length"));
+        }
+        self.content_length = Some(
+            value
+                .parse()
+                .map_err(|_| HeadError::Bad("malformed Content-Length"))?,
+        );
+        Ok(())
     }
-    req.body_len = content_length.unwrap_or(0);
-    req.keep_alive = if req.http10 {
-        conn_keep_alive && !conn_close
-    } else {
-        !conn_close
-    };
-    Ok(Some((req, n)))
+
+    /// Judges the head as a whole: exactly one `Host` on HTTP/1.1 (RFC 9112 §3.2), at most one
+    /// on HTTP/1.0; then sets the body length and whether the connection stays open
+    /// (RFC 9112 §9.3: HTTP/1.0 only with `keep-alive`).
+    fn finish(self, req: &mut Request) -> Result<(), HeadError> {
+        if !req.http10 && self.hosts != 1 {
+            return Err(HeadError::Bad(if self.hosts == 0 {
+                "missing Host"
+            } else {
+                "repeated Host"
+            }));
+        }
+        if self.hosts > 1 {
+            return Err(HeadError::Bad("repeated Host"));
+        }
+        req.body_len = self.content_length.unwrap_or(0);
+        req.keep_alive = if req.http10 {
+            self.conn_keep_alive && !self.conn_close
+        } else {
+            !self.conn_close
+        };
+        Ok(())
+    }
+}
+
+/// Keeps a field the cache acts on in `req`; any other field is ignored.
+fn keep_field(req: &mut Request, name: &str, value: &str) {
+    if name.eq_ignore_ascii_case("range") {
+        req.range = Some(value.to_string());
+    } else if name.eq_ignore_ascii_case("if-range") {
+        req.if_range = Some(value.to_string());
+    } else if name.eq_ignore_ascii_case("if-none-match") {
+        join(&mut req.if_none_match, value);
+    } else if name.eq_ignore_ascii_case("if-modified-since") {
+        req.if_modified_since = Some(value.to_string());
+    } else if name.eq_ignore_ascii_case("cache-control") {
+        join(&mut req.cache_control, value);
+    } else if name.eq_ignore_ascii_case("pragma") {
+        req.pragma_no_cache |= value
+            .split(',')
+            .any(|t| t.trim().eq_ignore_ascii_case("no-cache"));
+    } else if name.eq_ignore_ascii_case("via") {
+        join(&mut req.via, value);
+    } else if name.eq_ignore_ascii_case("user-agent") {
+        req.user_agent = Some(value.to_string());
+    } else if name.eq_ignore_ascii_case("authorization") {
+        req.authorization = Some(value.to_string());
+    } else if name.eq_ignore_ascii_case("content-type") {
+        req.content_type = Some(value.to_string());
+    }
 }
 
 #[cfg(test)]

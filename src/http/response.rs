@@ -4,6 +4,8 @@ use std::cell::RefCell;
 use std::fmt::Write as _;
 use std::time::{SystemTime, UNIX_EPOCH};
 
+/// The reason phrase of the status line (RFC 9110 §15) for the codes gatecache sends;
+/// `Unknown` for any other (clients ignore it, RFC 9112 §4).
 pub fn reason(status: u16) -> &'static str {
     match status {
         200 => "OK",
@@ -34,7 +36,8 @@ thread_local! {
     static DATE: RefCell<(u64, String)> = const { RefCell::new((u64::MAX, String::new())) };
 }
 
-/// The current `Date` value, formatted once per second per thread.
+/// The current `Date` value as an IMF-fixdate (RFC 9110 §5.6.7), formatted once per second
+/// per thread.
 pub fn date_now() -> String {
     let now = SystemTime::now();
     let secs = now.duration_since(UNIX_EPOCH).map_or(0, |d| d.as_secs());
@@ -47,12 +50,14 @@ pub fn date_now() -> String {
     })
 }
 
-/// A response head being built.
+/// A response head being built: the status line and `Date` first, then fields in the order
+/// given, then [`Head::finish`].
 pub struct Head {
     buf: Vec<u8>,
 }
 
 impl Head {
+    /// A head with `status` and the current `Date` (RFC 9110 §6.6.1).
     pub fn new(status: u16) -> Head {
         Head::dated(status, None)
     }
@@ -77,12 +82,15 @@ impl Head {
         Head { buf }
     }
 
+    /// Appends the field `name: value`. Neither is checked: both must come from the cache or
+    /// from validated input (a CR or LF in them would split the head).
     pub fn header(&mut self, name: &str, value: impl std::fmt::Display) -> &mut Head {
         let _ = write!(Writer(&mut self.buf), "{name}: {value}\r\n");
         self
     }
 
-    /// Ends the head; `keep_alive` decides the `Connection` header.
+    /// Ends the head with the blank line and returns its bytes; without `keep_alive`, a
+    /// `Connection: close` first (RFC 9112 §9.6).
     pub fn finish(&mut self, keep_alive: bool) -> Vec<u8> {
         if !keep_alive {
             self.buf.extend_from_slice(b"Connection: close\r\n");
@@ -101,7 +109,8 @@ impl std::fmt::Write for Writer<'_> {
     }
 }
 
-/// A complete short response with a one-line text body (errors, 403, 405, ...).
+/// A complete short response with a one-line text body (`body` and a newline; errors, 403,
+/// 405, ...), `Cache-Status: gatecache; fwd=bypass`, and the `extra` fields.
 pub fn simple(status: u16, body: &str, keep_alive: bool, extra: &[(&str, &str)]) -> Vec<u8> {
     let mut h = Head::new(status);
     h.header("Server", "gatecache")
@@ -117,7 +126,8 @@ pub fn simple(status: u16, body: &str, keep_alive: bool, extra: &[(&str, &str)])
     out
 }
 
-/// A whole response with a body of the given type.
+/// A whole response with a body of type `ctype`, `Cache-Control: no-store`, connection closed
+/// (the admin listener's answers).
 pub fn reply(status: u16, ctype: &str, body: &str) -> Vec<u8> {
     let mut h = Head::new(status);
     h.header("Server", "gatecache")
