@@ -81,6 +81,10 @@ pub fn decode_unreserved(path: &str) -> Result<String, PathError> {
 /// [`decode_unreserved`]). A `..` that would climb above `/` is an error rather than being
 /// dropped silently: such a request is an attempt to leave a prefix.
 pub fn remove_dot_segments(path: &str) -> Result<String, PathError> {
+    // The common case, checked without allocating twice: nothing encoded, no dot-segment.
+    if !path.contains('%') && !path.contains("/.") {
+        return Ok(path.to_owned());
+    }
     let path = decode_unreserved(path)?;
     let mut segs: Vec<&str> = Vec::new();
     let mut parts = path.split('/').skip(1).peekable();
