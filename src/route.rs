@@ -279,13 +279,16 @@ fn under_prefix<'p>(
     path: &str,
     prefixes: impl Iterator<Item = &'p str> + Clone,
 ) -> Result<Option<(&'p str, String)>, Refusal> {
-    let decoded = path::decode_unreserved(path).map_err(bad_path)?;
     let norm = path::remove_dot_segments(path).map_err(bad_path)?;
     let hit = prefixes.clone().find(|p| norm.starts_with(p));
-    if prefixes
-        .clone()
-        .any(|p| decoded.starts_with(p) && !norm.starts_with(p))
-    {
+    // Unchanged by normalising (the common case): nothing can have climbed out.
+    let climbed = norm != path && {
+        let decoded = path::decode_unreserved(path).map_err(bad_path)?;
+        prefixes
+            .clone()
+            .any(|p| decoded.starts_with(p) && !norm.starts_with(p))
+    };
+    if climbed {
         return Err(Refusal::BadTarget(
             "path climbs above its route prefix ('..')".into(),
         ));

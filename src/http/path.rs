@@ -121,16 +121,21 @@ pub fn remove_dot_segments(path: &str) -> Result<String, PathError> {
 /// prefix: `%2F`, `%5C` and a literal `\` (some servers read it as `/`); a segment that begins
 /// with `..` (`..;` is `..` to servlet containers); a NUL; a double-encoded `.`, `/` or `\`
 /// (`%252e`, for servers that decode twice); and the overlong UTF-8 leads `%C0`/`%C1`
-/// (`%c0%ae` is `.` to lax decoders).
+/// (`%c0%ae` is `.` to lax decoders). `path` is normalised already ([`remove_dot_segments`]);
+/// the scan allocates nothing (it runs on every routed request).
 pub fn check_routed(path: &str) -> Result<(), PathError> {
-    let upper = decode_unreserved(path)?.to_ascii_uppercase();
-    if ["%2F", "%5C", "\\"].iter().any(|p| upper.contains(p)) {
+    let has = |needle: &str| {
+        path.as_bytes()
+            .windows(needle.len())
+            .any(|w| w.eq_ignore_ascii_case(needle.as_bytes()))
+    };
+    if has("%2F") || has("%5C") || path.contains('\\') {
         return Err(PathError::Separator);
     }
     let disguised = ["%00", "%252E", "%252F", "%255C", "%C0", "%C1"]
         .iter()
-        .any(|p| upper.contains(p))
-        || upper.split('/').any(|seg| seg.starts_with(".."));
+        .any(|p| has(p))
+        || path.split('/').any(|seg| seg.starts_with(".."));
     if disguised {
         return Err(PathError::Disguised);
     }

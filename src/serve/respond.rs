@@ -127,7 +127,8 @@ impl<T: Transport> Exchange<'_, T> {
             .pass_hints()
             .is_pass(&self.target.key, std::time::Instant::now());
         let meta = stored.as_ref().map(|o| &*o.meta);
-        let window = plan::first_blocks(self.req, u64::from(self.sh.cache.block_size()));
+        // The blocks a fetch starts with: only misses and revalidations need them.
+        let window = || plan::first_blocks(self.req, u64::from(self.sh.cache.block_size()));
         let mut after = None;
         let (obj, status) = match (
             plan::plan(self.req, &self.target, hit_for_pass, meta, self.now),
@@ -137,7 +138,7 @@ impl<T: Transport> Exchange<'_, T> {
             (Plan::Pass(why), _) => return (self.pass(body, why).await, None),
             (Plan::Hit, Some(o)) => (o, None),
             (Plan::StaleThenRevalidate, Some(o)) => {
-                after = Some((o.clone(), window));
+                after = Some((o.clone(), window()));
                 (o, Some(CacheStatus::Stale))
             }
             (
@@ -147,11 +148,9 @@ impl<T: Transport> Exchange<'_, T> {
                 },
                 Some(o),
             ) => {
+                let (first, count) = window();
                 let asked = std::time::Instant::now();
-                let answer = up
-                    .revalidate(&self.target, &o, window.0, window.1)
-                    .wait()
-                    .await;
+                let answer = up.revalidate(&self.target, &o, first, count).wait().await;
                 self.upstream_wait = asked.elapsed();
                 let reduced = match &answer {
                     Ok(Collapsed::Object(n)) => Ok(Revalidated::Version(n.version)),
@@ -194,7 +193,8 @@ impl<T: Transport> Exchange<'_, T> {
             }
             (Plan::Miss, _) | (_, None) => {
                 let asked = std::time::Instant::now();
-                let answer = up.fetch_cold(&self.target, window.0, window.1).wait().await;
+                let (first, count) = window();
+                let answer = up.fetch_cold(&self.target, first, count).wait().await;
                 self.upstream_wait = asked.elapsed();
                 match answer {
                     Ok(Collapsed::Object(o)) => (o, Some(CacheStatus::Miss)),

@@ -93,13 +93,9 @@ impl Upstream {
             // No body, no Content-Length: a GET without one must not claim one (RFC 9110
             // §8.6); a POST without one says 0.
             let resp = if req.body.is_empty() && req.method.is_safe() {
-                b.body(())
-                    .map_err(|e| Error::caused(Kind::Internal, e))
-                    .and_then(|r| self.agent.run(r).map_err(map_err))
+                self.send(b, ())
             } else {
-                b.body(req.body.clone())
-                    .map_err(|e| Error::caused(Kind::Internal, e))
-                    .and_then(|r| self.agent.run(r).map_err(map_err))
+                self.send(b, req.body.as_slice())
             }?;
             let status = resp.status().as_u16();
             if matches!(hop, Hop::Parent(..)) && status >= 500 && status != 508 && resendable {
@@ -117,6 +113,17 @@ impl Upstream {
                 let _ = tx.blocking_send(PassMsg::Failed(e));
             }
         }
+    }
+
+    /// Sends one request built by `b` with `body` (borrowed: a retry on the next hop sends the
+    /// same bytes without a copy).
+    fn send(
+        &self,
+        b: ureq::http::request::Builder,
+        body: impl ureq::AsSendBody,
+    ) -> Result<ureq::http::Response<ureq::Body>, Error> {
+        let r = b.body(body).map_err(|e| Error::caused(Kind::Internal, e))?;
+        self.agent.run(r).map_err(map_err)
     }
 
     fn relay(
