@@ -153,7 +153,8 @@ fn footprint(objects: usize, blocks_each: usize) -> Footprint {
                 .map(|&a| BlockState::ready(a, true))
                 .collect(),
         };
-        index.shard(h).objects.insert(h, entry);
+        let freed = index.insert(h, entry);
+        assert!(freed.is_empty(), "two keys of the test share a hash");
     }
     let index_bytes = delta(start);
     let allocator_self_report = alloc.heap_bytes();

@@ -13,8 +13,8 @@ use crate::store::{
     Evictor, Fill, FillState, ObjectMeta, RecoveryReport, SlotAddr, SlotBuf, SlotKind, SlotWriter,
     Store, StoreConfig, StoreError,
 };
-pub use index::{BlockState, BlockStatus};
-use index::{Index, ObjectEntry};
+pub use index::{BlockState, BlockStatus, Object};
+use index::{Found, Freed, Index, ObjectEntry, Record};
 
 /// Why the cache refused an operation.
 #[derive(Debug, thiserror::Error)]
@@ -31,15 +31,6 @@ pub enum CacheError {
     /// The store failed (no slot could be freed, an I/O error).
     #[error(transparent)]
     Store(#[from] StoreError),
-}
-
-/// A cached object as a request sees it: metadata plus its version (for claims).
-#[derive(Clone, Debug)]
-pub struct Object {
-    /// The stored response metadata (headers, length, freshness).
-    pub meta: Arc<ObjectMeta>,
-    /// xxh3 of length + ETag + Last-Modified: blocks of another version are never mixed in.
-    pub version: u64,
 }
 
 /// The answer to "I need block N".
@@ -86,6 +77,7 @@ impl Cache {
         let (store, objects, report) = Store::open(cfg)?;
         let index = Index::new(shards);
         let bs = store.block_size();
+        let mut displaced = Vec::new();
         for o in objects {
             let h = key_hash(&o.meta.key);
             let mut blocks = vec![BlockState::EMPTY; o.meta.block_count(bs) as usize];
@@ -93,7 +85,7 @@ impl Cache {
                 // Not verified: the data crc is checked on the first read after the restart.
                 blocks[b as usize] = BlockState::ready(addr, false);
             }
-            index.shard(h).objects.insert(
+            let freed = index.insert(
                 h,
                 ObjectEntry {
                     version: o.meta.version(),
@@ -103,6 +95,7 @@ impl Cache {
                     blocks: blocks.into_boxed_slice(),
                 },
             );
+            displaced.push(freed);
         }
         let sync = store.drives().iter().any(|d| d.syncs_data());
         let (tx, rx) = std::sync::mpsc::channel::<BlockWriter>();
@@ -115,6 +108,9 @@ impl Cache {
             pending: parking_lot::Mutex::new(0),
             drained: parking_lot::Condvar::new(),
         });
+        for freed in displaced {
+            inner.release(freed);
+        }
         if sync {
             std::thread::Builder::new()
                 .name("commit".into())
@@ -146,44 +142,19 @@ impl Cache {
 
     /// The object under `key`, if cached.
     pub fn lookup(&self, key: &str) -> Option<Object> {
-        let h = key_hash(key);
-        let shard = self.inner.index.shard(h);
-        let e = shard.objects.get(&h).filter(|e| e.meta.key == key)?;
-        Some(Object {
-            meta: e.meta.clone(),
-            version: e.version,
-        })
+        self.inner.index.object(key_hash(key), key)
     }
 
     /// Status of each block of an object (for planning which runs to fetch).
     pub fn block_statuses(&self, key: &str) -> Option<Vec<BlockStatus>> {
-        let h = key_hash(key);
-        let shard = self.inner.index.shard(h);
-        let e = shard.objects.get(&h).filter(|e| e.meta.key == key)?;
-        Some(e.blocks.iter().map(|b| b.status()).collect())
+        self.inner.index.block_statuses(key_hash(key), key)
     }
 
     /// Whether all, and whether any, of the blocks in `blocks` are cached (`None`: no object).
     pub fn ready_in(&self, key: &str, blocks: std::ops::Range<u32>) -> Option<(bool, bool)> {
-        let h = key_hash(key);
-        let shard = self.inner.index.shard(h);
-        let e = shard.objects.get(&h).filter(|e| e.meta.key == key)?;
-        let (mut all, mut any) = (true, false);
-        for b in blocks {
-            let ready = match e.blocks.get(b as usize).map(|s| s.status()) {
-                Some(BlockStatus::Ready) => true,
-                // Every byte is in memory, only the commit (flush) is pending: no upstream
-                // request will be made for it.
-                Some(BlockStatus::Filling) => shard
-                    .fills
-                    .get(&(h, b))
-                    .is_some_and(|f| f.filled() == f.capacity()),
-                _ => false,
-            };
-            all &= ready;
-            any |= ready;
-        }
-        Some((all, any))
+        // A block filled to its last byte counts: only its commit (flush) is pending, and no
+        // upstream request will be made for it.
+        self.inner.index.ready_in(key_hash(key), key, blocks)
     }
 
     /// Stores (or replaces) an object's metadata. Same version: the record is updated and the
@@ -232,36 +203,22 @@ impl Cache {
             addr,
             seq,
         };
-        let mut to_free = Vec::new();
-        let mut writers = Vec::new();
-        let result = {
-            let mut shard = inner.index.shard(h);
-            let nblocks = rec.meta.block_count(bs) as usize;
-            let installed = install(&mut shard, h, &rec, expected, nblocks, &mut to_free);
-            for (b, w) in slots {
-                match installed
-                    .as_ref()
-                    .and_then(|_| claim_slot(&mut shard, h, b, &w))
-                {
-                    Some(()) => writers.push(BlockWriter {
-                        inner: inner.clone(),
-                        key_hash: h,
-                        block: b,
-                        version: rec.version,
-                        writer: Some(w),
-                    }),
-                    None => to_free.push(w.fill().addr()),
-                }
-            }
-            installed
-        };
-        for addr in to_free {
-            inner.store.drive(addr.drive()).free(addr);
-        }
-        match result {
-            Some(o) => Ok((o, writers)),
-            None => Err(CacheError::VersionChanged),
-        }
+        let nblocks = rec.meta.block_count(bs) as usize;
+        let done = inner.index.install(h, &rec, expected, nblocks, slots);
+        inner.release(done.freed);
+        let object = done.object.ok_or(CacheError::VersionChanged)?;
+        let writers = done
+            .claimed
+            .into_iter()
+            .map(|(b, w)| BlockWriter {
+                inner: inner.clone(),
+                key_hash: h,
+                block: b,
+                version: rec.version,
+                writer: Some(w),
+            })
+            .collect();
+        Ok((object, writers))
     }
 
     /// Writes `meta`'s record into a metadata slot; its address and sequence number.
@@ -323,16 +280,10 @@ impl Cache {
 
     /// Drops an object and frees its slots (each when its last reader is done).
     pub fn remove(&self, key: &str) -> bool {
-        let h = key_hash(key);
-        let entry = {
-            let mut shard = self.inner.index.shard(h);
-            match shard.objects.get(&h) {
-                Some(e) if e.meta.key == key => shard.objects.remove(&h),
-                _ => None,
-            }
+        let Some(freed) = self.inner.index.remove(key_hash(key), key) else {
+            return false;
         };
-        let Some(e) = entry else { return false };
-        self.inner.free_entry(&e);
+        self.inner.release(freed);
         true
     }
 
@@ -387,21 +338,7 @@ impl Cache {
             let drive = inner.store.drive_for(h, block);
             let w = drive.alloc(SlotKind::Data, len as u32, &**inner)?;
             let addr = w.fill().addr();
-            let mut shard = inner.index.shard(h);
-            let installed = match shard.objects.get_mut(&h) {
-                Some(e)
-                    if e.version == version
-                        && e.meta.key == key
-                        && e.blocks.get(block as usize) == Some(&BlockState::EMPTY) =>
-                {
-                    e.blocks[block as usize] = BlockState::filling(addr);
-                    true
-                }
-                _ => false,
-            };
-            if installed {
-                shard.fills.insert((h, block), w.fill().clone());
-                drop(shard);
+            if inner.index.claim(h, key, block, version, w.fill()) {
                 return Ok(Claim::Write(BlockWriter {
                     inner: inner.clone(),
                     key_hash: h,
@@ -410,7 +347,6 @@ impl Cache {
                     writer: Some(w),
                 }));
             }
-            drop(shard);
             // Lost the race (or the object changed): give the slot back and look again.
             drive.free(addr);
         }
@@ -426,41 +362,26 @@ impl Cache {
         let inner = &self.inner;
         let h = key_hash(key);
         loop {
-            let (buf, verified) = {
-                let shard = inner.index.shard(h);
-                let e = shard
-                    .objects
-                    .get(&h)
-                    .filter(|e| e.meta.key == key)
-                    .ok_or(CacheError::NoObject)?;
-                if e.version != version {
-                    return Err(CacheError::VersionChanged);
-                }
-                let state = *e
-                    .blocks
-                    .get(block as usize)
-                    .ok_or(CacheError::OutOfRange(block))?;
-                match state.status() {
-                    BlockStatus::Missing => return Ok(None),
-                    BlockStatus::Filling => {
-                        let fill = shard
-                            .fills
-                            .get(&(h, block))
-                            .expect("fill of a filling block");
-                        return Ok(Some(Claim::Wait(fill.clone())));
-                    }
-                    BlockStatus::Ready => {
-                        let len = e.meta.block_len(inner.store.block_size(), u64::from(block));
-                        let addr = state.addr();
-                        let drive = inner.store.drive(addr.drive());
-                        // SAFETY: the shard lock is held and the block is `Ready` at `addr`: its
-                        // writer committed. Every path that frees a `Ready` slot first takes it
-                        // out of the index under this lock, so it cannot be freed (let alone
-                        // handed to a new writer) before `committed` has pinned it.
-                        let buf = unsafe { drive.committed(addr, len as usize) };
-                        (buf, state.verified())
-                    }
-                }
+            let bs = inner.store.block_size();
+            let found = inner.index.block(h, key, block, version, |meta, state| {
+                let len = meta.block_len(bs, u64::from(block));
+                let addr = state.addr();
+                // SAFETY: `Index::block` runs this under the shard lock, with the block
+                // `Ready` at `addr`: its writer committed. Every path that frees a `Ready` slot
+                // first takes it out of the index under this lock, so it cannot be freed (let
+                // alone handed to a new writer) before `committed` has pinned it.
+                let buf = unsafe {
+                    inner
+                        .store
+                        .drive(addr.drive())
+                        .committed(addr, len as usize)
+                };
+                (buf, state.verified())
+            })?;
+            let (buf, verified) = match found {
+                Found::Missing => return Ok(None),
+                Found::Filling(fill) => return Ok(Some(Claim::Wait(fill))),
+                Found::Ready(r) => r,
             };
             if verified || inner.verify(h, block, &buf) {
                 return Ok(Some(Claim::Ready(buf)));
@@ -491,44 +412,22 @@ impl Cache {
 
     /// Counts for the summary and metrics: (objects, blocks stored, blocks being filled).
     pub fn counts(&self) -> (u64, u64, u64) {
-        let idx = &self.inner.index;
-        let (mut objects, mut ready, mut filling) = (0u64, 0u64, 0u64);
-        for i in 0..idx.shard_count() {
-            let shard = idx.shard_at(i);
-            for e in shard.objects.values() {
-                objects += 1;
-                ready += e.ready_blocks() as u64;
-            }
-            filling += shard.fills.len() as u64;
-        }
-        (objects, ready, filling)
+        self.inner.index.counts()
     }
 
     /// Every cached object with its number of cached blocks (for `inspect`).
     pub fn objects(&self) -> Vec<(Object, usize)> {
-        let idx = &self.inner.index;
-        let mut out = Vec::new();
-        for i in 0..idx.shard_count() {
-            for e in idx.shard_at(i).objects.values() {
-                out.push((
-                    Object {
-                        meta: e.meta.clone(),
-                        version: e.version,
-                    },
-                    e.ready_blocks(),
-                ));
-            }
-        }
-        out
+        self.inner.index.objects()
     }
 }
 
 impl Inner {
-    fn free_entry(&self, e: &ObjectEntry) {
-        for b in e.blocks.iter().filter(|b| b.status() == BlockStatus::Ready) {
-            self.store.drive(b.addr().drive()).free(b.addr());
+    /// Gives the slots an index operation took out back to their drives (each is reused once
+    /// its last reader lets go).
+    fn release(&self, freed: Freed) {
+        for addr in freed.into_addrs() {
+            self.store.drive(addr.drive()).free(addr);
         }
-        self.store.drive(e.meta_addr.drive()).free(e.meta_addr);
     }
 
     /// First read of a block recovered from disk: check its data crc before serving it. A block
@@ -539,28 +438,9 @@ impl Inner {
         let good = drive.read_slot_header(addr).is_ok_and(|hd| {
             hd.key_hash == h && hd.block == block && crc32fast::hash(buf) == hd.data_crc
         });
-        let mut shard = self.index.shard(h);
-        let Some(e) = shard.objects.get_mut(&h) else {
-            return false;
-        };
-        let Some(state) = e.blocks.get_mut(block as usize) else {
-            return false;
-        };
-        if state.status() != BlockStatus::Ready || state.addr() != addr {
-            return false;
-        }
-        if good {
-            *state = BlockState::ready(addr, true);
-            return true;
-        }
-        log::error!(
-            "block {block} of {} at {addr:?} failed its data check; dropped",
-            e.meta.key
-        );
-        *state = BlockState::EMPTY;
-        drop(shard);
-        drive.free(addr);
-        false
+        let (served, freed) = self.index.checked(h, block, addr, good);
+        self.release(freed);
+        served
     }
 }
 
@@ -569,29 +449,17 @@ impl Evictor for Inner {
         if header.kind != SlotKind::Data {
             return false;
         }
-        let h = header.key_hash;
-        let mut shard = self.index.shard(h);
-        let Some(e) = shard.objects.get_mut(&h) else {
-            return false;
-        };
-        let Some(state) = e.blocks.get_mut(header.block as usize) else {
-            return false;
-        };
-        if state.status() != BlockStatus::Ready
-            || state.addr() != addr
-            || self.store.drive(addr.drive()).is_pinned(addr)
+        let drive = self.store.drive(addr.drive());
+        match self
+            .index
+            .evict(header.key_hash, header.block, addr, |a| drive.is_pinned(a))
         {
-            return false;
+            Some(freed) => {
+                self.release(freed);
+                true
+            }
+            None => false,
         }
-        *state = BlockState::EMPTY;
-        if e.is_empty() {
-            // An object with no block left is dropped with its metadata record.
-            let meta_addr = e.meta_addr;
-            shard.objects.remove(&h);
-            drop(shard);
-            self.store.drive(meta_addr.drive()).free(meta_addr);
-        }
-        true
     }
 }
 
@@ -711,23 +579,9 @@ impl BlockWriter {
                 return Err(e.into());
             }
         };
-        let installed = {
-            let mut shard = inner.index.shard(self.key_hash);
-            let ok = match shard.objects.get_mut(&self.key_hash) {
-                Some(e) if e.version == self.version => {
-                    match e.blocks.get_mut(self.block as usize) {
-                        Some(s) if *s == BlockState::filling(addr) => {
-                            *s = BlockState::ready(addr, true);
-                            true
-                        }
-                        _ => false,
-                    }
-                }
-                _ => false,
-            };
-            remove_fill(&mut shard, self.key_hash, self.block, &fill);
-            ok
-        };
+        let installed = inner
+            .index
+            .commit(self.key_hash, self.block, self.version, &fill);
         if installed {
             fill.finish(FillState::Committed);
             Ok(buf)
@@ -748,117 +602,15 @@ impl BlockWriter {
         let inner = &self.inner;
         let fill = w.fill().clone();
         let addr = fill.addr();
-        let meta_addr = {
-            let mut shard = inner.index.shard(self.key_hash);
-            remove_fill(&mut shard, self.key_hash, self.block, &fill);
-            let mut drop_object = None;
-            if let Some(e) = shard.objects.get_mut(&self.key_hash)
-                && let Some(s) = e.blocks.get_mut(self.block as usize)
-                && *s == BlockState::filling(addr)
-            {
-                *s = BlockState::EMPTY;
-                if e.is_empty() {
-                    // Nothing of the object was ever stored: forget it, with its record.
-                    drop_object = Some(e.meta_addr);
-                    shard.objects.remove(&self.key_hash);
-                }
-            }
-            drop_object
-        };
+        let freed = inner.index.abort(self.key_hash, self.block, &fill);
         inner.store.drive(addr.drive()).free(addr);
-        if let Some(m) = meta_addr {
-            inner.store.drive(m.drive()).free(m);
-        }
+        inner.release(freed);
         fill.finish(FillState::Aborted);
         drop(w);
     }
 }
 
 /// The committer thread: flushes each drive once per batch, then seals the batch's blocks.
-/// A metadata record just written: the object's metadata, version, slot and sequence number.
-struct Record {
-    meta: Arc<ObjectMeta>,
-    version: u64,
-    addr: SlotAddr,
-    seq: u64,
-}
-
-/// Installs `rec` in the shard (under its lock): a new entry, a new version (the old one's
-/// ready blocks go to `to_free`), or nothing when another version or a newer record won.
-/// The object as installed, or `None` (`VersionChanged` for the caller).
-fn install(
-    shard: &mut index::Shard,
-    h: u128,
-    rec: &Record,
-    expected: Option<u64>,
-    nblocks: usize,
-    to_free: &mut Vec<SlotAddr>,
-) -> Option<Object> {
-    let object = || Object {
-        meta: rec.meta.clone(),
-        version: rec.version,
-    };
-    match shard.objects.get_mut(&h) {
-        Some(e) if expected.is_some_and(|v| v != e.version) => {
-            // Replaced by another version since the caller looked: that one stands.
-            to_free.push(rec.addr);
-            None
-        }
-        Some(e) if e.meta_seq > rec.seq => {
-            // A newer record was installed while ours was being written.
-            to_free.push(rec.addr);
-            (e.version == rec.version).then(|| Object {
-                meta: e.meta.clone(),
-                version: e.version,
-            })
-        }
-        Some(e) => {
-            to_free.push(e.meta_addr);
-            if e.version != rec.version || e.meta.key != rec.meta.key {
-                for b in e.blocks.iter_mut() {
-                    if b.status() == BlockStatus::Ready {
-                        to_free.push(b.addr());
-                    }
-                }
-                // Filling blocks belong to the old version: their commit will fail.
-                e.blocks = vec![BlockState::EMPTY; nblocks].into_boxed_slice();
-            }
-            e.meta = rec.meta.clone();
-            e.version = rec.version;
-            e.meta_addr = rec.addr;
-            e.meta_seq = rec.seq;
-            Some(object())
-        }
-        None => {
-            shard.objects.insert(
-                h,
-                ObjectEntry {
-                    meta: rec.meta.clone(),
-                    version: rec.version,
-                    meta_addr: rec.addr,
-                    meta_seq: rec.seq,
-                    blocks: vec![BlockState::EMPTY; nblocks].into_boxed_slice(),
-                },
-            );
-            Some(object())
-        }
-    }
-}
-
-/// Marks block `b` of `h` as filling into `w`'s slot if it is missing (under the shard lock);
-/// `None` if someone else has it.
-fn claim_slot(shard: &mut index::Shard, h: u128, b: u32, w: &SlotWriter) -> Option<()> {
-    let addr = w.fill().addr();
-    let e = shard.objects.get_mut(&h)?;
-    let s = &mut e.blocks[b as usize];
-    if *s != BlockState::EMPTY {
-        return None;
-    }
-    *s = BlockState::filling(addr);
-    shard.fills.insert((h, b), w.fill().clone());
-    Some(())
-}
-
 fn committer(rx: std::sync::mpsc::Receiver<BlockWriter>) {
     while let Ok(first) = rx.recv() {
         let mut batch = vec![first];
@@ -897,16 +649,6 @@ fn committer(rx: std::sync::mpsc::Receiver<BlockWriter>) {
         if *p == 0 {
             inner.drained.notify_all();
         }
-    }
-}
-
-fn remove_fill(shard: &mut index::Shard, h: u128, block: u32, fill: &Arc<Fill>) {
-    if shard
-        .fills
-        .get(&(h, block))
-        .is_some_and(|f| Arc::ptr_eq(f, fill))
-    {
-        shard.fills.remove(&(h, block));
     }
 }
 

@@ -346,6 +346,8 @@ impl Parts {
 /// The one send path for a body: the first bytes are in hand before the head goes out (so an
 /// upstream failure can still be a clean 502/504 rather than a cut connection), then every
 /// part's prefix and blocks, then the trailer. Failures after the head cut the connection.
+/// `out.bytes` counts the body bytes written (multipart part heads and the closing boundary
+/// included, as the access log's bytes sent), never a chunk whose write failed.
 async fn send_parts<T: Transport>(
     t: &mut T,
     sh: &Services,
@@ -369,11 +371,12 @@ async fn send_parts<T: Transport>(
                     }
                 };
                 h.extend_from_slice(prefix.as_bytes());
-                out.bytes = first.len() as u64;
+                let body = (prefix.len() + first.len()) as u64;
                 if t.write(Out::HeadAndSlot(h, first)).await.is_err() {
                     out.keep_alive = false;
                     return;
                 }
+                out.bytes = body;
             }
             None => {
                 if t.write(Out::Bytes(prefix.as_bytes().to_vec()))
@@ -383,6 +386,7 @@ async fn send_parts<T: Transport>(
                     out.keep_alive = false;
                     return;
                 }
+                out.bytes += prefix.len() as u64;
             }
         }
         send_rest(t, &mut stream, out).await;
@@ -390,12 +394,15 @@ async fn send_parts<T: Transport>(
             return;
         }
     }
-    if !parts.trailer.is_empty()
-        && t.write(Out::Bytes(parts.trailer.clone().into_bytes()))
-            .await
-            .is_err()
+    if parts.trailer.is_empty() {
+        return;
+    }
+    match t
+        .write(Out::Bytes(parts.trailer.clone().into_bytes()))
+        .await
     {
-        out.keep_alive = false;
+        Ok(()) => out.bytes += parts.trailer.len() as u64,
+        Err(_) => out.keep_alive = false,
     }
 }
 
@@ -404,11 +411,12 @@ async fn send_rest<T: Transport>(t: &mut T, stream: &mut BlockStream<'_>, out: &
     loop {
         match stream.next().await {
             Ok(Some(c)) => {
-                out.bytes += c.len() as u64;
+                let n = c.len() as u64;
                 if t.write(Out::Slot(c)).await.is_err() {
                     out.keep_alive = false;
                     return;
                 }
+                out.bytes += n;
             }
             Ok(None) => return,
             Err(e) => {
@@ -482,3 +490,7 @@ pub(crate) async fn error_reply<T: Transport>(t: &mut T, e: &Error, keep: bool) 
     let extra: Vec<(&str, &str)> = extra.iter().map(|(k, v)| (*k, v.as_str())).collect();
     simple(t, e.status(), &e.message(), keep, &extra).await
 }
+
+#[cfg(test)]
+#[path = "respond_tests.rs"]
+mod tests;
