@@ -71,7 +71,7 @@ fn handle(mut s: TcpStream, sh: &Shared) -> std::io::Result<()> {
             return Ok(());
         }
     };
-    s.write_all(&reply(status, ctype, &body))
+    s.write_all(&reply(status, ctype, &body, &[]))
 }
 
 fn stats(sh: &Services) -> String {

@@ -91,7 +91,8 @@ pub struct RawRule {
     pub path: String,
     /// Only for this origin host pattern (default: every origin).
     pub host: Option<String>,
-    /// The content never changes: fresh forever, never revalidated.
+    /// The content never changes: fresh forever, never revalidated, whatever the origin or a
+    /// client's `no-cache` says (`false`: no built-in default for these paths either).
     pub immutable: Option<bool>,
     /// Fresh for this long, a duration, whatever the origin says. A rule needs `immutable`
     /// or `max_age`.
@@ -126,9 +127,13 @@ pub struct RawOrigin {
     pub ports: Option<Vec<i64>>,
     /// Refuse DNS answers that are loopback, private, link-local or otherwise not public.
     pub deny_private: Option<bool>,
-    /// Keep the query string in the cache key (default true).
+    /// Keep the query string in the cache key (default true, but false for a host within one
+    /// of the built-in Microsoft origins, [`DEFAULT_ORIGINS`]: [`key_query_default`]). The
+    /// query is always sent upstream.
     pub key_query: Option<bool>,
-    /// Content never changes at a given URL: fresh forever, never revalidated.
+    /// Content never changes at a given URL: fresh forever unless the origin's response says
+    /// otherwise (a default, like the built-in one for package files; a `[[rule]]` overrides
+    /// the origin).
     pub immutable: Option<bool>,
 }
 
@@ -198,9 +203,10 @@ pub struct Origin {
     pub connect: Option<SocketAddr>,
     /// Fetched over https.
     pub https: bool,
-    /// The query string is part of the cache key.
+    /// The query string is part of the cache key (it is sent upstream either way).
     pub key_query: bool,
-    /// Content never changes at a given URL: fresh forever, never revalidated.
+    /// Content never changes at a given URL: fresh forever when the origin's response says
+    /// nothing about its freshness (a default, [`crate::http::freshness::Rule::applies_to`]).
     pub immutable: bool,
     /// DNS answers for this origin that are not public addresses are refused (a name that an
     /// attacker's DNS points at 127.0.0.1 or 169.254.169.254 reaches nothing).
@@ -220,7 +226,9 @@ pub struct Rule {
 
 /// Paths whose content never changes in any package repository: a package file's name carries
 /// its version, a by-hash path its digest. Index files (InRelease, Packages, ...) are not here:
-/// they follow their freshness. A `[[rule]]` overrides these.
+/// they follow their freshness. A default: it applies only when the origin's response says
+/// nothing about freshness (RFC 9111 §4.2.2; `no-cache`, `max-age`, `must-revalidate`, ...
+/// win); a `[[rule]]` overrides these and the origin.
 pub const IMMUTABLE_PATHS: &[&str] = &["*.deb", "*.udeb", "*.ddeb", "*/by-hash/*"];
 
 /// Does `text` match `pattern`, where `*` matches any run of characters?
@@ -395,8 +403,10 @@ impl Config {
         t
     }
 
-    /// The freshness override for `path` (no query) on origin `host`: the first matching
-    /// `[[rule]]`, else the origin's `immutable`.
+    /// The freshness rule for `path` (no query) on origin `host`: the first matching
+    /// `[[rule]]` (it overrides the origin's directives), else the default: immutable for the
+    /// origin's `immutable` and for [`IMMUTABLE_PATHS`], which yields to the origin's explicit
+    /// directives ([`crate::http::freshness::Rule::applies_to`]).
     pub fn fresh_rule(
         &self,
         host: &Host,
@@ -416,6 +426,7 @@ impl Config {
                 immutable: origin.is_some_and(|o| o.immutable)
                     || IMMUTABLE_PATHS.iter().any(|p| glob(p, path)),
                 max_age: None,
+                overrides_origin: false,
             },
         }
     }
@@ -618,6 +629,20 @@ pub const DEFAULT_ORIGINS: &[&str] = &[
     "*.dl.delivery.mp.microsoft.com",
     "*.download.windowsupdate.com",
 ];
+
+/// The default `key_query` of an origin with host pattern `host`: `false` for the built-in
+/// Microsoft origins ([`DEFAULT_ORIGINS`]) and any pattern within them
+/// (`*.dl.delivery.mp.microsoft.com`, `2.tlu.dl.delivery.mp.microsoft.com`), `true` for every
+/// other. Delivery Optimization and Windows Update URLs carry per-device signed query
+/// parameters (`/filestreamingservice/files/<id>?P1=...&P2=...&P3=...&P4=...`) around content
+/// the path names, so keyed by the path alone devices share one stored copy (as nginx-based
+/// update caches do, whose key is the path); the query still goes upstream unchanged.
+pub fn key_query_default(host: &str) -> bool {
+    let name = host.strip_prefix("*.").unwrap_or(host);
+    !DEFAULT_ORIGINS
+        .iter()
+        .any(|d| d == &host || Origin::pattern_matches(d, name))
+}
 
 /// Checks a host pattern (`name`, `*.suffix` or an address, optionally `:port`): the
 /// pattern as matched (lower case, no port) and the port if one was written.
@@ -1157,8 +1182,10 @@ fn origin_section(raw: Vec<RawOrigin>, builtin: bool) -> Result<Vec<Origin>, Con
             canonical: None,
             connect: None,
             https: false,
-            key_query: true,
-            // Device Update and Windows Update files are named by their content.
+            // Per-device tokens in the query: the path names the content.
+            key_query: key_query_default(h),
+            // Device Update and Windows Update files are named by their content (a default:
+            // the origin's own directives win).
             immutable: true,
             // Public CDNs: an answer pointing inside the network is not theirs.
             deny_private: true,
@@ -1203,6 +1230,7 @@ fn origin(i: usize, o: RawOrigin) -> Result<Origin, ConfigError> {
         Some(c) => Some(name_ok(&format!("origin[{i}].canonical"), c)?),
         None => None,
     };
+    let key_query = o.key_query.unwrap_or_else(|| key_query_default(&host));
     Ok(Origin {
         host,
         port: port.unwrap_or(authority::default_port(https)),
@@ -1210,7 +1238,7 @@ fn origin(i: usize, o: RawOrigin) -> Result<Origin, ConfigError> {
         canonical,
         connect,
         https,
-        key_query: o.key_query.unwrap_or(true),
+        key_query,
         immutable: o.immutable.unwrap_or(false),
         deny_private: o.deny_private.unwrap_or(false),
     })
@@ -1300,6 +1328,7 @@ fn rule(i: usize, r: RawRule) -> Result<Rule, ConfigError> {
         fresh: crate::http::freshness::Rule {
             immutable: r.immutable.unwrap_or(false),
             max_age,
+            overrides_origin: true,
         },
     })
 }
@@ -1678,10 +1707,70 @@ mod tests {
         ));
         assert!(!rule("/debian/dists/stable/InRelease"));
         assert!(!rule("/debian/dists/stable/main/binary-amd64/Packages.xz"));
-        // An operator's rule wins.
+        // A default: it yields to the origin's directives.
+        let r = c.fresh_rule(&h("deb.example.org"), "/pool/a.deb", o);
+        assert_eq!(r, crate::http::freshness::Rule::DEFAULT_IMMUTABLE);
+        // An operator's rule wins, over the default and the origin.
         let c = cfg("[[rule]]\npath = \"*.deb\"\nmax_age = \"1m\"").unwrap();
         let r = c.fresh_rule(&h("x.example.org"), "/a.deb", None);
-        assert_eq!((r.immutable, r.max_age), (false, Some(60)));
+        assert_eq!(
+            (r.immutable, r.max_age, r.overrides_origin),
+            (false, Some(60), true)
+        );
+    }
+
+    /// The built-in origins' immutability is a default; `[[origin]] immutable` too (only a
+    /// `[[rule]]` overrides the origin, RFC 9111 §4.2.2 for what a default may do).
+    #[test]
+    fn origin_immutability_is_a_default_rules_override() {
+        let c = cfg("").unwrap();
+        let o = c
+            .origins
+            .iter()
+            .find(|o| o.matches(&h("x.dl.delivery.mp.microsoft.com")));
+        assert!(o.is_some_and(|o| o.immutable));
+        let r = c.fresh_rule(&h("x.dl.delivery.mp.microsoft.com"), "/f/1", o);
+        assert_eq!(r, crate::http::freshness::Rule::DEFAULT_IMMUTABLE);
+        let c = cfg("[[origin]]\nhost = \"du.test\"\nimmutable = true\n\
+                     [[rule]]\nhost = \"du.test\"\npath = \"/pinned/*\"\nimmutable = true")
+        .unwrap();
+        let o = c.origins.first();
+        let r = c.fresh_rule(&h("du.test"), "/blob", o);
+        assert!(r.immutable && !r.overrides_origin, "{r:?}");
+        let r = c.fresh_rule(&h("du.test"), "/pinned/blob", o);
+        assert!(r.immutable && r.overrides_origin, "{r:?}");
+    }
+
+    /// Delivery Optimization / Windows Update URLs carry per-device tokens in the query: the
+    /// built-in origins, and configured ones within them, key without it unless told to.
+    #[test]
+    fn microsoft_update_origins_key_without_the_query() {
+        let c = cfg("").unwrap();
+        assert_eq!(c.origins.len(), DEFAULT_ORIGINS.len());
+        assert!(c.origins.iter().all(|o| !o.key_query), "{:?}", c.origins);
+        for (host, keeps) in [
+            ("*.dl.delivery.mp.microsoft.com", false),
+            ("*.tlu.dl.delivery.mp.microsoft.com", false),
+            ("2.tlu.dl.delivery.mp.microsoft.com", false),
+            ("*.download.windowsupdate.com", false),
+            ("au.download.windowsupdate.com", false),
+            ("*.dl.adu.microsoft.com", false),
+            // Not within a built-in pattern: the general default.
+            ("dl.delivery.mp.microsoft.com", true),
+            ("*.mp.microsoft.com", true),
+            ("*.windowsupdate.com", true),
+            ("x.dl.delivery.mp.microsoft.com.evil.test", true),
+            ("deb.example.org", true),
+        ] {
+            assert_eq!(key_query_default(host), keeps, "{host}");
+            let c = cfg(&format!("[[origin]]\nhost = \"{host}\"")).unwrap();
+            assert_eq!(c.origins[0].key_query, keeps, "{host}");
+        }
+        // The setting stays per origin.
+        let text = "[[origin]]\nhost = \"*.dl.delivery.mp.microsoft.com\"\nkey_query = true\n\
+                    [[origin]]\nhost = \"deb.example.org\"\nkey_query = false";
+        let c = cfg(text).unwrap();
+        assert!(c.origins[0].key_query && !c.origins[1].key_query);
     }
 
     #[test]

@@ -277,9 +277,9 @@ impl Metrics {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::http::cache_status::BypassReason;
+    use crate::http::cache_status::Answer;
 
-    const ANSWERED: CacheStatus = CacheStatus::Bypass(BypassReason::Answered);
+    const ANSWERED: CacheStatus = CacheStatus::Answered(Answer::Refused);
 
     #[test]
     fn totals_periods_and_origins() {
@@ -322,6 +322,9 @@ mod tests {
             "{text}"
         );
         assert!(text.contains("gatecache_responses_total{code=\"4xx\"} 2\n"));
+        // The cache's own answers have a label value of their own, never BYPASS.
+        assert!(text.contains("gatecache_requests_total{cache=\"ANSWERED\"} 3\n"));
+        assert!(text.contains("gatecache_requests_total{cache=\"BYPASS\"} 0\n"));
         assert!(text.contains("gatecache_response_seconds_bucket{le=\"0.005\"} 6\n"));
         assert!(text.contains("gatecache_response_seconds_count 6\n"));
     }

@@ -35,6 +35,9 @@ pub struct Target {
     /// The client's `Cache-Control` (or `no-cache` for `Pragma: no-cache`), passed on
     /// upstream so that a reload reaches through a chain of caches to the origin.
     pub client_cc: Option<String>,
+    /// The client's end-to-end fields to forward upstream (its `User-Agent` first, then the
+    /// rest of [`Request::fields`]); a collapsed fill carries the first client's.
+    pub fields: std::sync::Arc<[(String, String)]>,
     /// The configured origin this request matched (its `canonical` name, else its host
     /// pattern): the metrics' origin label, bounded by the configuration whatever clients send.
     pub origin_label: String,
@@ -238,6 +241,7 @@ fn for_origin(
         via: None,
         rule: Default::default(),
         client_cc: None,
+        fields: Default::default(),
         origin_label: o.canonical.clone().unwrap_or_else(|| o.host.clone()),
     })
 }
@@ -264,6 +268,7 @@ fn for_route<'c>(
         via: None,
         rule: Default::default(),
         client_cc: None,
+        fields: Default::default(),
         origin_label: o.map_or_else(
             || r.host.clone(),
             |o| o.canonical.clone().unwrap_or_else(|| o.host.clone()),
@@ -317,6 +322,12 @@ pub fn route(req: &Request, cfg: &Config) -> Result<Target, Refusal> {
         (None, true) => Some("no-cache".into()),
         (None, false) => None,
     };
+    t.fields = req
+        .user_agent
+        .iter()
+        .map(|ua| ("User-Agent".to_string(), ua.clone()))
+        .chain(req.fields.iter().cloned())
+        .collect();
     let path = t.path.split('?').next().unwrap_or("");
     t.rule = cfg.fresh_rule(&t.authority.host, path, origin);
     // Refuse here anything the upstream URL could not be made of.

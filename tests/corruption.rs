@@ -733,7 +733,7 @@ fn record_in_a_corrupt_region_never_overrides_a_newer_one() {
     let cfg = config(dir.path(), STORE_SIZE);
     // A record this large needs its own slot class, hence its own metadata region.
     let record = |stored_at: u64, cache_control: &str| ObjectMeta {
-        extra_headers: vec![("x-pad".into(), "p".repeat(1000))],
+        fields: vec![("x-pad".into(), "p".repeat(1000))],
         cache_control: Some(cache_control.into()),
         stored_at,
         ..meta(GEN_KEY, 5000)

@@ -52,7 +52,9 @@ both_backends! {
             assert_eq!(r.status, 206, "{path}");
             assert_eq!(r.header("content-range"), Some(format!("bytes 100-199/{LEN}").as_str()));
             assert_same(&r.body, &data[100..200], path);
-            assert_eq!(o.requests(path), 5, "{path}: every request reached the origin");
+            // Four requests, four upstream requests: the first, a miss, is relayed as it
+            // arrives rather than asked for again (issue 12).
+            assert_eq!(o.requests(path), 4, "{path}: every request reached the origin once");
         }
         let data = generate("/ae.bin", LEN);
         o.put("/ae.bin", Obj::new(data.clone(), "\"a\"").with_header("Vary", "Accept-Encoding"));

@@ -15,8 +15,12 @@ use crate::error::Error;
 pub enum Collapsed {
     /// The object to serve: stored (or refreshed), its first blocks on their way.
     Object(Object),
-    /// The answer may not be stored (the reason, RFC 9111 §3): pass the request through.
+    /// The answer may not be stored (the reason, RFC 9111 §3). The request that led the fetch
+    /// gets the response itself, relayed; a joined one passes its own request through.
     Pass(&'static str),
+    /// The upstream answered a status the cache relays rather than stores (a redirect, an
+    /// error, RFC 9110 §15). As with `Pass`: relayed to the leader, asked again by the others.
+    Answered(u16),
 }
 
 /// A fetch under way, shared by every request that joined it.

@@ -4,9 +4,6 @@
 /// Why a response did not come from (or go into) the cache.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum BypassReason {
-    /// The cache answered by itself, with no object involved: a refusal, an error before
-    /// routing, the summary on the client port.
-    Answered,
     /// A method the cache passes through: OPTIONS and the unsafe ones (RFC 9110 §9.2.1).
     Method,
     /// The request carries `Authorization` (RFC 9111 §3.5).
@@ -34,11 +31,83 @@ pub enum CacheStatus {
     Partial,
     /// Not from the cache and not stored.
     Bypass(BypassReason),
+    /// Made by the cache itself, neither a stored response nor one relayed from upstream: a
+    /// refusal, an error of its own (a 502 or 504 when no valid answer came from upstream), the
+    /// summary.
+    Answered(Answer),
 }
 
-/// The access log's labels, in metric-slot order; the first [`FROM_CACHE`] are served from
-/// the cache.
-pub const LABELS: [&str; 6] = ["HIT", "REVALIDATED", "STALE", "MISS", "PARTIAL", "BYPASS"];
+/// Why the cache answered by itself: the `detail` of its `Cache-Status` member (RFC 9211
+/// §2.8) and of its access-log label.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Answer {
+    /// The request is refused (a 4xx of the cache's own: a malformed head, an origin or port
+    /// not allowed, a method it does not serve, a body too large).
+    Refused,
+    /// The request came back to this cache through a loop of caches (508).
+    Loop,
+    /// `only-if-cached` and nothing usable stored (504, RFC 9111 §5.2.1.7).
+    OnlyIfCached,
+    /// The range is outside the stored representation (416, RFC 9110 §15.5.17).
+    RangeNotSatisfiable,
+    /// No connection to the upstream (502).
+    UpstreamUnreachable,
+    /// The upstream answered too late, or a fill stalled (504).
+    UpstreamTimeout,
+    /// The upstream answered, but nothing that could be served: an invalid answer, a redirect
+    /// during a fill, a fill cut short, a representation that changed under the request (502).
+    UpstreamError,
+    /// The cache's storage failed (502).
+    StorageError,
+    /// A bug in the cache (500).
+    InternalError,
+    /// The original module's summary on the client port.
+    Summary,
+}
+
+impl Answer {
+    /// The `detail` token (RFC 9211 §2.8; RFC 8941 §3.3.4 token syntax).
+    pub fn detail(self) -> &'static str {
+        self.texts().0
+    }
+
+    /// (`detail`, `Cache-Status` field value, access-log label).
+    fn texts(self) -> (&'static str, &'static str, &'static str) {
+        macro_rules! texts {
+            ($d:literal) => {
+                (
+                    $d,
+                    concat!("gatecache; detail=", $d),
+                    concat!("ANSWERED:", $d),
+                )
+            };
+        }
+        match self {
+            Answer::Refused => texts!("refused"),
+            Answer::Loop => texts!("loop"),
+            Answer::OnlyIfCached => texts!("only-if-cached"),
+            Answer::RangeNotSatisfiable => texts!("range-not-satisfiable"),
+            Answer::UpstreamUnreachable => texts!("upstream-unreachable"),
+            Answer::UpstreamTimeout => texts!("upstream-timeout"),
+            Answer::UpstreamError => texts!("upstream-error"),
+            Answer::StorageError => texts!("storage-error"),
+            Answer::InternalError => texts!("internal-error"),
+            Answer::Summary => texts!("summary"),
+        }
+    }
+}
+
+/// The metrics' cache-status labels, in slot order; the first [`FROM_CACHE`] are served from
+/// the cache. The access log uses them too, with the answer's `detail` after `ANSWERED`.
+pub const LABELS: [&str; 7] = [
+    "HIT",
+    "REVALIDATED",
+    "STALE",
+    "MISS",
+    "PARTIAL",
+    "BYPASS",
+    "ANSWERED",
+];
 
 /// How many of [`LABELS`] (the first ones) are served from the cache.
 pub const FROM_CACHE: usize = 3;
@@ -46,6 +115,12 @@ pub const FROM_CACHE: usize = 3;
 impl CacheStatus {
     /// The `Cache-Status` field value (RFC 9211 §2): this cache's name, then `hit` or
     /// `fwd=<reason>` with `fwd-status`, `stored` and `detail` as they apply.
+    ///
+    /// A response the cache made itself has neither `hit` (RFC 9211 §2.1: such a response is
+    /// no hit) nor `fwd` (§2.2: nothing of the upstream's is relayed), only `detail` (§2.8)
+    /// saying why, e.g. `gatecache; detail=refused`. §2 advises against any member on locally
+    /// generated responses; gatecache adds one all the same, because an origin's own 502 or
+    /// 403 is relayed as sent and a client or an operator must be able to tell the two apart.
     pub fn field_value(self) -> &'static str {
         match self {
             CacheStatus::Hit => "gatecache; hit",
@@ -55,6 +130,7 @@ impl CacheStatus {
             CacheStatus::Miss => "gatecache; fwd=miss; stored",
             CacheStatus::Partial => "gatecache; fwd=partial; stored",
             CacheStatus::Bypass(_) => "gatecache; fwd=bypass",
+            CacheStatus::Answered(a) => a.texts().1,
         }
     }
 
@@ -67,12 +143,17 @@ impl CacheStatus {
             CacheStatus::Miss | CacheStatus::Refreshed => 3,
             CacheStatus::Partial => 4,
             CacheStatus::Bypass(_) => 5,
+            CacheStatus::Answered(_) => 6,
         }
     }
 
-    /// The access log's label: `HIT`, `REVALIDATED`, `STALE`, `MISS`, `PARTIAL` or `BYPASS`.
+    /// The access log's label: `HIT`, `REVALIDATED`, `STALE`, `MISS`, `PARTIAL`, `BYPASS`, or
+    /// `ANSWERED:<detail>` (`ANSWERED:refused`, `ANSWERED:upstream-unreachable`, ...).
     pub fn label(self) -> &'static str {
-        LABELS[self.slot()]
+        match self {
+            CacheStatus::Answered(a) => a.texts().2,
+            _ => LABELS[self.slot()],
+        }
     }
 
     /// Were the body's bytes served from the cache (the original's `hitBytes`)?
@@ -107,9 +188,15 @@ mod tests {
                 false,
             ),
             (
-                Bypass(BypassReason::Answered),
-                "gatecache; fwd=bypass",
-                "BYPASS",
+                Answered(Answer::Refused),
+                "gatecache; detail=refused",
+                "ANSWERED:refused",
+                false,
+            ),
+            (
+                Answered(Answer::UpstreamUnreachable),
+                "gatecache; detail=upstream-unreachable",
+                "ANSWERED:upstream-unreachable",
                 false,
             ),
         ] {
@@ -117,6 +204,33 @@ mod tests {
                 (s.field_value(), s.label(), s.from_cache()),
                 (field, label, cached)
             );
+        }
+    }
+
+    #[test]
+    fn an_answer_of_the_cache_names_itself_and_why_and_nothing_forwarded() {
+        use Answer::*;
+        for a in [
+            Refused,
+            Loop,
+            OnlyIfCached,
+            RangeNotSatisfiable,
+            UpstreamUnreachable,
+            UpstreamTimeout,
+            UpstreamError,
+            StorageError,
+            InternalError,
+            Summary,
+        ] {
+            let s = CacheStatus::Answered(a);
+            let d = a.detail();
+            // An RFC 8941 token: a letter first, then tchar (no quoting needed).
+            assert!(d.starts_with(|c: char| c.is_ascii_lowercase()), "{d}");
+            assert!(d.chars().all(|c| c.is_ascii_lowercase() || c == '-'), "{d}");
+            assert_eq!(s.field_value(), format!("gatecache; detail={d}"));
+            assert_eq!(s.label(), format!("ANSWERED:{d}"));
+            assert_eq!(LABELS[s.slot()], "ANSWERED");
+            assert!(!s.from_cache());
         }
     }
 }

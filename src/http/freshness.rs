@@ -103,13 +103,50 @@ impl CacheControl {
     }
 }
 
-/// An operator's override for some content (`[[origin]] immutable`, `[[rule]]`).
+/// The freshness gatecache assigns to some content beyond what its response says: an
+/// operator's `[[rule]]`, or a default (package files and `by-hash` paths, `[[origin]]
+/// immutable`, the built-in Device Update and Windows Update origins).
+///
+/// A rule that [`Rule::overrides_origin`] is imposed whatever the response says. A default is
+/// a heuristic freshness (RFC 9111 §4.2.2: a cache may assign one only when the response has
+/// no explicit expiration time) and yields to every explicit directive of the origin (see
+/// [`Rule::applies_to`]); it never stops a client's `no-cache` from revalidating either.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub struct Rule {
-    /// Never changes: fresh forever, never revalidated (Device Update content).
+    /// Never changes: fresh forever (Device Update content, package files).
     pub immutable: bool,
-    /// Fresh for this many seconds, whatever the origin says.
+    /// Fresh for this many seconds.
     pub max_age: Option<u64>,
+    /// The operator's own `[[rule]]`: applies whatever the origin's response says, and an
+    /// `immutable` one is never revalidated, not even for a client's `no-cache`. `false`: a
+    /// built-in or per-origin default, which yields to the origin's directives.
+    pub overrides_origin: bool,
+}
+
+impl Rule {
+    /// A default (not the operator's `[[rule]]`) that treats content as immutable.
+    pub const DEFAULT_IMMUTABLE: Rule = Rule {
+        immutable: true,
+        max_age: None,
+        overrides_origin: false,
+    };
+
+    /// Does this rule decide the freshness of a stored response with directives `cc` and
+    /// `has_expires` (an `Expires` field)? An operator's rule always does. A default only when
+    /// the origin said nothing about freshness or revalidation: no `no-cache` (§5.2.2.4), no
+    /// `max-age` (§5.2.2.1), `s-maxage` (§5.2.2.10) or `Expires` (§5.3: an explicit
+    /// expiration time, which rules out any heuristic, §4.2.2), no `must-revalidate`
+    /// (§5.2.2.2) or `proxy-revalidate` (§5.2.2.8), which a lifetime of forever would defeat.
+    /// (`no-store` and `private` responses are never stored, §5.2.2.5, §5.2.2.7.)
+    pub fn applies_to(&self, cc: &CacheControl, has_expires: bool) -> bool {
+        self.overrides_origin
+            || !(cc.no_cache
+                || cc.max_age.is_some()
+                || cc.s_maxage.is_some()
+                || has_expires
+                || cc.must_revalidate
+                || cc.proxy_revalidate)
+    }
 }
 
 /// Why a response may not be stored (it is passed through instead), `None` when it may
@@ -156,31 +193,49 @@ fn http_date(v: Option<&str>) -> Option<u64> {
 /// Last-Modified; a cap keeps a file untouched for years from being trusted for months).
 pub const HEURISTIC_CAP: u64 = 24 * 3600;
 
-/// Freshness lifetime in seconds (RFC 9111 §4.2.1): the operator's rule, then `s-maxage`, `max-age`,
-/// `Expires` - `Date`, then a heuristic from `Last-Modified`; `u64::MAX` for immutable.
+/// Freshness lifetime in seconds (RFC 9111 §4.2.1): the operator's `[[rule]]`, then the
+/// origin's `no-cache` (0, §5.2.2.4), `s-maxage`, `max-age`, `Expires` - `Date`; with none of
+/// those a heuristic (§4.2.2): a default rule where it applies ([`Rule::applies_to`]), else 10%
+/// of the time since `Last-Modified`. `u64::MAX` for immutable.
 pub fn lifetime(meta: &ObjectMeta, rule: &Rule) -> u64 {
     let cc = CacheControl::parse(meta.cache_control.as_deref());
     lifetime_with(meta, rule, &cc, http_date(meta.date.as_deref()))
 }
 
+/// The lifetime `rule` gives, if it applies to a response with directives `cc` (see
+/// [`Rule::applies_to`]).
+fn rule_lifetime(meta: &ObjectMeta, rule: &Rule, cc: &CacheControl) -> Option<u64> {
+    if !rule.applies_to(cc, meta.expires.is_some()) {
+        return None;
+    }
+    if rule.immutable {
+        return Some(u64::MAX);
+    }
+    rule.max_age
+}
+
 /// [`lifetime`] with the stored Cache-Control and Date already parsed (once per request).
 fn lifetime_with(meta: &ObjectMeta, rule: &Rule, cc: &CacheControl, date: Option<u64>) -> u64 {
-    if rule.immutable {
-        return u64::MAX;
-    }
-    if let Some(s) = rule.max_age {
+    if rule.overrides_origin
+        && let Some(s) = rule_lifetime(meta, rule, cc)
+    {
         return s;
     }
     if cc.no_cache {
         return 0;
     }
+    // A shared cache: s-maxage first, then max-age (§4.2.1).
     if let Some(s) = cc.s_maxage.or(cc.max_age) {
         return s;
     }
     let date = date.unwrap_or(meta.stored_at);
     if meta.expires.is_some() {
-        // An invalid Expires (e.g. "0") means already expired.
+        // An invalid Expires (e.g. "0") means already expired (§5.3).
         return http_date(meta.expires.as_deref()).map_or(0, |e| e.saturating_sub(date));
+    }
+    // No explicit expiration time: a heuristic (§4.2.2), a default rule's first.
+    if let Some(s) = rule_lifetime(meta, rule, cc) {
+        return s;
     }
     match http_date(meta.last_modified.as_deref()) {
         Some(lm) => (date.saturating_sub(lm) / 10).min(HEURISTIC_CAP),
@@ -218,8 +273,9 @@ pub enum Decision {
 
 /// Decides for a request (its `Cache-Control`, and `Pragma: no-cache`) at `now` (Unix seconds)
 /// what to do with `meta` (RFC 9111 §4.2, §5.2.1, §5.4; RFC 5861; RFC 8246): the operator's
-/// `immutable` rule wins, then the client's directives, then freshness, then the staleness the
-/// response allows.
+/// `immutable` `[[rule]]` wins, then the client's directives, then freshness, then the
+/// staleness the response allows. A default rule (not the operator's) never stops a client's
+/// `no-cache` from revalidating.
 pub fn decide(
     meta: &ObjectMeta,
     req: &CacheControl,
@@ -227,7 +283,8 @@ pub fn decide(
     rule: &Rule,
     now: u64,
 ) -> Decision {
-    if rule.immutable {
+    // Only the operator's own rule makes content exempt from revalidation.
+    if rule.overrides_origin && rule.immutable {
         return Decision::Fresh;
     }
     let res = CacheControl::parse(meta.cache_control.as_deref());
@@ -235,15 +292,20 @@ pub fn decide(
     let life = lifetime_with(meta, rule, &res, date);
     let age = age_with(meta, date, now);
     let fresh = age < life;
-    // `immutable`: a client's reload does not revalidate a response that is still fresh.
-    // `Pragma: no-cache` counts only from a client that sends no Cache-Control (§5.4).
+    // `no-cache` (§5.2.1.4), or `Pragma: no-cache` from a client that sends no Cache-Control
+    // (§5.4): a force reload, always checked with the origin (a 304 is cheap).
     let no_cache = req.no_cache || (pragma_no_cache && req == &CacheControl::default());
-    let client_insists = !(fresh && res.immutable)
-        && (no_cache
+    // Immutable content (the origin's `immutable`, RFC 8246 §2, or a default that applies)
+    // is not revalidated for a plain reload (`max-age=0`, `min-fresh`) while fresh; a force
+    // reload (`no-cache`) still is ("unless explicitly overridden by the user").
+    let immutable = fresh
+        && (res.immutable || (rule.immutable && rule.applies_to(&res, meta.expires.is_some())));
+    let client_insists = no_cache
+        || (!immutable
             // max-age=0 (apt's index requests): ages are whole seconds, so "0" may hide a
             // fraction; every cache reads it as "check with the origin".
-            || req.max_age.is_some_and(|m| m == 0 || age > m)
-            || req.min_fresh.is_some_and(|m| life.saturating_sub(age) < m));
+            && (req.max_age.is_some_and(|m| m == 0 || age > m)
+                || req.min_fresh.is_some_and(|m| life.saturating_sub(age) < m)));
     // Stale may be served only where neither side forbids it (§4.2.4, RFC 5861).
     let may_be_stale =
         !(res.must_revalidate || res.proxy_revalidate || res.s_maxage.is_some() || res.no_cache);
@@ -251,7 +313,10 @@ pub fn decide(
     let within = |d: Option<u64>| d.is_some_and(|d| staleness <= d);
     if client_insists {
         return Decision::Revalidate {
-            stale_if_unreachable: may_be_stale && !no_cache && req.max_age != Some(0),
+            // A response still fresh may stand in when the upstream cannot be reached: the
+            // client's no-cache and max-age=0 are preferences (§5.2.1.1, §5.2.1.4) and the
+            // origin's lifetime still holds. A stale one may not: that client wants no stale.
+            stale_if_unreachable: fresh || (may_be_stale && !no_cache && req.max_age != Some(0)),
             stale_if_5xx: may_be_stale && within(res.stale_if_error.or(req.stale_if_error)),
         };
     }
@@ -306,6 +371,14 @@ mod tests {
     const NONE: Rule = Rule {
         immutable: false,
         max_age: None,
+        overrides_origin: false,
+    };
+
+    /// An operator's `[[rule]] immutable = true`.
+    const OPERATOR_IMMUTABLE: Rule = Rule {
+        immutable: true,
+        max_age: None,
+        overrides_origin: true,
     };
 
     #[test]
@@ -384,26 +457,153 @@ mod tests {
         for (m, want) in table {
             assert_eq!(lifetime(m, &NONE), *want, "{m:?}");
         }
+        // The operator's rules override the origin's no-cache.
         let m = meta(0, Some("no-cache"));
-        assert_eq!(
-            lifetime(
-                &m,
-                &Rule {
-                    immutable: false,
-                    max_age: Some(5)
-                }
+        let five = Rule {
+            immutable: false,
+            max_age: Some(5),
+            overrides_origin: true,
+        };
+        assert_eq!(lifetime(&m, &five), 5);
+        assert_eq!(lifetime(&m, &OPERATOR_IMMUTABLE), u64::MAX);
+    }
+
+    /// A built-in default (a package file treated as immutable) applies only to a response
+    /// with no explicit freshness or revalidation directive (RFC 9111 §4.2.2 heuristic); each
+    /// of `no-cache` (§5.2.2.4), `max-age` (§5.2.2.1), `s-maxage` (§5.2.2.10), `Expires`
+    /// (§5.3), `must-revalidate` (§5.2.2.2) and `proxy-revalidate` (§5.2.2.8) takes it
+    /// back to what RFC 9111 alone gives; an operator's `[[rule]]` overrides every one.
+    #[test]
+    fn a_default_yields_to_each_explicit_directive_and_a_rule_does_not() {
+        let lm = |m: ObjectMeta| ObjectMeta {
+            last_modified: Some(date(NOW - 1000)),
+            ..m
+        };
+        let expires = |m: ObjectMeta, at: u64| ObjectMeta {
+            expires: Some(date(at)),
+            ..m
+        };
+        let default_5 = Rule {
+            immutable: false,
+            max_age: Some(5),
+            overrides_origin: false,
+        };
+        let operator_5 = Rule {
+            overrides_origin: true,
+            ..default_5
+        };
+        // `[[rule]] immutable = false`: no default, the origin's word alone.
+        let operator_off = Rule {
+            immutable: false,
+            max_age: None,
+            overrides_origin: true,
+        };
+        // (stored response, lifetime with the default immutable, without any rule)
+        let table: Vec<(&str, ObjectMeta, u64)> = vec![
+            ("silent", meta(0, None), u64::MAX),
+            ("silent, Last-Modified", lm(meta(0, None)), u64::MAX),
+            ("public", meta(0, Some("public")), u64::MAX),
+            ("immutable", meta(0, Some("immutable")), u64::MAX),
+            ("no-cache", meta(0, Some("no-cache")), 0),
+            ("max-age", meta(0, Some("max-age=60")), 60),
+            ("max-age=0", meta(0, Some("max-age=0")), 0),
+            ("s-maxage", meta(0, Some("s-maxage=30")), 30),
+            ("Expires", expires(meta(0, None), NOW + 300), 300),
+            ("Expires past", expires(meta(0, None), NOW - 300), 0),
+            ("must-revalidate", meta(0, Some("must-revalidate")), 0),
+            (
+                "must-revalidate, Last-Modified",
+                lm(meta(0, Some("must-revalidate"))),
+                100,
             ),
-            5
+            ("proxy-revalidate", meta(0, Some("proxy-revalidate")), 0),
+        ];
+        for (what, m, want) in &table {
+            assert_eq!(lifetime(m, &Rule::DEFAULT_IMMUTABLE), *want, "{what}");
+            let silent = want == &u64::MAX;
+            let want_5 = if silent { 5 } else { *want };
+            assert_eq!(lifetime(m, &default_5), want_5, "default max_age: {what}");
+            assert_eq!(lifetime(m, &OPERATOR_IMMUTABLE), u64::MAX, "rule: {what}");
+            assert_eq!(lifetime(m, &operator_5), 5, "rule max_age: {what}");
+            assert_eq!(
+                lifetime(m, &operator_off),
+                lifetime(m, &NONE),
+                "rule off: {what}"
+            );
+            if !silent {
+                assert_eq!(lifetime(m, &NONE), *want, "as if no default: {what}");
+            }
+        }
+    }
+
+    /// The package test of issue 12 as a decision: a `.deb` whose origin says `no-cache`
+    /// is revalidated on every request, one with `max-age=1` once it is 2 s old; one whose
+    /// origin is silent stays fresh. An operator's `[[rule]]` serves all three unchecked.
+    #[test]
+    fn a_default_immutable_package_follows_the_origins_directives() {
+        use Decision::*;
+        let none = CacheControl::default();
+        let d = |m: &ObjectMeta, rule: &Rule| decide(m, &none, false, rule, NOW);
+        let default = Rule::DEFAULT_IMMUTABLE;
+        assert_eq!(d(&meta(1, Some("no-cache")), &default), reval(false, false));
+        assert_eq!(d(&meta(2, Some("max-age=1")), &default), reval(true, false));
+        assert_eq!(d(&meta(0, Some("max-age=1")), &default), Fresh);
+        assert_eq!(
+            d(&meta(2, Some("max-age=1, must-revalidate")), &default),
+            reval(false, false)
         );
+        assert_eq!(d(&meta(1_000_000, None), &default), Fresh);
+        for m in [
+            meta(1, Some("no-cache")),
+            meta(2, Some("max-age=1")),
+            meta(1_000_000, None),
+        ] {
+            assert_eq!(d(&m, &OPERATOR_IMMUTABLE), Fresh, "{m:?}");
+        }
+    }
+
+    /// A client's `no-cache` (RFC 9111 §5.2.1.4) and `Pragma: no-cache` (§5.4) revalidate a
+    /// fresh response whatever makes it fresh: its own lifetime, the origin's `immutable`
+    /// (RFC 8246 §2: a force reload) or a default rule; only the operator's `[[rule]]`
+    /// exempts content. The response may stand in if the upstream cannot be reached (it is
+    /// still fresh). A plain reload (`max-age=0`) leaves immutable content alone.
+    #[test]
+    fn a_client_no_cache_revalidates_whatever_the_default() {
+        use Decision::*;
+        let default = Rule::DEFAULT_IMMUTABLE;
+        let pragma =
+            |m: &ObjectMeta, rule: &Rule| decide(m, &CacheControl::default(), true, rule, NOW);
+        let cases = [
+            (meta(10, Some("max-age=3600")), NONE),
+            (meta(10, Some("max-age=3600, immutable")), NONE),
+            (meta(10, None), default),
+            (meta(10, Some("immutable")), default),
+        ];
+        for (m, rule) in &cases {
+            assert_eq!(
+                decide(m, &cc("no-cache"), false, rule, NOW),
+                reval(true, false)
+            );
+            assert_eq!(pragma(m, rule), reval(true, false), "{m:?} {rule:?}");
+            // Pragma is ignored beside a Cache-Control the cache understands (§5.4).
+            assert_eq!(
+                decide(m, &cc("max-stale=5"), true, rule, NOW),
+                Fresh,
+                "{m:?}"
+            );
+            assert_eq!(
+                decide(m, &cc("no-cache"), false, &OPERATOR_IMMUTABLE, NOW),
+                Fresh
+            );
+        }
+        let max_age_0 = |m: &ObjectMeta, rule: &Rule| decide(m, &cc("max-age=0"), false, rule, NOW);
+        assert_eq!(max_age_0(&cases[0].0, &NONE), reval(true, false));
+        assert_eq!(max_age_0(&cases[1].0, &NONE), Fresh);
+        assert_eq!(max_age_0(&cases[2].0, &default), Fresh);
+        // A default that does not apply (the origin said max-age) is no reason to skip it.
         assert_eq!(
-            lifetime(
-                &m,
-                &Rule {
-                    immutable: true,
-                    max_age: None
-                }
-            ),
-            u64::MAX
+            max_age_0(&meta(10, Some("max-age=3600")), &default),
+            reval(true, false)
         );
     }
 
@@ -490,25 +690,41 @@ mod tests {
     fn decisions_by_the_clients_directives() {
         use Decision::*;
         check_decisions(&[
+            // Fresh: it may stand in if the upstream cannot be reached.
             (
                 Some("max-age=60"),
                 10,
                 "no-cache",
                 false,
-                reval(false, false),
+                reval(true, false),
             ),
-            (Some("max-age=60"), 10, "", true, reval(false, false)),
+            (Some("max-age=60"), 10, "", true, reval(true, false)),
             (
                 Some("max-age=60"),
                 10,
                 "max-age=0",
                 false,
-                reval(false, false),
+                reval(true, false),
             ),
             (Some("max-age=60"), 10, "max-age=20", false, Fresh),
             (
                 Some("max-age=60"),
                 0,
+                "max-age=0",
+                false,
+                reval(true, false),
+            ),
+            // Stale: a client that asked for a checked answer gets no stale one.
+            (
+                Some("max-age=60"),
+                70,
+                "no-cache",
+                false,
+                reval(false, false),
+            ),
+            (
+                Some("max-age=60"),
+                70,
                 "max-age=0",
                 false,
                 reval(false, false),
@@ -541,9 +757,16 @@ mod tests {
     #[test]
     fn decisions_for_immutable_content() {
         use Decision::*;
-        // `immutable` while fresh ignores a reload.
+        // `immutable` while fresh ignores a reload (RFC 8246 §2), not a force reload.
         check_decisions(&[
-            (Some("max-age=60, immutable"), 10, "no-cache", false, Fresh),
+            (Some("max-age=60, immutable"), 10, "max-age=0", false, Fresh),
+            (
+                Some("max-age=60, immutable"),
+                10,
+                "no-cache",
+                false,
+                reval(true, false),
+            ),
             (
                 Some("max-age=60, immutable"),
                 70,
@@ -553,12 +776,12 @@ mod tests {
             ),
         ]);
         let none = CacheControl::default();
+        // The operator's immutable rule: never revalidated.
         let m = meta(1_000_000, Some("no-cache"));
-        let immutable = Rule {
-            immutable: true,
-            max_age: None,
-        };
-        assert_eq!(decide(&m, &none, false, &immutable, NOW), Fresh);
-        assert_eq!(decide(&m, &cc("no-cache"), true, &immutable, NOW), Fresh);
+        assert_eq!(decide(&m, &none, false, &OPERATOR_IMMUTABLE, NOW), Fresh);
+        assert_eq!(
+            decide(&m, &cc("no-cache"), true, &OPERATOR_IMMUTABLE, NOW),
+            Fresh
+        );
     }
 }

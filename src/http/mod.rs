@@ -3,6 +3,7 @@
 pub mod authority;
 pub mod cache_status;
 pub mod conditional;
+pub mod fields;
 pub mod freshness;
 pub mod path;
 pub mod range;

@@ -179,6 +179,10 @@ pub struct Request {
     pub keep_alive: bool,
     /// Bytes of body that follow the head (to be skipped).
     pub body_len: u64,
+    /// Every other end-to-end field, in order, names as sent (RFC 9110 §7.6.1: no hop-by-hop
+    /// field, none named in `Connection`; not `Expect`, which the cache answers itself):
+    /// forwarded upstream on a miss and a pass-through (`X-Request-Id`, `Accept`, ...).
+    pub fields: Vec<(String, String)>,
 }
 
 impl Request {
@@ -305,6 +309,8 @@ struct Framing {
     content_length: Option<u64>,
     conn_close: bool,
     conn_keep_alive: bool,
+    /// Names listed in `Connection` (hop-by-hop, RFC 9110 §7.6.1), lower-cased.
+    conn_options: Vec<String>,
 }
 
 impl Framing {
@@ -324,6 +330,9 @@ impl Framing {
                 let t = t.trim();
                 self.conn_close |= t.eq_ignore_ascii_case("close");
                 self.conn_keep_alive |= t.eq_ignore_ascii_case("keep-alive");
+                if !t.is_empty() {
+                    self.conn_options.push(t.to_ascii_lowercase());
+                }
             }
         } else {
             keep_field(req, name, value);
@@ -362,6 +371,10 @@ impl Framing {
             return Err(HeadError::Bad("repeated Host"));
         }
         req.body_len = self.content_length.unwrap_or(0);
+        if !self.conn_options.is_empty() {
+            req.fields
+                .retain(|(k, _)| !self.conn_options.iter().any(|o| k.eq_ignore_ascii_case(o)));
+        }
         req.keep_alive = if req.http10 {
             self.conn_keep_alive && !self.conn_close
         } else {
@@ -371,7 +384,7 @@ impl Framing {
     }
 }
 
-/// Keeps a field the cache acts on in `req`; any other field is ignored.
+/// Keeps a field the cache acts on in `req`, and any other end-to-end field in `req.fields`.
 fn keep_field(req: &mut Request, name: &str, value: &str) {
     if name.eq_ignore_ascii_case("range") {
         req.range = Some(value.to_string());
@@ -395,6 +408,12 @@ fn keep_field(req: &mut Request, name: &str, value: &str) {
         req.authorization = Some(value.to_string());
     } else if name.eq_ignore_ascii_case("content-type") {
         req.content_type = Some(value.to_string());
+    } else if !crate::http::fields::HOP_BY_HOP
+        .iter()
+        .any(|h| name.eq_ignore_ascii_case(h))
+        && !name.eq_ignore_ascii_case("expect")
+    {
+        req.fields.push((name.to_string(), value.to_string()));
     }
 }
 

@@ -89,6 +89,36 @@ impl Head {
         self
     }
 
+    /// Writes the fields of a response the cache forwards (stored or relayed), those `skip`
+    /// does not exclude, then `Server: gatecache` if they carry no `Server` (the origin's
+    /// stands, RFC 9110 §10.2.4), then `Via` with `via` (this node's entry) after the
+    /// forwarded entries (RFC 9110 §7.6.3).
+    pub fn forwarded_fields(
+        &mut self,
+        fields: &[(String, String)],
+        via: &str,
+        skip: impl Fn(&str) -> bool,
+    ) -> &mut Head {
+        let mut server = false;
+        let mut vias = String::new();
+        for (k, v) in fields {
+            if k.eq_ignore_ascii_case("via") {
+                vias.push_str(v);
+                vias.push_str(", ");
+                continue;
+            }
+            if skip(k) {
+                continue;
+            }
+            server |= k.eq_ignore_ascii_case("server");
+            self.header(k, v);
+        }
+        if !server {
+            self.header("Server", "gatecache");
+        }
+        self.header("Via", format_args!("{vias}{via}"))
+    }
+
     /// Ends the head with the blank line and returns its bytes; without `keep_alive`, a
     /// `Connection: close` first (RFC 9112 §9.6).
     pub fn finish(&mut self, keep_alive: bool) -> Vec<u8> {
@@ -110,13 +140,12 @@ impl std::fmt::Write for Writer<'_> {
 }
 
 /// A complete short response with a one-line text body (`body` and a newline; errors, 403,
-/// 405, ...), `Cache-Status: gatecache; fwd=bypass`, and the `extra` fields.
+/// 405, ...) and the `extra` fields (the client port's answers add their `Cache-Status`).
 pub fn simple(status: u16, body: &str, keep_alive: bool, extra: &[(&str, &str)]) -> Vec<u8> {
     let mut h = Head::new(status);
     h.header("Server", "gatecache")
         .header("Content-Type", "text/plain; charset=utf-8")
-        .header("Content-Length", body.len() + 1)
-        .header("Cache-Status", "gatecache; fwd=bypass");
+        .header("Content-Length", body.len() + 1);
     for (k, v) in extra {
         h.header(k, v);
     }
@@ -126,14 +155,17 @@ pub fn simple(status: u16, body: &str, keep_alive: bool, extra: &[(&str, &str)])
     out
 }
 
-/// A whole response with a body of type `ctype`, `Cache-Control: no-store`, connection closed
-/// (the admin listener's answers).
-pub fn reply(status: u16, ctype: &str, body: &str) -> Vec<u8> {
+/// A whole response with a body of type `ctype`, `Cache-Control: no-store`, the `extra`
+/// fields, connection closed (the admin listener's answers, the summary).
+pub fn reply(status: u16, ctype: &str, body: &str, extra: &[(&str, &str)]) -> Vec<u8> {
     let mut h = Head::new(status);
     h.header("Server", "gatecache")
         .header("Content-Type", ctype)
         .header("Content-Length", body.len())
         .header("Cache-Control", "no-store");
+    for (k, v) in extra {
+        h.header(k, v);
+    }
     let mut out = h.finish(false);
     out.extend_from_slice(body.as_bytes());
     out

@@ -7,13 +7,16 @@ use super::respond::{Outcome, error_reply};
 use super::transport::{Out, Transport};
 use crate::error::{Error, Kind};
 use crate::http::cache_status::{BypassReason, CacheStatus};
-use crate::http::request::Request;
+use crate::http::range::Resolved;
+use crate::http::request::{Method, Request};
 use crate::http::response::Head;
 use crate::route::Target;
 use crate::upstream::pass::{PassMsg, PassRequest};
+use tokio::sync::mpsc;
 
-/// The client's end-to-end headers worth forwarding.
-fn forwarded(req: &Request) -> Vec<(&'static str, String)> {
+/// The client's end-to-end fields (RFC 9110 §7.6): those the cache reads itself, then every
+/// other one in the order sent.
+fn forwarded(req: &Request) -> Vec<(String, String)> {
     let mut h = Vec::new();
     for (name, v) in [
         ("Range", &req.range),
@@ -26,74 +29,193 @@ fn forwarded(req: &Request) -> Vec<(&'static str, String)> {
         ("Content-Type", &req.content_type),
     ] {
         if let Some(v) = v {
-            h.push((name, v.clone()));
+            h.push((name.to_string(), v.clone()));
         }
     }
+    h.extend(req.fields.iter().cloned());
     h
 }
 
-/// Passes `req` (with `body`) to the upstream, for reason `why`, and relays the answer. A
-/// successful unsafe method drops what is stored for the target (RFC 9111 §4.4).
-pub async fn relay<T: Transport>(
+/// A request to pass through: the client's request, where it goes, its body, whether the
+/// connection may stay open, and why it is not answered from the cache.
+pub struct Passed<'a> {
+    /// The client's request.
+    pub req: &'a Request,
+    /// Where it goes.
+    pub target: Target,
+    /// Its body (at most 1 MiB, read before routing).
+    pub body: Vec<u8>,
+    /// The connection may take another request after this one.
+    pub keep: bool,
+    /// Why it is passed (its `Cache-Status`).
+    pub why: BypassReason,
+}
+
+/// Passes the request to the upstream and relays the answer. A successful unsafe method drops
+/// what is stored for the target (RFC 9111 §4.4).
+pub async fn relay<T: Transport>(t: &mut T, sh: &Services, p: Passed<'_>) -> Outcome {
+    let reply = Reply {
+        req: p.req,
+        key: p.target.key.clone(),
+        keep: p.keep,
+        cs: CacheStatus::Bypass(p.why),
+    };
+    let mut rx = sh.upstream.pass(PassRequest {
+        method: p.req.method(),
+        target: p.target,
+        headers: forwarded(p.req),
+        body: p.body,
+    });
+    let first = rx.recv().await;
+    send(t, sh, &reply, first, rx).await
+}
+
+/// Relays the response a fill got for this request and did not store (`rx`, from
+/// [`crate::upstream::Fetch::relay`]), so the request costs one upstream request. The fill
+/// asked for its own range: a 206 that is not the part the client asked for cannot answer it
+/// (RFC 9110 §14.2); that one, or a fill that relayed nothing, is asked again as a
+/// pass-through. A 206 that holds the whole representation answers a request for all of it
+/// as a 200 (RFC 9111 §3.4).
+pub async fn relay_fetched<T: Transport>(
     t: &mut T,
     sh: &Services,
-    req: &Request,
-    target: Target,
-    body: Vec<u8>,
-    keep: bool,
-    why: BypassReason,
+    p: Passed<'_>,
+    mut rx: mpsc::Receiver<PassMsg>,
 ) -> Outcome {
-    let cs = CacheStatus::Bypass(why);
-    let key = target.key.clone();
-    let mut rx = sh.upstream.pass(PassRequest {
-        method: req.method(),
-        target,
-        headers: forwarded(req),
-        body,
-    });
-    let (status, chunked, keep) = match rx.recv().await {
+    let first = match rx.recv().await {
+        Some(PassMsg::Head {
+            status,
+            headers,
+            len,
+        }) => match fit(p.req, status, headers, len) {
+            Some(head) => Some(head),
+            None => return relay(t, sh, p).await,
+        },
+        None => return relay(t, sh, p).await,
+        other => other,
+    };
+    let reply = Reply {
+        req: p.req,
+        key: p.target.key.clone(),
+        keep: p.keep,
+        cs: CacheStatus::Bypass(p.why),
+    };
+    send(t, sh, &reply, first, rx).await
+}
+
+/// The head to relay for `req` from a fill's answer, or `None` when that answer cannot be
+/// this request's (see [`relay_fetched`]).
+fn fit(
+    req: &Request,
+    status: u16,
+    mut headers: Vec<(String, String)>,
+    len: Option<u64>,
+) -> Option<PassMsg> {
+    if status == 206 {
+        let cr = headers
+            .iter()
+            .find(|(k, _)| k.eq_ignore_ascii_case("content-range"))?;
+        let (a, b, total) = crate::upstream::fetch::parse_content_range(&cr.1)?;
+        let asked = match req.range.as_deref().and_then(crate::http::range::parse) {
+            None => None,
+            Some(specs) => match crate::http::range::resolve(&specs, total) {
+                Resolved::Full => None,
+                Resolved::Partial(r) if r.len() == 1 => Some(r[0].clone()),
+                _ => return None,
+            },
+        };
+        match asked {
+            None if a == 0 && b + 1 == total => {
+                headers.retain(|(k, _)| !k.eq_ignore_ascii_case("content-range"));
+                return Some(PassMsg::Head {
+                    status: 200,
+                    headers,
+                    len,
+                });
+            }
+            Some(r) if r == (a..b + 1) => {}
+            _ => return None,
+        }
+    }
+    Some(PassMsg::Head {
+        status,
+        headers,
+        len,
+    })
+}
+
+/// Who a relayed response is for.
+struct Reply<'a> {
+    req: &'a Request,
+    /// The cache key of the target (dropped after a successful unsafe method).
+    key: String,
+    keep: bool,
+    cs: CacheStatus,
+}
+
+/// Sends a relayed response: `first` (its head, or a failure), then the rest from `rx`.
+async fn send<T: Transport>(
+    t: &mut T,
+    sh: &Services,
+    r: &Reply<'_>,
+    first: Option<PassMsg>,
+    mut rx: mpsc::Receiver<PassMsg>,
+) -> Outcome {
+    let (req, cs) = (r.req, r.cs);
+    let (status, chunked, keep) = match first {
         Some(PassMsg::Head {
             status,
             headers,
             len,
         }) => {
             let chunked = len.is_none() && !req.http10 && !matches!(status, 204 | 304);
-            let mut h = Head::new(status);
-            h.header("Server", "gatecache")
-                .header("Cache-Status", cs.field_value());
-            for (k, v) in &headers {
-                h.header(k, v);
-            }
+            // The origin's Date stands (RFC 9110 §6.6.1), with its other end-to-end fields.
+            let date = headers
+                .iter()
+                .find(|(k, _)| k.eq_ignore_ascii_case("date"))
+                .map(|(_, v)| v.as_str());
+            let mut h = Head::dated(status, date);
+            h.header("Cache-Status", cs.field_value());
+            h.forwarded_fields(&headers, sh.upstream.via(), |k| {
+                k.eq_ignore_ascii_case("date")
+            });
             match len {
                 Some(l) => {
                     h.header("Content-Length", l);
                 }
-                None if chunked => {
+                None if chunked && req.method() != Method::Head => {
                     h.header("Transfer-Encoding", "chunked");
                 }
                 None => {}
             }
-            // Without a length or chunking, the end of the body is the end of the connection.
-            let keep = keep && (len.is_some() || chunked || matches!(status, 204 | 304));
-            if !req.method().is_safe() && status < 400 && sh.cache.remove(&key) {
-                log::info!("{key}: invalidated by {}", req.method_name);
+            // Without a length or chunking, the end of the body is the end of the connection
+            // (no body follows the head of a HEAD, RFC 9110 §9.3.2).
+            let head_only = req.method() == Method::Head;
+            let keep =
+                r.keep && (head_only || len.is_some() || chunked || matches!(status, 204 | 304));
+            if !req.method().is_safe() && status < 400 && sh.cache.remove(&r.key) {
+                log::info!("{}: invalidated by {}", r.key, req.method_name);
             }
             if t.write(Out::Bytes(h.finish(keep))).await.is_err() {
                 return Outcome::new(status, false, cs);
             }
+            if head_only {
+                // The head is the whole answer (a fill's GET may have answered a HEAD).
+                return Outcome::new(status, keep, cs);
+            }
             (status, chunked, keep)
         }
-        Some(PassMsg::Failed(e)) => return error_reply(t, &e, keep).await,
+        Some(PassMsg::Failed(e)) => return error_reply(t, &e, r.keep).await,
         _ => {
             let e = Error::with(Kind::Connect, "pass-through ended");
-            return error_reply(t, &e, keep).await;
+            return error_reply(t, &e, r.keep).await;
         }
     };
     let mut out = Outcome::new(status, keep, cs);
     loop {
         match rx.recv().await {
             Some(PassMsg::Data(d)) => {
-                out.bytes += d.len() as u64;
+                let n = d.len() as u64;
                 let framed = if chunked {
                     let mut f = format!("{:x}\r\n", d.len()).into_bytes();
                     f.extend_from_slice(&d);
@@ -106,6 +228,7 @@ pub async fn relay<T: Transport>(
                     out.keep_alive = false;
                     return out;
                 }
+                out.bytes += n;
             }
             Some(PassMsg::End) => {
                 if chunked && t.write(Out::Bytes(b"0\r\n\r\n".to_vec())).await.is_err() {

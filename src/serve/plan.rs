@@ -141,6 +141,9 @@ pub enum Revalidated {
     Version(u64),
     /// The answer may not be stored any more.
     NotStorable,
+    /// The upstream answered a status the cache relays, not stores (a redirect, a 4xx, a
+    /// 5xx; RFC 9111 §4.3.3).
+    Answered(u16),
 }
 
 /// The next step after a revalidation.
@@ -151,6 +154,8 @@ pub enum AfterRevalidation {
     Serve(CacheStatus),
     /// Drop what is stored and pass the request through.
     DropAndPass,
+    /// Relay the upstream's answer; what is stored stays (the next request revalidates again).
+    Relay,
     /// Serve the stored object stale (RFC 9111 §4.2.4, RFC 5861 `stale-if-error`).
     ServeStale,
     /// Answer the error.
@@ -171,6 +176,10 @@ pub fn after_revalidation(
         }
         Ok(Revalidated::Version(_)) => AfterRevalidation::Serve(CacheStatus::Refreshed),
         Ok(Revalidated::NotStorable) => AfterRevalidation::DropAndPass,
+        // RFC 9111 §4.3.3: a 5xx may be answered from the stale object when stale-if-error
+        // allows (RFC 5861 §4), otherwise it is relayed like any other answer.
+        Ok(Revalidated::Answered(s)) if s >= 500 && stale_if_5xx => AfterRevalidation::ServeStale,
+        Ok(Revalidated::Answered(_)) => AfterRevalidation::Relay,
         Err(e)
             if e.side() == crate::error::Side::Upstream
                 && ((stale_if_unreachable && e.is_unreachable())
@@ -319,7 +328,7 @@ mod tests {
             date: None,
             age: 0,
             stored_at: 1_000_000 - age_secs,
-            extra_headers: Vec::new(),
+            fields: Vec::new(),
         }
     }
 
@@ -420,11 +429,20 @@ mod tests {
                 revalidate(false, false),
             ),
             (
-                // The client asked for a checked answer: a stale one will not do.
+                // The client asked for a checked answer (RFC 9111 §5.2.1.4); what is stored is
+                // still fresh, so it may stand in if the upstream cannot be reached.
                 "client no-cache on fresh",
                 get("\r\nCache-Control: no-cache"),
                 false,
                 Some(&fresh),
+                revalidate(true, false),
+            ),
+            (
+                // A stale one will not do for that client.
+                "client no-cache on stale",
+                get("\r\nCache-Control: no-cache"),
+                false,
+                Some(&stale),
                 revalidate(false, false),
             ),
             (
@@ -548,6 +566,141 @@ mod tests {
         ] {
             assert_eq!(shape(&get(extra), &m), want, "{extra:?}");
         }
+    }
+
+    /// Built-in defaults yield to explicit directives (issue 12, point 9): a package file is
+    /// immutable by default, but its origin's `no-cache` (RFC 9111 §5.2.2.4), `max-age`
+    /// (§5.2.2.1), `s-maxage` (§5.2.2.10), `Expires` (§5.3) and `must-revalidate` (§5.2.2.2)
+    /// each make it revalidate once stale, and a client's `no-cache` (§5.2.1.4) or
+    /// `Pragma: no-cache` (§5.4) revalidates it while fresh; only an operator's `[[rule]]`
+    /// overrides the origin.
+    #[test]
+    fn plan_for_a_default_immutable_package_follows_explicit_directives() {
+        let c = cfg();
+        let now = 1_000_000;
+        let deb = |extra: &str| {
+            req(&format!(
+                "GET /pool/main/h/hello/hello_1.0_all.deb?cacheHostOrigin=cdn.example.com \
+                 HTTP/1.1\r\nHost: gw{extra}"
+            ))
+        };
+        let t = admit(&deb(""), &c).unwrap();
+        assert!(t.rule.immutable && !t.rule.overrides_origin, "{:?}", t.rule);
+        let expired = ObjectMeta {
+            expires: Some(httpdate::fmt_http_date(
+                std::time::UNIX_EPOCH + std::time::Duration::from_secs(now - 10),
+            )),
+            ..meta(None, 100)
+        };
+        let revalidate = |unreachable| Plan::Revalidate {
+            stale_if_unreachable: unreachable,
+            stale_if_5xx: false,
+        };
+        // (what, stored response, client's extra header, plan)
+        let rows: Vec<(&str, ObjectMeta, &str, Plan)> = vec![
+            ("silent origin: immutable", meta(None, 1_000), "", Plan::Hit),
+            ("no-cache", meta(Some("no-cache"), 1), "", revalidate(false)),
+            (
+                "max-age=1, 2 s",
+                meta(Some("max-age=1"), 2),
+                "",
+                revalidate(true),
+            ),
+            (
+                "max-age=60, 2 s",
+                meta(Some("max-age=60"), 2),
+                "",
+                Plan::Hit,
+            ),
+            (
+                "s-maxage=1, 2 s",
+                meta(Some("s-maxage=1"), 2),
+                "",
+                revalidate(false),
+            ),
+            ("Expires past", expired, "", revalidate(true)),
+            (
+                "must-revalidate",
+                meta(Some("must-revalidate"), 2),
+                "",
+                revalidate(false),
+            ),
+            (
+                "client no-cache",
+                meta(None, 1_000),
+                "\r\nCache-Control: no-cache",
+                revalidate(true),
+            ),
+            (
+                "client Pragma: no-cache",
+                meta(None, 1_000),
+                "\r\nPragma: no-cache",
+                revalidate(true),
+            ),
+            (
+                "client max-age=0: a plain reload of immutable content",
+                meta(None, 1_000),
+                "\r\nCache-Control: max-age=0",
+                Plan::Hit,
+            ),
+        ];
+        for (what, stored, extra, want) in &rows {
+            let r = deb(extra);
+            assert_eq!(plan(&r, &t, false, Some(stored), now), *want, "{what}");
+        }
+        // An operator's [[rule]] overrides the origin and the client.
+        let ruled = RawConfig::from_toml(
+            "[[origin]]\nhost = \"cdn.example.com\"\n\
+             [[rule]]\npath = \"/pool/*\"\nimmutable = true",
+        )
+        .unwrap()
+        .validate()
+        .unwrap();
+        let t = admit(&deb(""), &ruled).unwrap();
+        for (what, stored, extra, _) in &rows {
+            let r = deb(extra);
+            let got = plan(&r, &t, false, Some(stored), now);
+            assert_eq!(got, Plan::Hit, "[[rule]]: {what}");
+        }
+    }
+
+    /// Delivery Optimization content (issue 12, point 10): on the built-in Microsoft origins
+    /// the key leaves the per-device query out, and the upstream request keeps it.
+    #[test]
+    fn delivery_optimization_keys_leave_the_query_out() {
+        let builtin = RawConfig::from_toml("").unwrap().validate().unwrap();
+        let c = cfg();
+        let get = |c: &Config, q: &str, host: &str| {
+            let head = format!(
+                "GET /filestreamingservice/files/0a1b?{q}&cacheHostOrigin={host} HTTP/1.1\r\n\
+                 Host: gw"
+            );
+            admit(&req(&head), c).unwrap()
+        };
+        let host = "2.tlu.dl.delivery.mp.microsoft.com";
+        let a = get(&builtin, "P1=a&P2=b&P3=c&P4=d", host);
+        let b = get(&builtin, "P1=e&P2=f&P3=g&P4=h", host);
+        assert_eq!(a.key, b.key);
+        assert_eq!(a.key, format!("{host}/filestreamingservice/files/0a1b"));
+        assert_eq!(
+            a.path,
+            "/filestreamingservice/files/0a1b?P1=a&P2=b&P3=c&P4=d"
+        );
+        assert_eq!(
+            b.path,
+            "/filestreamingservice/files/0a1b?P1=e&P2=f&P3=g&P4=h"
+        );
+        let wu = get(&builtin, "P1=a", "au.download.windowsupdate.com");
+        assert_eq!(
+            wu.key,
+            "au.download.windowsupdate.com/filestreamingservice/files/0a1b"
+        );
+        // Another origin keeps the query in its key.
+        let other = get(&c, "P1=a", "cdn.example.com");
+        assert_eq!(
+            other.key,
+            "cdn.example.com/filestreamingservice/files/0a1b?P1=a"
+        );
     }
 
     #[test]

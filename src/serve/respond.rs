@@ -10,7 +10,7 @@ use super::transport::{Out, Transport};
 use crate::cache::Object;
 use crate::cache::lock::Collapsed;
 use crate::error::{Error, Kind};
-use crate::http::cache_status::{BypassReason, CacheStatus};
+use crate::http::cache_status::{Answer, BypassReason, CacheStatus};
 use crate::http::freshness;
 use crate::http::range;
 use crate::http::request::{Method, Request};
@@ -47,20 +47,22 @@ impl Outcome {
     }
 }
 
-/// What the cache answers by itself (refusals, errors, the summary).
-pub(crate) const ANSWERED: CacheStatus = CacheStatus::Bypass(BypassReason::Answered);
 const NOT_STORABLE: BypassReason = BypassReason::NotStorable;
 
+/// A short reply with a one-line body, named in `Cache-Status` as `cs`.
 async fn simple<T: Transport>(
     t: &mut T,
     status: u16,
     body: &str,
     keep: bool,
+    cs: CacheStatus,
     extra: &[(&str, &str)],
 ) -> Outcome {
-    let out = response::simple(status, body, keep, extra);
+    let mut fields = vec![("Cache-Status", cs.field_value())];
+    fields.extend_from_slice(extra);
+    let out = response::simple(status, body, keep, &fields);
     let ok = t.write(Out::Bytes(out)).await.is_ok();
-    Outcome::new(status, keep && ok, ANSWERED)
+    Outcome::new(status, keep && ok, cs)
 }
 
 /// Answers one request; `body` is its body (read for the methods that are passed through).
@@ -77,9 +79,11 @@ pub async fn respond<T: Transport>(
         Err(Early::Summary) => {
             // The original module's summary, open to anyone when the operator says so.
             let body = super::summary::summary(sh);
-            let out = response::reply(200, "application/json", &body);
+            let cs = CacheStatus::Answered(Answer::Summary);
+            let extra = [("Cache-Status", cs.field_value())];
+            let out = response::reply(200, "application/json", &body, &extra);
             let _ = t.write(Out::Bytes(out)).await;
-            return Outcome::new(200, false, ANSWERED);
+            return Outcome::new(200, false, cs);
         }
         Err(Early::Refuse(e)) => return error_reply(t, &e, keep).await,
     };
@@ -117,9 +121,8 @@ struct Exchange<'a, T: Transport> {
 /// A revalidation to start once the response is sent: the stale object and its first blocks.
 type RevalidateAfter = Option<(Object, (u32, u32))>;
 
-impl<T: Transport> Exchange<'_, T> {
+impl<'a, T: Transport> Exchange<'a, T> {
     async fn run(&mut self, body: Vec<u8>) -> (Outcome, RevalidateAfter) {
-        let up = &self.sh.upstream;
         let stored = self.sh.cache.lookup(&self.target.key);
         let hit_for_pass = self
             .sh
@@ -147,81 +150,177 @@ impl<T: Transport> Exchange<'_, T> {
                     stale_if_5xx,
                 },
                 Some(o),
-            ) => {
-                let (first, count) = window();
-                let asked = std::time::Instant::now();
-                let answer = up.revalidate(&self.target, &o, first, count).wait().await;
-                self.upstream_wait = asked.elapsed();
-                let reduced = match &answer {
-                    Ok(Collapsed::Object(n)) => Ok(Revalidated::Version(n.version)),
-                    Ok(Collapsed::Pass(_)) => Ok(Revalidated::NotStorable),
-                    Err(e) => Err(e),
-                };
-                match plan::after_revalidation(
-                    o.version,
-                    reduced,
-                    stale_if_unreachable,
-                    stale_if_5xx,
-                ) {
-                    AfterRevalidation::Serve(cs) => match answer {
-                        Ok(Collapsed::Object(n)) => (n, Some(cs)),
-                        _ => unreachable!("served only after an object"),
-                    },
-                    AfterRevalidation::DropAndPass => {
-                        // No longer storable: drop what is held and pass through.
-                        log::info!(
-                            "{}: now not storable; dropped, passing through",
-                            self.target.key
-                        );
-                        self.sh.cache.remove(&self.target.key);
-                        self.sh
-                            .cache
-                            .pass_hints()
-                            .mark(&self.target.key, std::time::Instant::now());
-                        return (self.pass(body, NOT_STORABLE).await, None);
-                    }
-                    AfterRevalidation::ServeStale => {
-                        if let Err(e) = &answer {
-                            log::info!("{}: serving stale: {}", self.target.key, e.message());
-                        }
-                        (o, Some(CacheStatus::Stale))
-                    }
-                    AfterRevalidation::Fail(e) => {
-                        return (error_reply(self.t, &e, self.keep).await, None);
-                    }
-                }
-            }
-            (Plan::Miss, _) | (_, None) => {
-                let asked = std::time::Instant::now();
-                let (first, count) = window();
-                let answer = up.fetch_cold(&self.target, first, count).wait().await;
-                self.upstream_wait = asked.elapsed();
-                match answer {
-                    Ok(Collapsed::Object(o)) => (o, Some(CacheStatus::Miss)),
-                    Ok(Collapsed::Pass(why)) => {
-                        log::debug!("{}: {why}; passing through", self.target.key);
-                        self.sh
-                            .cache
-                            .pass_hints()
-                            .mark(&self.target.key, std::time::Instant::now());
-                        return (self.pass(body, NOT_STORABLE).await, None);
-                    }
-                    Err(e) => return (error_reply(self.t, &e, self.keep).await, None),
-                }
-            }
+            ) => match self
+                .revalidate(o, window(), (stale_if_unreachable, stale_if_5xx), body)
+                .await
+            {
+                Ok(served) => served,
+                Err(out) => return (out, None),
+            },
+            (Plan::Miss, _) | (_, None) => match self.miss(window(), body).await {
+                Ok(served) => served,
+                Err(out) => return (out, None),
+            },
         };
         (self.serve(&obj, status).await, after)
     }
 
+    /// The stored response's fields for a head of kind `kind` (RFC 9111 §3.1, §4): every
+    /// end-to-end field the origin sent, the freshness fields a child cache needs, `Age`
+    /// (RFC 9111 §5.1: always when served from storage, `Age: 0` included; on a miss or after
+    /// a revalidation only what the upstream reported), and this node's `Via` entry after the
+    /// stored ones (RFC 9110 §7.6.3). The origin's `Server` stands; ours only when it sent none.
+    fn stored_fields(&self, h: &mut Head, obj: &Object, kind: Fields, status: CacheStatus) {
+        let m = &obj.meta;
+        if let Some(e) = &m.etag {
+            h.header("ETag", e);
+        }
+        if let Some(lm) = &m.last_modified {
+            h.header("Last-Modified", lm);
+        }
+        if let (Fields::Whole, Some(ct)) = (kind, &m.content_type) {
+            h.header("Content-Type", ct);
+        }
+        if let Some(cc) = &m.cache_control {
+            h.header("Cache-Control", cc);
+        }
+        if let Some(x) = &m.expires {
+            h.header("Expires", x);
+        }
+        let age = freshness::age(m, self.now);
+        if age > 0
+            || matches!(
+                status,
+                CacheStatus::Hit | CacheStatus::Stale | CacheStatus::Partial
+            )
+        {
+            h.header("Age", age);
+        }
+        // A 304 (RFC 9110 §15.4.5) and the head of a multipart body (its parts carry the
+        // representation's, RFC 9110 §14.6) leave out representation metadata.
+        h.forwarded_fields(&m.fields, self.sh.upstream.via(), |k| {
+            kind != Fields::Whole
+                && k.len() > 8
+                && k[..8].eq_ignore_ascii_case("content-")
+                && !k.eq_ignore_ascii_case("content-location")
+        });
+    }
+
+    /// Revalidates the stale `o` (RFC 9111 §4.3), fetching the blocks `window` if it changed:
+    /// the object and cache status to serve, or the outcome of an answer already given.
+    async fn revalidate(
+        &mut self,
+        o: Object,
+        window: (u32, u32),
+        (stale_if_unreachable, stale_if_5xx): (bool, bool),
+        body: Vec<u8>,
+    ) -> Result<(Object, Option<CacheStatus>), Outcome> {
+        let up = &self.sh.upstream;
+        let (first, count) = window;
+        let asked = std::time::Instant::now();
+        let fetch = up.revalidate(&self.target, &o, first, count);
+        let answer = fetch.pending.wait().await;
+        self.upstream_wait = asked.elapsed();
+        let reduced = match &answer {
+            Ok(Collapsed::Object(n)) => Ok(Revalidated::Version(n.version)),
+            Ok(Collapsed::Pass(_)) => Ok(Revalidated::NotStorable),
+            Ok(Collapsed::Answered(s)) => Ok(Revalidated::Answered(*s)),
+            Err(e) => Err(e),
+        };
+        match plan::after_revalidation(o.version, reduced, stale_if_unreachable, stale_if_5xx) {
+            AfterRevalidation::Serve(cs) => match answer {
+                Ok(Collapsed::Object(n)) => Ok((n, Some(cs))),
+                _ => unreachable!("served only after an object"),
+            },
+            AfterRevalidation::DropAndPass => {
+                // No longer storable: drop what is held and pass through.
+                log::info!(
+                    "{}: now not storable; dropped, passing through",
+                    self.target.key
+                );
+                self.sh.cache.remove(&self.target.key);
+                self.sh
+                    .cache
+                    .pass_hints()
+                    .mark(&self.target.key, std::time::Instant::now());
+                return Err(self.relay(fetch.relay, body, NOT_STORABLE).await);
+            }
+            AfterRevalidation::Relay => {
+                return Err(self.relay(fetch.relay, body, NOT_STORABLE).await);
+            }
+            AfterRevalidation::ServeStale => {
+                if let Err(e) = &answer {
+                    log::info!("{}: serving stale: {}", self.target.key, e.message());
+                }
+                Ok((o, Some(CacheStatus::Stale)))
+            }
+            AfterRevalidation::Fail(e) => Err(error_reply(self.t, &e, self.keep).await),
+        }
+    }
+
+    /// Fetches the object that is not stored (its blocks `window` first): the object and
+    /// cache status to serve, or the outcome of an answer already given.
+    async fn miss(
+        &mut self,
+        window: (u32, u32),
+        body: Vec<u8>,
+    ) -> Result<(Object, Option<CacheStatus>), Outcome> {
+        let up = &self.sh.upstream;
+        let asked = std::time::Instant::now();
+        let (first, count) = window;
+        let fetch = up.fetch_cold(&self.target, first, count);
+        let answer = fetch.pending.wait().await;
+        self.upstream_wait = asked.elapsed();
+        match answer {
+            Ok(Collapsed::Object(o)) => Ok((o, Some(CacheStatus::Miss))),
+            Ok(Collapsed::Pass(why)) => {
+                log::debug!("{}: {why}; relayed", self.target.key);
+                self.sh
+                    .cache
+                    .pass_hints()
+                    .mark(&self.target.key, std::time::Instant::now());
+                return Err(self.relay(fetch.relay, body, NOT_STORABLE).await);
+            }
+            Ok(Collapsed::Answered(_)) => {
+                return Err(self.relay(fetch.relay, body, NOT_STORABLE).await);
+            }
+            Err(e) => Err(error_reply(self.t, &e, self.keep).await),
+        }
+    }
+
     async fn pass(&mut self, body: Vec<u8>, why: BypassReason) -> Outcome {
-        let target = self.target.clone();
-        pass::relay(self.t, self.sh, self.req, target, body, self.keep, why).await
+        pass::relay(self.t, self.sh, self.passed(body, why)).await
+    }
+
+    /// Relays the response the fetch this request led got and did not store (one upstream
+    /// request per client request); a joined request, which has none, passes its own.
+    async fn relay(
+        &mut self,
+        rx: Option<tokio::sync::mpsc::Receiver<crate::upstream::pass::PassMsg>>,
+        body: Vec<u8>,
+        why: BypassReason,
+    ) -> Outcome {
+        let p = self.passed(body, why);
+        match rx {
+            Some(rx) => pass::relay_fetched(self.t, self.sh, p, rx).await,
+            None => pass::relay(self.t, self.sh, p).await,
+        }
+    }
+
+    fn passed(&self, body: Vec<u8>, why: BypassReason) -> pass::Passed<'a> {
+        pass::Passed {
+            req: self.req,
+            target: self.target.clone(),
+            body,
+            keep: self.keep,
+            why,
+        }
     }
 
     /// Serves `obj` in the shape the request asks for; `status` is the cache status decided
     /// so far (none: a hit, partial if some blocks are missing).
     async fn serve(&mut self, obj: &Object, status: Option<CacheStatus>) -> Outcome {
-        let (keep, now) = (self.keep, self.now);
+        let keep = self.keep;
         let shape = plan::shape(self.req, &obj.meta);
         let total = obj.meta.total_len;
         let status = match (&shape, status) {
@@ -239,43 +338,37 @@ impl<T: Transport> Exchange<'_, T> {
             }
             Shape::NotModified => {
                 let mut h = Head::dated(304, obj.meta.date.as_deref());
-                h.header("Server", "gatecache")
-                    .header("Cache-Status", status.field_value());
-                validators(&mut h, obj);
-                freshness_headers(&mut h, obj, now);
+                h.header("Cache-Status", status.field_value());
+                self.stored_fields(&mut h, obj, Fields::NotModified, status);
                 let ok = self.t.write(Out::Bytes(h.finish(keep))).await.is_ok();
                 return Outcome::new(304, keep && ok, status);
             }
             Shape::Single { range, partial } => {
                 let code = if partial { 206 } else { 200 };
                 let mut h = Head::dated(code, obj.meta.date.as_deref());
-                h.header("Server", "gatecache")
-                    .header("Content-Length", range.end - range.start)
+                h.header("Content-Length", range.end - range.start)
                     .header("Accept-Ranges", "bytes")
                     .header("Cache-Status", status.field_value());
                 if partial {
                     h.header("Content-Range", range::content_range(&range, total));
                 }
-                validators(&mut h, obj);
-                entity_headers(&mut h, obj);
+                self.stored_fields(&mut h, obj, Fields::Whole, status);
                 (code, h, Parts::single(range))
             }
             Shape::Multipart(ranges) => {
                 let parts = Parts::multipart(obj, &ranges);
                 let mut h = Head::dated(206, obj.meta.date.as_deref());
-                h.header("Server", "gatecache")
-                    .header(
-                        "Content-Type",
-                        format!("multipart/byteranges; boundary={}", parts.boundary),
-                    )
-                    .header("Content-Length", parts.len())
-                    .header("Accept-Ranges", "bytes")
-                    .header("Cache-Status", status.field_value());
-                validators(&mut h, obj);
+                h.header(
+                    "Content-Type",
+                    format!("multipart/byteranges; boundary={}", parts.boundary),
+                )
+                .header("Content-Length", parts.len())
+                .header("Accept-Ranges", "bytes")
+                .header("Cache-Status", status.field_value());
+                self.stored_fields(&mut h, obj, Fields::Multipart, status);
                 (206, h, parts)
             }
         };
-        freshness_headers(&mut h, obj, now);
         let mut out = Outcome::new(code, keep, status);
         let head = h.finish(keep);
         if self.req.method() == Method::Head || parts.len() == 0 {
@@ -285,6 +378,17 @@ impl<T: Transport> Exchange<'_, T> {
         send_parts(self.t, self.sh, &self.target, obj, head, &parts, &mut out).await;
         out
     }
+}
+
+/// Which head the stored fields go into.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Fields {
+    /// A 200 or a single-range 206: every field.
+    Whole,
+    /// The head of a `multipart/byteranges` 206: no `Content-*` field of the representation.
+    Multipart,
+    /// A 304: no representation metadata but the validators (RFC 9110 §15.4.5).
+    NotModified,
 }
 
 /// A body made of ranges of one object, each after a prefix (a multipart part's head), then
@@ -389,8 +493,10 @@ async fn send_parts<T: Transport>(
                 out.bytes += prefix.len() as u64;
             }
         }
-        send_rest(t, &mut stream, out).await;
-        if !out.keep_alive {
+        // Whether the connection is kept afterwards is not whether this body is whole: a
+        // response on a connection that closes (`Connection: close`, HTTP/1.0; RFC 9112
+        // §9.6) gets every part and the closing boundary all the same (RFC 9110 §14.6).
+        if !send_rest(t, &mut stream, out).await {
             return;
         }
     }
@@ -406,23 +512,28 @@ async fn send_parts<T: Transport>(
     }
 }
 
-/// Sends the rest of a stream; on any failure the connection is marked for abort.
-async fn send_rest<T: Transport>(t: &mut T, stream: &mut BlockStream<'_>, out: &mut Outcome) {
+/// Sends the rest of a stream: true once all of it is written; on any failure false, and the
+/// connection is marked for abort.
+async fn send_rest<T: Transport>(
+    t: &mut T,
+    stream: &mut BlockStream<'_>,
+    out: &mut Outcome,
+) -> bool {
     loop {
         match stream.next().await {
             Ok(Some(c)) => {
                 let n = c.len() as u64;
                 if t.write(Out::Slot(c)).await.is_err() {
                     out.keep_alive = false;
-                    return;
+                    return false;
                 }
                 out.bytes += n;
             }
-            Ok(None) => return,
+            Ok(None) => return true,
             Err(e) => {
                 log::warn!("response cut after {} bytes: {e:?}", out.bytes);
                 out.keep_alive = false;
-                return;
+                return false;
             }
         }
     }
@@ -447,40 +558,6 @@ fn cache_status_for(sh: &Services, target: &Target, ranges: &[Range<u64>], bs: u
     }
 }
 
-fn validators(h: &mut Head, obj: &Object) {
-    if let Some(e) = &obj.meta.etag {
-        h.header("ETag", e);
-    }
-    if let Some(lm) = &obj.meta.last_modified {
-        h.header("Last-Modified", lm);
-    }
-}
-
-fn entity_headers(h: &mut Head, obj: &Object) {
-    if let Some(ct) = &obj.meta.content_type {
-        h.header("Content-Type", ct);
-    }
-    for (k, v) in &obj.meta.extra_headers {
-        h.header(k, v);
-    }
-}
-
-/// What a downstream cache (a child gateway) needs to judge freshness itself: the origin's
-/// Cache-Control and Expires, and how long the response has been held (`Age`; the head's
-/// `Date` is the origin's, so a child's Expires - Date is the origin's lifetime).
-fn freshness_headers(h: &mut Head, obj: &Object, now: u64) {
-    let m = &obj.meta;
-    if let Some(cc) = &m.cache_control {
-        h.header("Cache-Control", cc);
-    }
-    if let Some(x) = &m.expires {
-        h.header("Expires", x);
-    }
-    if let Some(a) = freshness::age_header(m, now) {
-        h.header("Age", a);
-    }
-}
-
 /// Answers a request that failed before its response head was sent: the one mapping from an
 /// [`Error`] to what the client gets (status, a one-line body naming the cause, `Allow` with a
 /// 405, `Content-Range` with a 416; the connection closes after a 400, 405 or 508).
@@ -488,7 +565,28 @@ pub(crate) async fn error_reply<T: Transport>(t: &mut T, e: &Error, keep: bool) 
     let keep = keep && !e.closes_connection();
     let extra = e.reply_headers();
     let extra: Vec<(&str, &str)> = extra.iter().map(|(k, v)| (*k, v.as_str())).collect();
-    simple(t, e.status(), &e.message(), keep, &extra).await
+    simple(t, e.status(), &e.message(), keep, answered(e), &extra).await
+}
+
+/// The cache status of the reply to `e`: the cache's own answer, with why (RFC 9211 §2.8
+/// `detail`), for everything but an upstream's final status relayed (that one was forwarded).
+fn answered(e: &Error) -> CacheStatus {
+    let why = match e.kind {
+        Kind::Status { .. } => return CacheStatus::Bypass(NOT_STORABLE),
+        Kind::Refused { status: 508, .. } => Answer::Loop,
+        // RFC 9111 §5.2.1.7: the only 504 the cache refuses with.
+        Kind::Refused { status: 504, .. } => Answer::OnlyIfCached,
+        Kind::Refused { .. } => Answer::Refused,
+        Kind::Unsatisfiable(_) => Answer::RangeNotSatisfiable,
+        Kind::Connect => Answer::UpstreamUnreachable,
+        Kind::Timeout | Kind::FillStalled => Answer::UpstreamTimeout,
+        Kind::InvalidResponse | Kind::Redirect(_) | Kind::FillAborted | Kind::Changed => {
+            Answer::UpstreamError
+        }
+        Kind::Storage => Answer::StorageError,
+        Kind::Internal => Answer::InternalError,
+    };
+    CacheStatus::Answered(why)
 }
 
 #[cfg(test)]

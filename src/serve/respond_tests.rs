@@ -10,7 +10,7 @@ use super::{Outcome, respond};
 use crate::access::AccessLog;
 use crate::cache::{Cache, Claim, Object};
 use crate::config::RawConfig;
-use crate::http::cache_status::CacheStatus;
+use crate::http::cache_status::{Answer, CacheStatus};
 use crate::http::freshness;
 use crate::http::request::{Limits, Request, parse};
 use crate::serve::Services;
@@ -99,6 +99,10 @@ impl Transport for ScriptedTransport {
         };
         self.writes.push(wrote);
         Ok(())
+    }
+
+    fn shutdown_write(&mut self) {
+        self.shut_down = true;
     }
 
     fn shutdown(&mut self) {
@@ -190,11 +194,16 @@ impl Fixture {
 
     /// Answers `req` on a keep-alive connection through `t`.
     fn respond(&self, t: &mut ScriptedTransport, req: &Request) -> Outcome {
+        self.respond_keep(t, req, true)
+    }
+
+    /// Answers `req` through `t` on a connection kept alive after it or not (`keep`).
+    fn respond_keep(&self, t: &mut ScriptedTransport, req: &Request, keep: bool) -> Outcome {
         tokio::runtime::Builder::new_current_thread()
             .enable_time()
             .build()
             .unwrap()
-            .block_on(respond(t, req, Vec::new(), &self.sh, true))
+            .block_on(respond(t, req, Vec::new(), &self.sh, keep))
     }
 
     fn upstream_requests(&self) -> u64 {
@@ -393,6 +402,62 @@ fn several_ranges_are_a_206_multipart_body_with_each_part_and_a_closing_boundary
     assert!(out.keep_alive);
     assert_eq!(out.cache, CacheStatus::Hit);
     assert_eq!(heads_in(&t.sent), 1);
+}
+
+/// Regression (issue 12, point 8): on a connection that closes after the response
+/// (`Connection: close`, HTTP/1.0; RFC 9112 §9.6) only the first part was sent: the sender
+/// took "not kept alive" for "the send failed" and stopped after it, without the other parts
+/// or the closing boundary (RFC 9110 §14.6).
+#[test]
+fn several_ranges_on_a_closing_connection_are_sent_whole() {
+    let f = fixture();
+    f.store(&[0, 1, 2]);
+    let mut t = ScriptedTransport::default();
+    let out = f.respond_keep(&mut t, &get("\r\nRange: bytes=1-2,6-7,70000-70009"), false);
+    let r = Response::parse(&t.sent);
+    assert_eq!(r.status, 206);
+    assert_eq!(r.header("Connection"), Some("close"));
+    assert_eq!(r.content_length(), r.body.len(), "the whole announced body");
+    let ctype = r.header("Content-Type").unwrap();
+    let boundary = ctype
+        .strip_prefix("multipart/byteranges; boundary=")
+        .unwrap();
+    let (parts, closed) = multipart(&r.body, boundary);
+    assert!(closed, "the body ends with the closing boundary");
+    let ranges: Vec<_> = parts.iter().map(|p| (p.1.clone(), p.2.clone())).collect();
+    let want = |a: u64, b: u64| (format!("bytes {a}-{b}/{LEN}"), bytes(a..b + 1));
+    assert_eq!(ranges, [want(1, 2), want(6, 7), want(70000, 70009)]);
+    assert_eq!(out.bytes, r.body.len() as u64);
+    assert!(!out.keep_alive);
+}
+
+/// Issue 12, point 11: an error the cache makes itself names the cache as the answerer and why
+/// (RFC 9211 §2.8 `detail`), never `fwd` as if an upstream answer were relayed.
+#[test]
+fn an_error_of_the_cache_is_named_as_its_own_answer() {
+    let f = fixture();
+    f.store(&[]);
+    let mut t = ScriptedTransport::default();
+    let out = f.respond(&mut t, &get(""));
+    let r = Response::parse(&t.sent);
+    assert_eq!(r.status, 502);
+    assert_eq!(
+        r.header("Cache-Status"),
+        Some("gatecache; detail=upstream-error")
+    );
+    assert_eq!(out.cache, CacheStatus::Answered(Answer::UpstreamError));
+    assert_eq!(out.cache.label(), "ANSWERED:upstream-error");
+    // A range past the end of the stored object: the cache's own 416.
+    f.store(&[0, 1, 2]);
+    let mut t = ScriptedTransport::default();
+    let out = f.respond(&mut t, &get("\r\nRange: bytes=999999-"));
+    let r = Response::parse(&t.sent);
+    assert_eq!(r.status, 416);
+    assert_eq!(
+        r.header("Cache-Status"),
+        Some("gatecache; detail=range-not-satisfiable")
+    );
+    assert_eq!(out.cache.label(), "ANSWERED:range-not-satisfiable");
 }
 
 /// Regression: the bytes sent of a multipart response counted only its ranges' data (20 of

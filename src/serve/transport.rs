@@ -38,6 +38,9 @@ pub trait Transport {
     async fn read(&mut self, buf: Vec<u8>) -> (io::Result<usize>, Vec<u8>);
     /// Writes all of `out`.
     async fn write(&mut self, out: Out) -> io::Result<()>;
+    /// Ends the sending side only (a TCP half-close): the peer reads every byte written so
+    /// far, then the end of the stream; reads go on (the first stage of a close, RFC 9112 §9.6).
+    fn shutdown_write(&mut self);
     /// Ends the connection both ways, including any read still pending in the kernel.
     fn shutdown(&mut self);
 }

@@ -8,7 +8,7 @@
 //! Idle --first byte--> ReadingHead --head parsed--> [ReadingBody] --> Responding
 //!   ^                                                                     |
 //!   +------ keep-alive (ReadingHead if a pipelined request is buffered) --+
-//! any phase --timeout, EOF, error, bad head, draining, close--> Closing
+//! any phase --timeout, EOF, error, bad head, draining, close--> Closing --> closed in stages
 //! ```
 //!
 //! and the phase alone chooses how long the next read may wait ([`Phase::read_timeout`]).
@@ -20,16 +20,26 @@ use std::time::{Duration, Instant};
 
 use super::Shared;
 use crate::config::Config;
+use crate::http::cache_status::{Answer, CacheStatus};
 use crate::http::request::{self, HeadError, Request};
 use crate::http::response;
-use crate::serve::respond::{ANSWERED, Outcome, respond};
+use crate::serve::respond::{Outcome, respond};
 use crate::serve::transport::{Out, Transport};
 
+/// The cache status of what the connection refuses by itself (a bad head, a body too large).
+const REFUSED: CacheStatus = CacheStatus::Answered(Answer::Refused);
 /// Request bodies (allowed on GET by HTTP, never used by our clients) are skipped up to this.
 const MAX_SKIPPED_BODY: u64 = 64 * 1024;
 /// Bodies of passed-through requests (POST, PUT, ...) are read into memory up to this; a
 /// gateway cache relays small API calls, not uploads.
 const MAX_PASSED_BODY: u64 = 1 << 20;
+/// A closing connection, once half-closed, reads and drops what the client still sends until
+/// the client is quiet this long ([`Conn::close`])...
+const LINGER_QUIET: Duration = Duration::from_secs(2);
+/// ... for at most this long in all...
+const LINGER_MAX: Duration = Duration::from_secs(5);
+/// ... and at most this many bytes.
+const LINGER_BYTES: usize = 4 << 20;
 
 /// The two read timeouts of a connection, as configured (`head_timeout`, `idle_timeout`).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -67,7 +77,8 @@ pub enum Phase {
     ReadingBody,
     /// The response is being produced and written; nothing is read.
     Responding,
-    /// The connection ends: nothing more is read or written (then the transport is shut down).
+    /// The connection ends: no request is read or answered any more; it is closed in stages
+    /// ([`Conn::close`]: half-closed, what the client still sends dropped, then shut down).
     Closing,
 }
 
@@ -115,7 +126,7 @@ impl Phase {
 ///
 /// `peer` is the client's address (logged in the access log). Nothing is returned: every end
 /// (EOF, a timeout, a transport error, a bad head answered with its 4xx, a response that
-/// closes, the process draining) is handled here and ends in [`Transport::shutdown`].
+/// closes, the process draining) is handled here and ends in [`Conn::close`].
 pub async fn serve<T: Transport>(t: T, peer: SocketAddr, sh: Arc<Shared>) {
     let mut c = Conn {
         timeouts: Timeouts::from_config(&sh.services.cfg),
@@ -128,8 +139,7 @@ pub async fn serve<T: Transport>(t: T, peer: SocketAddr, sh: Arc<Shared>) {
     while let Some(req) = c.next_request().await {
         c.answer(&req).await;
     }
-    // The read op may still be in the kernel (io_uring): shutdown ends it.
-    c.t.shutdown();
+    c.close().await;
 }
 
 /// A connection's state: the transport, the bytes read but not parsed yet, and the phase.
@@ -144,6 +154,40 @@ struct Conn<T> {
 }
 
 impl<T: Transport> Conn<T> {
+    /// Closes the connection in stages (RFC 9112 §9.6), so that every byte of the last response
+    /// reaches the client whatever the client still sends: first a half-close (the client reads
+    /// the whole response, then the end of the stream), then what the client still sends (a
+    /// pipelined request, the rest of a body that was not read) is read and dropped until it
+    /// closes its side, is quiet for [`LINGER_QUIET`], or [`LINGER_MAX`] or [`LINGER_BYTES`] run
+    /// out; only then is the socket shut down. Closed at once with unread input, the socket
+    /// would answer with a reset, and the kernel throws away what of the response it had not
+    /// transmitted yet (the tail of a body on a `Connection: close` or HTTP/1.0 exchange).
+    async fn close(&mut self) {
+        self.phase = Phase::Closing;
+        self.t.shutdown_write();
+        let until = Instant::now() + LINGER_MAX;
+        let mut dropped = 0;
+        let mut buf = std::mem::take(&mut self.buf);
+        buf.reserve(64 * 1024);
+        while dropped < LINGER_BYTES {
+            let wait = LINGER_QUIET.min(until.saturating_duration_since(Instant::now()));
+            if wait.is_zero() {
+                break;
+            }
+            buf.clear();
+            match tokio::time::timeout(wait, self.t.read(buf)).await {
+                Ok((Ok(n), b)) if n > 0 => {
+                    dropped += n;
+                    buf = b;
+                }
+                // The client closed its side, the read failed, or the client went quiet.
+                _ => break,
+            }
+        }
+        // The read op may still be in the kernel (io_uring): shutdown ends it.
+        self.t.shutdown();
+    }
+
     /// Reads until a whole request head is buffered and returns it, its bytes consumed; `None`
     /// once the connection is closing (timeout, EOF, read error, or a bad head, answered here).
     async fn next_request(&mut self) -> Option<Request> {
@@ -223,10 +267,10 @@ impl<T: Transport> Conn<T> {
         let passed = req.method().is_passed();
         if passed && req.body_len > MAX_PASSED_BODY {
             let msg = format!("request body over {MAX_PASSED_BODY} bytes");
-            let _ = self
-                .t
-                .write(Out::Bytes(response::simple(413, &msg, false, &[])))
-                .await;
+            let cs = [("Cache-Status", REFUSED.field_value())];
+            let reply = response::simple(413, &msg, false, &cs);
+            let _ = self.t.write(Out::Bytes(reply)).await;
+            self.log(req, &Outcome::new(413, false, REFUSED), Duration::ZERO);
             return None;
         }
         if req.body_len == 0 {
@@ -265,17 +309,18 @@ impl<T: Transport> Conn<T> {
 
     /// Answers a head that does not parse with its status (400, 414, 431, ...) and logs it.
     async fn bad_request(&mut self, e: &HeadError) {
-        let body = response::simple(e.status(), e.reason(), false, &[]);
+        let cs = [("Cache-Status", REFUSED.field_value())];
+        let body = response::simple(e.status(), e.reason(), false, &cs);
         let _ = self.t.write(Out::Bytes(body)).await;
         let services = &self.sh.services;
         services
             .metrics
-            .record(None, e.status(), ANSWERED, 0, Duration::ZERO);
+            .record(None, e.status(), REFUSED, 0, Duration::ZERO);
         services.access.line(format_args!(
             "{} \"-\" {} 0 {} 0.000 0.000 {}",
             self.peer.ip(),
             e.status(),
-            ANSWERED.label(),
+            REFUSED.label(),
             e.reason()
         ));
     }

@@ -52,6 +52,10 @@ impl Transport for EpollConn {
         }
     }
 
+    fn shutdown_write(&mut self) {
+        let _ = socket2::SockRef::from(&self.stream).shutdown(std::net::Shutdown::Write);
+    }
+
     fn shutdown(&mut self) {
         // No operation is left in the kernel with epoll: closing the socket is enough, but say
         // so to the peer now rather than when the connection is dropped.

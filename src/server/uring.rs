@@ -95,6 +95,10 @@ impl Transport for UringConn {
         }
     }
 
+    fn shutdown_write(&mut self) {
+        let _ = self.stream.shutdown(Shutdown::Write);
+    }
+
     fn shutdown(&mut self) {
         let _ = self.stream.shutdown(Shutdown::Both);
     }

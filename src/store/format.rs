@@ -26,7 +26,11 @@ pub const MIN_SLOT: u32 = 512;
 const SLAB_MAGIC: u32 = u32::from_le_bytes(*b"GCSL");
 const REGION_MAGIC: u32 = u32::from_le_bytes(*b"GCRG");
 const SLOT_MAGIC: u32 = u32::from_le_bytes(*b"GCBK");
-const META_RECORD_VERSION: u8 = 1;
+/// Version 2: `fields` holds every end-to-end field of the response (version 1 held three
+/// named ones; its records read as they are, with the fields they kept).
+const META_RECORD_VERSION: u8 = 2;
+/// The older record version still read (same layout, fewer fields).
+const META_RECORD_VERSION_1: u8 = 1;
 
 /// Bytes of one region: `block_size` plus one 4 KiB page, which holds the region header and a
 /// full block's slot header and keeps every region page-aligned. A region holds one full block
@@ -402,8 +406,12 @@ pub struct ObjectMeta {
     pub age: u64,
     /// Unix seconds when the response was received (or last revalidated).
     pub stored_at: u64,
-    /// Other end-to-end headers worth replaying (Content-Encoding, Content-Disposition, ...).
-    pub extra_headers: Vec<(String, String)>,
+    /// Every other end-to-end field the response carried (RFC 9111 §3.1), names as received,
+    /// in order, repeated lines kept: all but hop-by-hop fields and those named in
+    /// `Connection`, the framing the cache writes itself (`Content-Length`, `Content-Range`),
+    /// `Age` (recomputed, RFC 9111 §5.1) and the fields above (`Cache-Control` lines are
+    /// combined there).
+    pub fields: Vec<(String, String)>,
 }
 
 impl ObjectMeta {
@@ -439,8 +447,8 @@ impl ObjectMeta {
     }
 
     /// The record stored in a metadata slot: a version byte, then each field little-endian,
-    /// strings with a `u16` length. A string is cut to 65,535 bytes, and the extra headers to
-    /// 65,535 entries.
+    /// strings with a `u16` length. A string is cut to 65,535 bytes, and the fields to 65,535
+    /// lines ([`ObjectMeta::fits_record`] says whether nothing would be cut).
     pub fn encode(&self) -> Vec<u8> {
         fn s(out: &mut Vec<u8>, v: &str) {
             let len = v.len().min(u16::MAX as usize);
@@ -469,16 +477,45 @@ impl ObjectMeta {
         opt(&mut out, &self.date);
         out.extend_from_slice(&self.age.to_le_bytes());
         out.extend_from_slice(&self.stored_at.to_le_bytes());
-        let n = self.extra_headers.len().min(u16::MAX as usize);
+        let n = self.fields.len().min(u16::MAX as usize);
         out.extend_from_slice(&(n as u16).to_le_bytes());
-        for (k, v) in &self.extra_headers[..n] {
+        for (k, v) in &self.fields[..n] {
             s(&mut out, k);
             s(&mut out, v);
         }
         out
     }
 
-    /// Reads what [`ObjectMeta::encode`] wrote; bytes past the record are ignored.
+    /// Does every string fit its record length (65,535 bytes) and the fields their count
+    /// (65,535 lines)? A response that does not is not stored: a cut field would be a wrong one.
+    pub fn fits_record(&self) -> bool {
+        let max = u16::MAX as usize;
+        let opts = [
+            &self.etag,
+            &self.last_modified,
+            &self.content_type,
+            &self.cache_control,
+            &self.expires,
+            &self.date,
+        ];
+        self.key.len() <= max
+            && opts
+                .iter()
+                .all(|o| o.as_ref().is_none_or(|v| v.len() <= max))
+            && self.fields.len() <= max
+            && self
+                .fields
+                .iter()
+                .all(|(k, v)| k.len() <= max && v.len() <= max)
+    }
+
+    /// Was this encoded record written by the older format 1 (read, with the fields it kept)?
+    pub fn is_older_record(buf: &[u8]) -> bool {
+        buf.first() == Some(&META_RECORD_VERSION_1)
+    }
+
+    /// Reads what [`ObjectMeta::encode`] wrote (or a version 1 record, same layout); bytes
+    /// past the record are ignored.
     ///
     /// # Errors
     ///
@@ -498,7 +535,10 @@ impl ObjectMeta {
         }
         let mut r = Reader { buf, at: 0 };
         let bad = HeaderError::BadField("meta record");
-        if r.u8().ok_or(bad)? != META_RECORD_VERSION {
+        if !matches!(
+            r.u8().ok_or(bad)?,
+            META_RECORD_VERSION | META_RECORD_VERSION_1
+        ) {
             return Err(HeaderError::BadField("meta record version"));
         }
         let decode = |r: &mut Reader<'_>| -> Option<ObjectMeta> {
@@ -514,11 +554,11 @@ impl ObjectMeta {
                 date: opt(r)?,
                 age: r.u64()?,
                 stored_at: r.u64()?,
-                extra_headers: Vec::new(),
+                fields: Vec::new(),
             };
             let n = r.u16()?;
             for _ in 0..n {
-                m.extra_headers.push((s(r)?, s(r)?));
+                m.fields.push((s(r)?, s(r)?));
             }
             Some(m)
         };
@@ -628,7 +668,7 @@ mod tests {
             date: Some("Wed, 21 Oct 2015 07:28:00 GMT".into()),
             age: 5,
             stored_at: 1_700_000_000,
-            extra_headers: vec![("content-encoding".into(), "gzip".into())],
+            fields: vec![("content-encoding".into(), "gzip".into())],
         };
         let enc = m.encode();
         assert_eq!(ObjectMeta::decode(&enc), Ok(m.clone()));
@@ -663,5 +703,34 @@ mod tests {
         assert_eq!(m.block_len(1024, 0), 1024);
         assert_eq!(m.block_len(1024, 2), 5);
         assert_eq!(m.block_len(1024, 3), 0);
+    }
+
+    #[test]
+    fn a_format_1_record_reads_with_its_fields_and_another_version_is_refused() {
+        let m = ObjectMeta {
+            key: "http://example.org/a".into(),
+            total_len: 10,
+            etag: Some("\"e\"".into()),
+            fields: vec![("content-encoding".into(), "gzip".into())],
+            ..Default::default()
+        };
+        let mut rec = m.encode();
+        assert!(!ObjectMeta::is_older_record(&rec));
+        rec[0] = 1;
+        assert!(ObjectMeta::is_older_record(&rec));
+        assert_eq!(ObjectMeta::decode(&rec), Ok(m));
+        rec[0] = 3;
+        assert_eq!(
+            ObjectMeta::decode(&rec),
+            Err(HeaderError::BadField("meta record version"))
+        );
+    }
+
+    #[test]
+    fn a_field_longer_than_a_record_string_does_not_fit() {
+        let mut m = ObjectMeta::default();
+        assert!(m.fits_record());
+        m.fields.push(("x-big".into(), "v".repeat(70_000)));
+        assert!(!m.fits_record());
     }
 }

@@ -59,6 +59,9 @@ pub struct RecoveryReport {
     pub superseded: usize,
     /// Objects whose metadata survived but no block did.
     pub empty_objects: usize,
+    /// Metadata records of the older format 1, read as they are (they kept three named
+    /// fields beside the validators and freshness; format 2 keeps every end-to-end field).
+    pub older_records: usize,
     /// Wall time of `Store::open`'s recovery: opening the slab files, the header scan and the
     /// metadata crc checks (measured: 135 ms for 10 GiB from a cold page cache, perf/RESULTS.md).
     pub elapsed: Duration,
@@ -87,6 +90,13 @@ impl RecoveryReport {
             self.slabs,
             self.elapsed
         );
+        if self.older_records > 0 {
+            log::info!(
+                "{} metadata records of the older format 1 read as they are: those objects keep \
+                 the fields format 1 stored until they are fetched or revalidated again",
+                self.older_records
+            );
+        }
         if self.dropped() > 0 || self.slabs_reinitialised > 0 || self.slabs_truncated > 0 {
             log::warn!(
                 "recovery dropped: {} bad headers, {} stale headers, {} truncated slots, {} bad \
@@ -223,7 +233,8 @@ fn wipe_region(slab: &super::slab::Slab, off: u64, region_len: u64) {
 /// # Safety
 ///
 /// `drive` is not shared yet (see [`Drive::slot_data_crc`]).
-unsafe fn read_meta(drive: &Drive, f: &Found) -> Option<ObjectMeta> {
+/// Also says whether the record is of the older format 1.
+unsafe fn read_meta(drive: &Drive, f: &Found) -> Option<(ObjectMeta, bool)> {
     // SAFETY: the drive is not shared yet (the caller's contract).
     let crc = unsafe { drive.slot_data_crc(f.addr, f.slot_size, f.header.data_len) };
     if crc != f.header.data_crc {
@@ -233,7 +244,7 @@ unsafe fn read_meta(drive: &Drive, f: &Found) -> Option<ObjectMeta> {
     let record = unsafe { drive.slot_data_copy(f.addr, f.slot_size, f.header.data_len) };
     let meta = ObjectMeta::decode(&record).ok()?;
     (format::key_hash(&meta.key) == f.header.key_hash && meta.version() == f.header.object_version)
-        .then_some(meta)
+        .then_some((meta, ObjectMeta::is_older_record(&record)))
 }
 
 /// Recovers all drives: returns the surviving objects, the report and the highest sequence seen.
@@ -321,11 +332,13 @@ unsafe fn newest_metas(
     let mut metas: HashMap<u128, (Found, ObjectMeta)> = HashMap::new();
     for f in all.iter().filter(|f| f.header.kind == SlotKind::Meta) {
         // SAFETY: no drive is shared yet (the caller's contract).
-        let Some(meta) = (unsafe { read_meta(&drives[f.addr.drive() as usize], f) }) else {
+        let Some((meta, older)) = (unsafe { read_meta(&drives[f.addr.drive() as usize], f) })
+        else {
             report.bad_meta += 1;
             drop_slot(drives, f);
             continue;
         };
+        report.older_records += usize::from(older);
         match metas.get(&f.header.key_hash) {
             Some((old, _)) if old.header.seq > f.header.seq => {
                 report.superseded += 1;

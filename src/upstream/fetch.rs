@@ -8,6 +8,7 @@ use ureq::http::{HeaderMap, Uri};
 
 use super::parents::Hop;
 use crate::error::{Error, Kind};
+use crate::http::fields;
 use crate::http::freshness::{self, CacheControl};
 use crate::route::Target;
 use crate::store::ObjectMeta;
@@ -18,9 +19,26 @@ pub enum Answer {
     Store(Fetched),
     /// A 304 to a revalidation: the refreshed headers, no body (RFC 9111 §4.3.4).
     NotModified(ObjectMeta),
-    /// A response that may not be stored (`no-store`, `private`, `Vary`, no length, RFC 9111
-    /// §3): the request is passed through instead. A decision, not a failure.
-    Pass(&'static str),
+    /// A response the cache does not store, relayed to the request that asked as it arrives
+    /// (one upstream request per client request). A decision, not a failure.
+    Relay(Relay),
+}
+
+/// Why a response is relayed and not stored.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Unstored {
+    /// It may not be stored (`no-store`, `private`, `Vary`, no length, RFC 9111 §3).
+    NotStorable(&'static str),
+    /// Its status is passed on, not stored (redirects, errors, ... RFC 9110 §15).
+    Status(u16),
+}
+
+/// A response to relay: why, and the response itself (head read, body unread).
+pub struct Relay {
+    /// Why it is not stored.
+    pub why: Unstored,
+    /// The upstream's response.
+    pub resp: ureq::http::Response<ureq::Body>,
 }
 
 /// A checked upstream response, ready to be streamed into blocks.
@@ -54,14 +72,39 @@ fn now_secs() -> u64 {
         .map_or(0, |d| d.as_secs())
 }
 
-/// End-to-end headers worth storing and replaying beside the ones with their own fields.
-const EXTRA: &[&str] = &[
-    "content-encoding",
-    "content-disposition",
-    "content-language",
+/// Fields with a member of their own in [`ObjectMeta`] (lower-case), or written anew for
+/// every response: `Age` (RFC 9111 §5.1) and the framing, which differs for a range, a
+/// multipart body or a whole one (RFC 9112 §6, RFC 9110 §14.4).
+const OWN: &[&str] = &[
+    "content-length",
+    "content-range",
+    "etag",
+    "last-modified",
+    "content-type",
+    "cache-control",
+    "expires",
+    "date",
+    "age",
 ];
 
+/// The response's fields as (name, value) lines in the order received; a value that is not
+/// UTF-8 (obs-text, RFC 9110 §5.5) is kept with replacement characters.
+pub(super) fn lines(h: &HeaderMap) -> Vec<(String, String)> {
+    h.iter()
+        .map(|(k, v)| {
+            (
+                k.as_str().to_string(),
+                String::from_utf8_lossy(v.as_bytes()).into_owned(),
+            )
+        })
+        .collect()
+}
+
+/// The metadata to store for a response with fields `h` (RFC 9111 §3.1: every end-to-end
+/// field, repeated `Cache-Control` lines combined per RFC 9110 §5.3).
 fn meta_from(key: &str, h: &HeaderMap, total_len: u64) -> ObjectMeta {
+    let all = lines(h);
+    let it = || all.iter().map(|(k, v)| (k.as_str(), v.as_str()));
     let s = |n: &str| header(h, n).map(str::to_string);
     ObjectMeta {
         key: key.to_string(),
@@ -70,17 +113,14 @@ fn meta_from(key: &str, h: &HeaderMap, total_len: u64) -> ObjectMeta {
         etag: s("etag"),
         last_modified: s("last-modified"),
         content_type: s("content-type"),
-        cache_control: s("cache-control"),
+        cache_control: fields::combined(it(), "cache-control"),
         expires: s("expires"),
         date: s("date"),
         age: header(h, "age")
             .and_then(|v| v.trim().parse().ok())
             .unwrap_or(0),
         stored_at: now_secs(),
-        extra_headers: EXTRA
-            .iter()
-            .filter_map(|n| header(h, n).map(|v| (n.to_string(), v.to_string())))
-            .collect(),
+        fields: fields::end_to_end(it(), OWN),
     }
 }
 
@@ -115,8 +155,29 @@ pub(super) fn via_chain(target: &Target, ours: &str) -> String {
 
 /// Why a 200/206 may not be stored, if it may not.
 fn refuse_to_store(h: &HeaderMap) -> Option<&'static str> {
-    let cc = CacheControl::parse(header(h, "cache-control"));
+    let cc = fields::combined(
+        lines(h).iter().map(|(k, v)| (k.as_str(), v.as_str())),
+        "cache-control",
+    );
+    let cc = CacheControl::parse(cc.as_deref());
     freshness::not_storable(&cc, header(h, "vary"), false)
+}
+
+/// Request fields a fill sets itself (RFC 9111 §4.3.1: the cache's own conditionals and
+/// range), that a bodyless `GET` must not carry, or that would make the stored bytes fit one
+/// client only: a fill asks for the identity coding, which every client can take (a client's
+/// `Accept-Encoding: gzip` could otherwise store a gzip body for clients that cannot).
+fn fill_computes(name: &str) -> bool {
+    name.len() > 3 && name[..3].eq_ignore_ascii_case("if-")
+        || [
+            "range",
+            "cache-control",
+            "content-type",
+            "authorization",
+            "accept-encoding",
+        ]
+        .iter()
+        .any(|n| name.eq_ignore_ascii_case(n))
 }
 
 /// Sends `GET` for `range` (inclusive; `None` = whole object) to `hop` and checks the answer.
@@ -133,14 +194,20 @@ pub fn fetch(
 ) -> Result<Answer, Error> {
     let (url, host) = upstream_url(target, hop)?;
     let via = via_chain(target, via);
-    let mut req = agent
-        .get(url)
-        .header("Host", host)
-        .header(
+    let mut req = agent.get(url).header("Host", host).header("Via", via);
+    // The client's end-to-end fields (RFC 9110 §7.6), but those the fill computes itself: its
+    // own range and validators, and no body.
+    let mut agent_named = false;
+    for (k, v) in target.fields.iter().filter(|(k, _)| !fill_computes(k)) {
+        agent_named |= k.eq_ignore_ascii_case("user-agent");
+        req = req.header(k.as_str(), v.as_str());
+    }
+    if !agent_named {
+        req = req.header(
             "User-Agent",
             concat!("gatecache/", env!("CARGO_PKG_VERSION")),
-        )
-        .header("Via", via);
+        );
+    }
     if let Some((a, b)) = range {
         req = req.header("Range", format!("bytes={a}-{b}"));
     }
@@ -157,13 +224,14 @@ pub fn fetch(
     }
     let resp = req.call().map_err(map_err)?;
     let status = resp.status().as_u16();
-    let (parts, body) = resp.into_parts();
-    let h = &parts.headers;
+    let h = resp.headers().clone();
+    let h = &h;
+    let relay = |why, resp| Ok(Answer::Relay(Relay { why, resp }));
     let content_length = header(h, "content-length").and_then(|v| v.trim().parse::<u64>().ok());
     if matches!(status, 200 | 206)
         && let Some(why) = refuse_to_store(h)
     {
-        return Ok(Answer::Pass(why));
+        return relay(Unstored::NotStorable(why), resp);
     }
     let invalid = |text: String| Error::with(Kind::InvalidResponse, text);
     match status {
@@ -184,17 +252,12 @@ pub fn fetch(
                     "Content-Length does not match Content-Range".into(),
                 ));
             }
-            Ok(Answer::Store(Fetched {
-                meta: meta_from(&target.key, h, total),
-                start: a,
-                end: b + 1,
-                body: body.into_reader(),
-            }))
+            Ok(store(meta_from(&target.key, h, total), a, b + 1, resp))
         }
         200 => {
             // Chunked or close-delimited: not cacheable by range.
             let Some(total) = content_length else {
-                return Ok(Answer::Pass("no Content-Length"));
+                return relay(Unstored::NotStorable("no Content-Length"), resp);
             };
             if let Some((ra, _)) = range
                 && ra >= total
@@ -202,36 +265,41 @@ pub fn fetch(
             {
                 return Err(Error::new(Kind::Unsatisfiable(Some(total))));
             }
-            Ok(Answer::Store(Fetched {
-                meta: meta_from(&target.key, h, total),
-                start: 0,
-                end: total,
-                body: body.into_reader(),
-            }))
+            Ok(store(meta_from(&target.key, h, total), 0, total, resp))
         }
         304 if revalidate.is_some() => Ok(Answer::NotModified(meta_from(&target.key, h, 0))),
+        // The cache's own range lay past the end (the client's range is judged against the
+        // length the 416 gives).
         416 => Err(Error::new(Kind::Unsatisfiable(
             header(h, "content-range")
                 .and_then(|v| v.trim().strip_prefix("bytes */"))
                 .and_then(|t| t.parse().ok()),
         ))),
-        // 508: a loop further up; relayed like a 4xx (asking another parent would loop too).
-        s if (400..500).contains(&s) || s == 508 => {
-            let mut body = body;
-            let bytes = body
-                .with_config()
-                .limit(64 * 1024)
-                .read_to_vec()
-                .unwrap_or_default();
-            Err(Error::new(Kind::Status {
-                status: s,
-                body: bytes,
-            }))
+        // A parent relaying a failure: the next hop may do better (508, a loop, would not).
+        s if s >= 500 && s != 508 && matches!(hop, Hop::Parent(..)) => {
+            Err(invalid(format!("upstream status {s}")))
         }
-        // RFC 9110 §15.4: the target moved. Following it would let an origin send us anywhere.
-        s if (300..400).contains(&s) && s != 304 => Err(Error::new(Kind::Redirect(s))),
-        s => Err(invalid(format!("upstream status {s}"))),
+        // Everything else reaches the client as sent (RFC 9110 §15): redirects are never
+        // followed (RFC 9110 §15.4: following one would let an origin send the cache anywhere).
+        s => relay(Unstored::Status(s), resp),
     }
+}
+
+/// A response to store, unless a field of it would not fit the metadata record (then it is
+/// passed: a cut field would be a wrong one).
+fn store(meta: ObjectMeta, start: u64, end: u64, resp: ureq::http::Response<ureq::Body>) -> Answer {
+    if !meta.fits_record() {
+        return Answer::Relay(Relay {
+            why: Unstored::NotStorable("a field too long to store"),
+            resp,
+        });
+    }
+    Answer::Store(Fetched {
+        meta,
+        start,
+        end,
+        body: resp.into_body().into_reader(),
+    })
 }
 
 #[cfg(test)]

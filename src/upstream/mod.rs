@@ -37,6 +37,18 @@ struct Job {
     cold: Option<Arc<Pending>>,
     /// A conditional request for `known` (stale): a 304 refreshes its headers.
     revalidate: bool,
+    /// Where a response that is not stored goes: the request that led the fetch.
+    relay: Option<tokio::sync::mpsc::Sender<pass::PassMsg>>,
+}
+
+/// A collapsed fetch as its requester sees it: the outcome to wait for, and for the request
+/// that leads it, the channel a response that is not stored arrives on (see
+/// [`Collapsed::Pass`]). A joined request gets no channel.
+pub struct Fetch {
+    /// The outcome, shared by every request that joined.
+    pub pending: Arc<Pending>,
+    /// The relayed response (head, body, end), for the leader only.
+    pub relay: Option<tokio::sync::mpsc::Receiver<pass::PassMsg>>,
 }
 
 /// What a fetcher thread does next.
@@ -74,6 +86,11 @@ pub struct Upstream {
 }
 
 impl Upstream {
+    /// This node's `Via` entry (RFC 9110 §7.6.3): `1.1 <node name> (gatecache)`.
+    pub fn via(&self) -> &str {
+        &self.via
+    }
+
     /// Starts the fetcher threads.
     pub fn start(cache: Cache, cfg: &Config) -> Result<Arc<Upstream>, String> {
         let agent = agent::build(cfg)?;
@@ -140,34 +157,27 @@ impl Upstream {
 
     /// Fetches the head (and the first `count` blocks from `first`) of an object that is not
     /// cached; joins the fetch already under way for the same key.
-    pub fn fetch_cold(&self, target: &Target, first: u32, count: u32) -> Arc<Pending> {
+    pub fn fetch_cold(&self, target: &Target, first: u32, count: u32) -> Fetch {
         self.collapsed(target, first, count, None)
     }
 
     /// Revalidates a stale object (and fetches the first `count` blocks from `first` if it
     /// changed); joins a fetch already under way for the same key. The result is the object
     /// to serve: the same version with refreshed headers, or the new version.
-    pub fn revalidate(
-        &self,
-        target: &Target,
-        stale: &Object,
-        first: u32,
-        count: u32,
-    ) -> Arc<Pending> {
+    pub fn revalidate(&self, target: &Target, stale: &Object, first: u32, count: u32) -> Fetch {
         self.collapsed(target, first, count, Some(stale))
     }
 
     /// One fetch per key at a time: a cold fetch (`stale` None) or a revalidation.
-    fn collapsed(
-        &self,
-        target: &Target,
-        first: u32,
-        count: u32,
-        stale: Option<&Object>,
-    ) -> Arc<Pending> {
+    fn collapsed(&self, target: &Target, first: u32, count: u32, stale: Option<&Object>) -> Fetch {
         let lock = self.cache.fetch_lock();
         let p = match lock.acquire(&target.key) {
-            LockStatus::Joined(p) => return p,
+            LockStatus::Joined(pending) => {
+                return Fetch {
+                    pending,
+                    relay: None,
+                };
+            }
             LockStatus::Leader(p) => p,
         };
         if stale.is_none()
@@ -175,8 +185,12 @@ impl Upstream {
         {
             // Cached since the caller looked: nothing to fetch here.
             lock.release(&target.key, &p, Ok(Collapsed::Object(o)));
-            return p;
+            return Fetch {
+                pending: p,
+                relay: None,
+            };
         }
+        let (tx, rx) = tokio::sync::mpsc::channel(4);
         self.submit(Job {
             target: target.clone(),
             first,
@@ -185,8 +199,12 @@ impl Upstream {
             writers: Vec::new(),
             cold: Some(p.clone()),
             revalidate: stale.is_some(),
+            relay: Some(tx),
         });
-        p
+        Fetch {
+            pending: p,
+            relay: Some(rx),
+        }
     }
 
     /// Fills the run of blocks the caller claimed (consecutive, from `writers[0].block()`).
@@ -202,6 +220,7 @@ impl Upstream {
             writers,
             cold: None,
             revalidate: false,
+            relay: None,
         });
     }
 
@@ -253,6 +272,41 @@ impl Upstream {
         Err(last)
     }
 
+    /// Ends the fetch for every answer but content to store: a 304 refreshes, a response not
+    /// stored is relayed to the request that led the fetch, a failure is reported. The content
+    /// to store and the hop that sent it, if that is the answer.
+    fn settle(
+        &self,
+        job: &Job,
+        answer: Result<(Answer, Hop), Error>,
+    ) -> Option<(fetch::Fetched, Hop)> {
+        match answer {
+            Ok((Answer::Store(f), hop)) => Some((f, hop)),
+            Ok((Answer::NotModified(meta), _)) => {
+                let k = job.known.as_ref().expect("a 304 answers a revalidation");
+                let r = self.refresh(k, &meta).map(Collapsed::Object);
+                self.end_cold(job, r);
+                None
+            }
+            Ok((Answer::Relay(r), _)) => {
+                let outcome = match r.why {
+                    fetch::Unstored::NotStorable(why) => Collapsed::Pass(why),
+                    fetch::Unstored::Status(s) => Collapsed::Answered(s),
+                };
+                self.end_cold(job, Ok(outcome));
+                if let Some(tx) = &job.relay {
+                    // The leader's own request: relayed as it arrives, never asked again.
+                    self.relay(r.resp, crate::http::request::Method::Get, tx);
+                }
+                None
+            }
+            Err(e) => {
+                self.end_cold(job, Err(e));
+                None
+            }
+        }
+    }
+
     fn run(&self, mut job: Job) {
         let bs = u64::from(self.cache.block_size());
         let start = u64::from(job.first) * bs;
@@ -267,22 +321,8 @@ impl Upstream {
         let answer = self.over_hops(&job.target, true, |hop| {
             fetch::fetch(&self.agent, &job.target, range, &self.via, hop, meta)
         });
-        let (fetched, hop) = match answer {
-            Ok((Answer::Store(f), hop)) => (f, hop),
-            Ok((Answer::NotModified(meta), _)) => {
-                let k = job.known.as_ref().expect("a 304 answers a revalidation");
-                let r = self.refresh(k, &meta).map(Collapsed::Object);
-                self.end_cold(&job, r);
-                return;
-            }
-            Ok((Answer::Pass(why), _)) => {
-                self.end_cold(&job, Ok(Collapsed::Pass(why)));
-                return;
-            }
-            Err(e) => {
-                self.end_cold(&job, Err(e));
-                return;
-            }
+        let Some((fetched, hop)) = self.settle(&job, answer) else {
+            return;
         };
         let bs32 = self.cache.block_size();
         let window = job.first..job.first + job.count;
@@ -392,7 +432,7 @@ impl Upstream {
             ));
         }
         let mut m = (*k.meta).clone();
-        // §4.3.4: the 304's headers replace the stored ones; validators stay (same version).
+        // RFC 9111 §4.3.4: the 304's fields replace the stored ones; validators stay (same version).
         for (dst, src) in [
             (&mut m.cache_control, &fresh.cache_control),
             (&mut m.expires, &fresh.expires),
@@ -406,6 +446,9 @@ impl Upstream {
         m.date.clone_from(&fresh.date);
         m.age = fresh.age;
         m.stored_at = fresh.stored_at;
+        // RFC 9111 §3.2: every other field the 304 carries replaces the stored lines of that
+        // name; the stored content's coding stays (the stored bytes depend on it).
+        crate::http::fields::update(&mut m.fields, &fresh.fields, &["content-encoding"]);
         self.cache.refresh_object(m, k.version).map_err(|e| {
             log::info!("{}: not refreshed: {e}", k.meta.key);
             Error::caused(Kind::Storage, e)

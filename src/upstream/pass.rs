@@ -21,7 +21,7 @@ pub struct PassRequest {
     /// Where to send it.
     pub target: Target,
     /// End-to-end request headers to forward (Range, conditionals, credentials, ...).
-    pub headers: Vec<(&'static str, String)>,
+    pub headers: Vec<(String, String)>,
     /// The request body (at most 1 MiB, read before routing).
     pub body: Vec<u8>,
 }
@@ -44,20 +44,6 @@ pub enum PassMsg {
     /// The exchange failed (before or during the body).
     Failed(Error),
 }
-
-/// Headers that belong to one connection (RFC 9110 §7.6.1) or that we write ourselves.
-const NOT_RELAYED: &[&str] = &[
-    "connection",
-    "keep-alive",
-    "proxy-connection",
-    "transfer-encoding",
-    "te",
-    "trailer",
-    "upgrade",
-    "content-length",
-    "date",
-    "server",
-];
 
 /// Bytes per body message.
 const CHUNK: usize = 64 * 1024;
@@ -88,7 +74,7 @@ impl Upstream {
                 .header("Host", host)
                 .header("Via", via_chain(&req.target, &self.via));
             for (k, v) in &req.headers {
-                b = b.header(*k, v);
+                b = b.header(k.as_str(), v.as_str());
             }
             // No body, no Content-Length: a GET without one must not claim one (RFC 9110
             // §8.6); a POST without one says 0.
@@ -126,7 +112,9 @@ impl Upstream {
         self.agent.run(r).map_err(map_err)
     }
 
-    fn relay(
+    /// Relays `resp` to `tx`: its status and end-to-end fields, then its body in pieces of at
+    /// most 64 KiB (none for a `HEAD`, a 204 or a 304), then the end or the failure.
+    pub(super) fn relay(
         &self,
         resp: ureq::http::Response<ureq::Body>,
         method: Method,
@@ -139,12 +127,12 @@ impl Upstream {
             .get("content-length")
             .and_then(|v| v.to_str().ok())
             .and_then(|v| v.trim().parse::<u64>().ok());
-        let headers = parts
-            .headers
-            .iter()
-            .filter(|(k, _)| !NOT_RELAYED.contains(&k.as_str()))
-            .filter_map(|(k, v)| Some((k.as_str().to_string(), v.to_str().ok()?.to_string())))
-            .collect();
+        // RFC 9110 §7.6.1: end-to-end fields only; the framing is ours (RFC 9112 §6).
+        let all = super::fetch::lines(&parts.headers);
+        let headers = crate::http::fields::end_to_end(
+            all.iter().map(|(k, v)| (k.as_str(), v.as_str())),
+            &["content-length"],
+        );
         if tx
             .blocking_send(PassMsg::Head {
                 status,

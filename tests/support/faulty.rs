@@ -28,6 +28,9 @@ pub enum Fault {
     /// Answer this status with a one-line body (and, for a 3xx, the object's headers, such
     /// as a `Location`).
     Status(u16),
+    /// Answer this status with the object's headers and its data as the body (none for a
+    /// 204 or a 304), whatever the request's range or validators.
+    Answer(u16),
 }
 
 #[derive(Clone, Debug)]
@@ -92,6 +95,8 @@ pub struct Seen {
     pub range: Option<String>,
     pub if_none_match: Option<String>,
     pub authorization: Option<String>,
+    /// Every request field as received (name, value), in order.
+    pub headers: Vec<(String, String)>,
     /// The request body (POST, PUT, ...).
     pub body: Vec<u8>,
     pub status: u16,
@@ -206,6 +211,7 @@ struct ReqHead {
     range: Option<String>,
     if_none_match: Option<String>,
     authorization: Option<String>,
+    headers: Vec<(String, String)>,
     body: Vec<u8>,
     close: bool,
 }
@@ -231,6 +237,16 @@ fn read_head(s: &mut TcpStream, buf: &mut Vec<u8>) -> Option<ReqHead> {
                 range: h("range"),
                 if_none_match: h("if-none-match"),
                 authorization: h("authorization"),
+                headers: r
+                    .headers
+                    .iter()
+                    .map(|h| {
+                        (
+                            h.name.to_string(),
+                            String::from_utf8_lossy(h.value).into_owned(),
+                        )
+                    })
+                    .collect(),
                 body: Vec::new(),
                 close: h("connection").is_some_and(|v| v.eq_ignore_ascii_case("close"))
                     || r.version == Some(0),
@@ -318,6 +334,7 @@ fn serve(mut s: TcpStream, st: &State, stop: &AtomicBool) {
             range: req.range.clone(),
             if_none_match: req.if_none_match.clone(),
             authorization: req.authorization.clone(),
+            headers: req.headers.clone(),
             body: req.body.clone(),
             status: 0,
             body_sent: 0,
@@ -351,6 +368,9 @@ fn write_head(s: &mut TcpStream, status: u16, headers: &[(String, String)]) -> b
         304 => "Not Modified",
         404 => "Not Found",
         416 => "Range Not Satisfiable",
+        204 => "No Content",
+        302 => "Found",
+        503 => "Service Unavailable",
         500 => "Internal Server Error",
         _ => "Whatever",
     };
@@ -372,6 +392,23 @@ fn answer(s: &mut TcpStream, req: &ReqHead, obj: Option<&Obj>, seen: &mut Seen) 
     };
     if let Fault::Status(code) = obj.fault {
         return answer_status_fault(s, req, obj, code, seen);
+    }
+    if let Fault::Answer(code) = obj.fault {
+        seen.status = code;
+        let body: &[u8] = if matches!(code, 204 | 304) {
+            &[]
+        } else {
+            &obj.data
+        };
+        let mut headers = obj.headers.clone();
+        if !matches!(code, 204 | 304) {
+            headers.push(("Content-Length".into(), body.len().to_string()));
+        }
+        if !write_head(s, code, &headers) || req.method == "HEAD" {
+            return req.method == "HEAD";
+        }
+        seen.body_sent = body.len() as u64;
+        return s.write_all(body).is_ok();
     }
     if !matches!(req.method.as_str(), "GET" | "HEAD") {
         return answer_api_call(s, req, seen);

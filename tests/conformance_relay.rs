@@ -1,0 +1,101 @@
+//! Conformance, statuses and redirects: every status the origin answers reaches the client
+//! with its fields and its whole body (RFC 9110 §15); redirects are relayed, never followed
+//! (RFC 9110 §15.4); a response the cache does not store costs one upstream request, relayed
+//! as it arrives (RFC 9111 §3: not storing it is no reason to ask twice).
+
+mod support;
+
+use support::canary::Canary;
+use support::data::{assert_same, generate};
+use support::faulty::{Fault, FaultOrigin, Obj};
+use support::gate::{Gate, GateConfig};
+use support::http;
+use support::*;
+
+/// (path, status, body, fields) of an answer the origin gives.
+type Case = (&'static str, u16, Vec<u8>, Vec<(&'static str, &'static str)>);
+
+fn setup(backend: Backend) -> (FaultOrigin, Gate) {
+    let o = FaultOrigin::start();
+    let g = Gate::start(GateConfig::new(backend).route("/", &o.origin_url()));
+    (o, g)
+}
+
+both_backends! {
+    /// A 302 with a `Location` on another loopback listener: the client gets the 302 and its
+    /// `Location` as sent; nothing is requested from the `Location`; one upstream request.
+    fn a_redirect_reaches_the_client_and_is_not_followed(backend) {
+        let (o, g) = setup(backend);
+        let canary = Canary::start();
+        let location = format!("http://127.0.0.1:{}/elsewhere.bin", canary.port);
+        o.put(
+            "/moved.bin",
+            Obj::new(b"moved\n".to_vec(), "\"m\"")
+                .with_header("Location", &location)
+                .with_header("Cache-Control", "max-age=60")
+                .with_fault(Fault::Answer(302)),
+        );
+        for range in [None, Some("bytes=0-9")] {
+            let extra: Vec<(&str, &str)> = range.iter().map(|r| ("Range", *r)).collect();
+            let before = o.requests("/moved.bin");
+            let r = http::get(g.addr(), "/moved.bin", &extra);
+            assert_eq!(r.status, 302, "{range:?}: {}", r.body_text());
+            assert_eq!(r.header("location"), Some(location.as_str()), "{range:?}");
+            assert_eq!(r.body, b"moved\n", "{range:?}: the origin's body");
+            assert_eq!(o.requests("/moved.bin") - before, 1, "{range:?}: one upstream request");
+        }
+        canary.assert_settled_untouched("the redirect's Location");
+    }
+}
+
+both_backends! {
+    /// A 204, a 500 with a 2 KB body, a 503 with `Retry-After`, a 404 with an HTML body: each
+    /// relayed with its status, its fields and its body byte for byte, one upstream request
+    /// each.
+    fn every_status_is_relayed_with_its_fields_and_whole_body(backend) {
+        let (o, g) = setup(backend);
+        let html = b"<!doctype html>\n<title>Not here</title>\n<p>No such update.</p>\n".to_vec();
+        let cases: Vec<Case> = vec![
+            ("/nothing", 204, Vec::new(), vec![("X-Trace", "t204")]),
+            ("/broken", 500, generate("/broken", 2048), vec![("X-Trace", "t500")]),
+            ("/busy", 503, b"busy, come back later\n".to_vec(), vec![("Retry-After", "120")]),
+            ("/gone", 404, html, vec![("Content-Type", "text/html; charset=utf-8")]),
+        ];
+        for (path, status, body, fields) in &cases {
+            let mut ob = Obj::new(body.clone(), "\"s\"").with_fault(Fault::Answer(*status));
+            for (k, v) in fields {
+                ob = ob.with_header(k, v);
+            }
+            o.put(path, ob);
+            let r = http::get(g.addr(), path, &[]);
+            assert_eq!(r.status, *status, "{path}: {}", r.body_text());
+            assert_same(&r.body, body, path);
+            for (k, v) in fields {
+                assert_eq!(r.header(k), Some(*v), "{path}: {k}");
+            }
+            assert_eq!(o.requests(path), 1, "{path}: one upstream request");
+        }
+    }
+}
+
+both_backends! {
+    /// A response that may not be stored (`no-store`, and `private`) costs one upstream
+    /// request per client request, whole or by range: it is relayed as it arrives, not thrown
+    /// away and asked for again.
+    fn a_response_that_may_not_be_stored_is_fetched_once(backend) {
+        let (o, g) = setup(backend);
+        for (path, cc) in [("/ns.bin", "no-store"), ("/pv.bin", "private, max-age=60")] {
+            let data = generate(path, 100 * KIB + 3);
+            o.put(path, Obj::new(data.clone(), "\"n\"").with_header("Cache-Control", cc));
+            let r = http::get(g.addr(), path, &[]);
+            assert_eq!(r.status, 200, "{path}");
+            assert_same(&r.body, &data, path);
+            assert_eq!(o.requests(path), 1, "{path}: the first request asked once");
+            assert!(
+                r.cache_status().contains("fwd="),
+                "{path}: forwarded, {}",
+                r.cache_status()
+            );
+        }
+    }
+}
