@@ -13,7 +13,12 @@ use support::http;
 use support::*;
 
 /// (path, status, body, fields) of an answer the origin gives.
-type Case = (&'static str, u16, Vec<u8>, Vec<(&'static str, &'static str)>);
+type Case = (
+    &'static str,
+    u16,
+    Vec<u8>,
+    Vec<(&'static str, &'static str)>,
+);
 
 fn setup(backend: Backend) -> (FaultOrigin, Gate) {
     let o = FaultOrigin::start();
