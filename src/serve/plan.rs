@@ -329,6 +329,7 @@ mod tests {
             age: 0,
             stored_at: 1_000_000 - age_secs,
             fields: Vec::new(),
+            instance: 0,
         }
     }
 

@@ -97,7 +97,25 @@ pub async fn respond<T: Transport>(
         now: freshness::unix_now(),
         upstream_wait: std::time::Duration::ZERO,
     };
-    let (mut out, revalidate_after) = x.run(body).await;
+    let mut body = body;
+    // A representation that changed under the request before a byte of it was sent is served
+    // from the new one (planned again); a few times at most, for an origin that keeps changing.
+    let mut restarts = 0;
+    let (mut out, revalidate_after) = loop {
+        match x.run(&mut body).await {
+            Some(done) => break done,
+            None if restarts < 3 => {
+                restarts += 1;
+                x.now = freshness::unix_now();
+            }
+            None => {
+                break (
+                    error_reply(x.t, &Error::new(Kind::Changed), keep).await,
+                    None,
+                );
+            }
+        }
+    };
     out.origin = origin;
     out.upstream_wait = x.upstream_wait;
     if let Some((stale, (first, count))) = revalidate_after {
@@ -122,7 +140,10 @@ struct Exchange<'a, T: Transport> {
 type RevalidateAfter = Option<(Object, (u32, u32))>;
 
 impl<'a, T: Transport> Exchange<'a, T> {
-    async fn run(&mut self, body: Vec<u8>) -> (Outcome, RevalidateAfter) {
+    /// Plans and carries out the request once; `None` when the representation changed before
+    /// the response head was sent (the caller plans again).
+    async fn run(&mut self, body: &mut Vec<u8>) -> Option<(Outcome, RevalidateAfter)> {
+        let body = std::mem::take(body);
         let stored = self.sh.cache.lookup(&self.target.key);
         let hit_for_pass = self
             .sh
@@ -137,8 +158,8 @@ impl<'a, T: Transport> Exchange<'a, T> {
             plan::plan(self.req, &self.target, hit_for_pass, meta, self.now),
             stored,
         ) {
-            (Plan::Refuse(e), _) => return (error_reply(self.t, &e, self.keep).await, None),
-            (Plan::Pass(why), _) => return (self.pass(body, why).await, None),
+            (Plan::Refuse(e), _) => return Some((error_reply(self.t, &e, self.keep).await, None)),
+            (Plan::Pass(why), _) => return Some((self.pass(body, why).await, None)),
             (Plan::Hit, Some(o)) => (o, None),
             (Plan::StaleThenRevalidate, Some(o)) => {
                 after = Some((o.clone(), window()));
@@ -155,14 +176,14 @@ impl<'a, T: Transport> Exchange<'a, T> {
                 .await
             {
                 Ok(served) => served,
-                Err(out) => return (out, None),
+                Err(out) => return Some((out, None)),
             },
             (Plan::Miss, _) | (_, None) => match self.miss(window(), body).await {
                 Ok(served) => served,
-                Err(out) => return (out, None),
+                Err(out) => return Some((out, None)),
             },
         };
-        (self.serve(&obj, status).await, after)
+        Some((self.serve(&obj, status).await?, after))
     }
 
     /// The stored response's fields for a head of kind `kind` (RFC 9111 §3.1, §4): every
@@ -319,7 +340,8 @@ impl<'a, T: Transport> Exchange<'a, T> {
 
     /// Serves `obj` in the shape the request asks for; `status` is the cache status decided
     /// so far (none: a hit, partial if some blocks are missing).
-    async fn serve(&mut self, obj: &Object, status: Option<CacheStatus>) -> Outcome {
+    /// `None`: the representation changed before the head was sent (see [`Exchange::run`]).
+    async fn serve(&mut self, obj: &Object, status: Option<CacheStatus>) -> Option<Outcome> {
         let keep = self.keep;
         let shape = plan::shape(self.req, &obj.meta);
         let total = obj.meta.total_len;
@@ -334,14 +356,14 @@ impl<'a, T: Transport> Exchange<'a, T> {
         let (code, mut h, parts) = match shape {
             Shape::Unsatisfiable => {
                 let e = Error::new(Kind::Unsatisfiable(Some(total)));
-                return error_reply(self.t, &e, keep).await;
+                return Some(error_reply(self.t, &e, keep).await);
             }
             Shape::NotModified => {
                 let mut h = Head::dated(304, obj.meta.date.as_deref());
                 h.header("Cache-Status", status.field_value());
                 self.stored_fields(&mut h, obj, Fields::NotModified, status);
                 let ok = self.t.write(Out::Bytes(h.finish(keep))).await.is_ok();
-                return Outcome::new(304, keep && ok, status);
+                return Some(Outcome::new(304, keep && ok, status));
             }
             Shape::Single { range, partial } => {
                 let code = if partial { 206 } else { 200 };
@@ -373,10 +395,12 @@ impl<'a, T: Transport> Exchange<'a, T> {
         let head = h.finish(keep);
         if self.req.method() == Method::Head || parts.len() == 0 {
             out.keep_alive &= self.t.write(Out::Bytes(head)).await.is_ok();
-            return out;
+            return Some(out);
         }
-        send_parts(self.t, self.sh, &self.target, obj, head, &parts, &mut out).await;
-        out
+        match send_parts(self.t, self.sh, &self.target, obj, head, &parts, &mut out).await {
+            Sent::Done => Some(out),
+            Sent::ChangedBeforeHead => None,
+        }
     }
 }
 
@@ -389,6 +413,14 @@ enum Fields {
     Multipart,
     /// A 304: no representation metadata but the validators (RFC 9110 §15.4.5).
     NotModified,
+}
+
+/// How a body's sending ended.
+enum Sent {
+    /// Sent, or failed (answered with an error, or cut).
+    Done,
+    /// The representation changed before a byte of it was sent: nothing was written.
+    ChangedBeforeHead,
 }
 
 /// A body made of ranges of one object, each after a prefix (a multipart part's head), then
@@ -460,7 +492,7 @@ async fn send_parts<T: Transport>(
     head: Vec<u8>,
     parts: &Parts,
     out: &mut Outcome,
-) {
+) -> Sent {
     let mut head = Some(head);
     for (prefix, r) in &parts.parts {
         let mut stream = BlockStream::new(sh, target, obj, r.clone());
@@ -469,16 +501,18 @@ async fn send_parts<T: Transport>(
                 let first = match stream.next().await {
                     Ok(Some(c)) => c,
                     Ok(None) => unreachable!("satisfiable ranges are not empty"),
+                    // Nothing sent yet: the caller serves the new representation.
+                    Err(e) if matches!(e.kind, Kind::Changed) => return Sent::ChangedBeforeHead,
                     Err(e) => {
                         *out = error_reply(t, &e, out.keep_alive).await;
-                        return;
+                        return Sent::Done;
                     }
                 };
                 h.extend_from_slice(prefix.as_bytes());
                 let body = (prefix.len() + first.len()) as u64;
                 if t.write(Out::HeadAndSlot(h, first)).await.is_err() {
                     out.keep_alive = false;
-                    return;
+                    return Sent::Done;
                 }
                 out.bytes = body;
             }
@@ -488,7 +522,7 @@ async fn send_parts<T: Transport>(
                     .is_err()
                 {
                     out.keep_alive = false;
-                    return;
+                    return Sent::Done;
                 }
                 out.bytes += prefix.len() as u64;
             }
@@ -497,11 +531,11 @@ async fn send_parts<T: Transport>(
         // response on a connection that closes (`Connection: close`, HTTP/1.0; RFC 9112
         // §9.6) gets every part and the closing boundary all the same (RFC 9110 §14.6).
         if !send_rest(t, &mut stream, out).await {
-            return;
+            return Sent::Done;
         }
     }
     if parts.trailer.is_empty() {
-        return;
+        return Sent::Done;
     }
     match t
         .write(Out::Bytes(parts.trailer.clone().into_bytes()))
@@ -510,6 +544,7 @@ async fn send_parts<T: Transport>(
         Ok(()) => out.bytes += parts.trailer.len() as u64,
         Err(_) => out.keep_alive = false,
     }
+    Sent::Done
 }
 
 /// Sends the rest of a stream: true once all of it is written; on any failure false, and the

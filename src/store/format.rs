@@ -27,7 +27,8 @@ const SLAB_MAGIC: u32 = u32::from_le_bytes(*b"GCSL");
 const REGION_MAGIC: u32 = u32::from_le_bytes(*b"GCRG");
 const SLOT_MAGIC: u32 = u32::from_le_bytes(*b"GCBK");
 /// Version 2: `fields` holds every end-to-end field of the response (version 1 held three
-/// named ones; its records read as they are, with the fields they kept).
+/// named ones; its records read as they are, with the fields they kept), and `instance`
+/// follows them (version 1: none, read as 0).
 const META_RECORD_VERSION: u8 = 2;
 /// The older record version still read (same layout, fewer fields).
 const META_RECORD_VERSION_1: u8 = 1;
@@ -412,6 +413,10 @@ pub struct ObjectMeta {
     /// `Age` (recomputed, RFC 9111 §5.1) and the fields above (`Cache-Control` lines are
     /// combined there).
     pub fields: Vec<(String, String)>,
+    /// Which response the bytes came from, for a representation with no strong validator
+    /// (0 for one with a strong validator): a nonce that enters [`ObjectMeta::version`], so
+    /// bytes of two such responses are never joined (RFC 9110 §8.8.1, RFC 9111 §3.4).
+    pub instance: u64,
 }
 
 impl ObjectMeta {
@@ -420,6 +425,9 @@ impl ObjectMeta {
     pub fn version(&self) -> u64 {
         let mut h = xxhash_rust::xxh3::Xxh3::new();
         h.update(&self.total_len.to_le_bytes());
+        if self.instance != 0 {
+            h.update(&self.instance.to_le_bytes());
+        }
         for v in [&self.etag, &self.last_modified] {
             match v {
                 Some(s) => {
@@ -431,6 +439,25 @@ impl ObjectMeta {
             }
         }
         h.digest()
+    }
+
+    /// Does the response carry a strong validator (RFC 9110 §8.8.1)? An `ETag` that is not
+    /// weak (§8.8.3), or a `Last-Modified` at least 60 seconds before the response's `Date`
+    /// (§8.8.2.2: then a cache may use it as strong).
+    pub fn has_strong_validator(&self) -> bool {
+        if let Some(e) = &self.etag {
+            return !e.trim_start().starts_with("W/");
+        }
+        let date = |v: &Option<String>| {
+            v.as_deref()
+                .and_then(|d| httpdate::parse_http_date(d.trim()).ok())
+        };
+        match (date(&self.last_modified), date(&self.date)) {
+            (Some(lm), Some(d)) => d
+                .duration_since(lm)
+                .is_ok_and(|gap| gap >= std::time::Duration::from_secs(60)),
+            _ => false,
+        }
     }
 
     /// Blocks of `block_size` bytes the body takes (0 for an empty body).
@@ -483,6 +510,7 @@ impl ObjectMeta {
             s(&mut out, k);
             s(&mut out, v);
         }
+        out.extend_from_slice(&self.instance.to_le_bytes());
         out
     }
 
@@ -535,10 +563,8 @@ impl ObjectMeta {
         }
         let mut r = Reader { buf, at: 0 };
         let bad = HeaderError::BadField("meta record");
-        if !matches!(
-            r.u8().ok_or(bad)?,
-            META_RECORD_VERSION | META_RECORD_VERSION_1
-        ) {
+        let record_version = r.u8().ok_or(bad)?;
+        if !matches!(record_version, META_RECORD_VERSION | META_RECORD_VERSION_1) {
             return Err(HeaderError::BadField("meta record version"));
         }
         let decode = |r: &mut Reader<'_>| -> Option<ObjectMeta> {
@@ -555,10 +581,14 @@ impl ObjectMeta {
                 age: r.u64()?,
                 stored_at: r.u64()?,
                 fields: Vec::new(),
+                instance: 0,
             };
             let n = r.u16()?;
             for _ in 0..n {
                 m.fields.push((s(r)?, s(r)?));
+            }
+            if record_version == META_RECORD_VERSION {
+                m.instance = r.u64()?;
             }
             Some(m)
         };
@@ -669,6 +699,7 @@ mod tests {
             age: 5,
             stored_at: 1_700_000_000,
             fields: vec![("content-encoding".into(), "gzip".into())],
+            instance: 0,
         };
         let enc = m.encode();
         assert_eq!(ObjectMeta::decode(&enc), Ok(m.clone()));

@@ -106,7 +106,7 @@ fn meta_from(key: &str, h: &HeaderMap, total_len: u64) -> ObjectMeta {
     let all = lines(h);
     let it = || all.iter().map(|(k, v)| (k.as_str(), v.as_str()));
     let s = |n: &str| header(h, n).map(str::to_string);
-    ObjectMeta {
+    let mut m = ObjectMeta {
         key: key.to_string(),
         total_len,
         status: 200,
@@ -121,7 +121,18 @@ fn meta_from(key: &str, h: &HeaderMap, total_len: u64) -> ObjectMeta {
             .unwrap_or(0),
         stored_at: now_secs(),
         fields: fields::end_to_end(it(), OWN),
+        instance: 0,
+    };
+    if !m.has_strong_validator() {
+        // Nothing tells two responses apart: a nonce of this one keeps its bytes from ever
+        // being joined to another's (RFC 9111 §3.4).
+        use std::hash::{BuildHasher, Hasher};
+        m.instance = std::collections::hash_map::RandomState::new()
+            .build_hasher()
+            .finish()
+            | 1;
     }
+    m
 }
 
 /// An upstream client error: a timeout, or a connection that could not be made or broke.

@@ -310,35 +310,52 @@ impl Upstream {
     fn run(&self, mut job: Job) {
         let bs = u64::from(self.cache.block_size());
         let start = u64::from(job.first) * bs;
-        let mut end = (u64::from(job.first) + u64::from(job.count)) * bs;
-        if let Some(k) = &job.known {
-            end = end.min(k.meta.total_len);
-        }
+        // Not cut to the stored length: the answer may be a new representation of another
+        // length, whose blocks in the window must come whole (the upstream clamps a range
+        // past the end, RFC 9110 §14.1.2).
+        let end = (u64::from(job.first) + u64::from(job.count)) * bs;
         let started = Instant::now();
-        let range = Some((start, end.max(start + 1) - 1));
+        let range = Some((start, end - 1));
         let cond = job.known.as_ref().filter(|_| job.revalidate);
         let meta = cond.map(|k| &*k.meta);
         let answer = self.over_hops(&job.target, true, |hop| {
             fetch::fetch(&self.agent, &job.target, range, &self.via, hop, meta)
         });
-        let Some((fetched, hop)) = self.settle(&job, answer) else {
+        let Some((mut fetched, mut hop)) = self.settle(&job, answer) else {
             return;
         };
+        // A part of a new representation, or of one with no strong validator, cannot be
+        // joined to any other response's bytes (RFC 9111 §3.4): the representation is fetched
+        // whole, from one response, and stored from it.
+        let changed = job
+            .known
+            .as_ref()
+            .is_some_and(|k| k.version != fetched.meta.version());
+        let whole = fetched.start == 0 && fetched.end == fetched.meta.total_len;
+        if !whole && (changed || fetched.meta.instance != 0) {
+            log::info!(
+                "{}: {}; fetching it whole",
+                job.target.key,
+                if changed {
+                    "changed upstream"
+                } else {
+                    "no strong validator"
+                }
+            );
+            drop(fetched);
+            let answer = self.over_hops(&job.target, true, |hop| {
+                fetch::fetch(&self.agent, &job.target, None, &self.via, hop, None)
+            });
+            (fetched, hop) = match self.settle(&job, answer) {
+                Some(got) => got,
+                None => return,
+            };
+        }
         let bs32 = self.cache.block_size();
         let window = job.first..job.first + job.count;
         let mut writers: BTreeMap<u32, BlockWriter> = BTreeMap::new();
-        // Without validators a revalidation cannot tell "same" from "changed with the same
-        // length": it counts as changed, and the stored blocks go.
-        let unprovable = job.revalidate
-            && job
-                .known
-                .as_ref()
-                .is_some_and(|k| k.meta.etag.is_none() && k.meta.last_modified.is_none());
-        if unprovable {
-            self.cache.remove(&job.target.key);
-        }
         let obj = match &job.known {
-            Some(k) if k.version == fetched.meta.version() && !unprovable => {
+            Some(k) if k.version == fetched.meta.version() => {
                 writers.extend(job.writers.drain(..).map(|w| (w.block(), w)));
                 if job.revalidate {
                     // Same validators and length (an origin that ignores conditionals): the
@@ -355,16 +372,18 @@ impl Upstream {
                 }
             }
             known => {
+                // A new representation (or the first): installed before the old version's
+                // writers let go, so that their readers, retrying, find the new version
+                // (and start over on it if they sent nothing yet) rather than claim the old
+                // one's blocks again.
+                let installed = self
+                    .cache
+                    .put_object_claiming(fetched.meta.clone(), window.clone());
                 if known.is_some() {
-                    // The object changed upstream: the old version's writers abort (their
-                    // readers are cut off), and the blocks are claimed for the new version.
-                    log::info!("{}: changed upstream; refetching", job.target.key);
+                    log::info!("{}: changed upstream", job.target.key);
                     job.writers.clear();
                 }
-                match self
-                    .cache
-                    .put_object_claiming(fetched.meta.clone(), window.clone())
-                {
+                match installed {
                     Ok((o, ws)) => {
                         writers.extend(ws.into_iter().map(|w| (w.block(), w)));
                         o

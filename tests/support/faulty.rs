@@ -31,6 +31,9 @@ pub enum Fault {
     /// Answer this status with the object's headers and its data as the body (none for a
     /// 204 or a 304), whatever the request's range or validators.
     Answer(u16),
+    /// The same bytes, but the `ETag` alternates between `<etag>0` and `<etag>1` from one
+    /// response to the next (CDN edges that disagree).
+    FlapEtag,
 }
 
 #[derive(Clone, Debug)]
@@ -58,6 +61,13 @@ impl Obj {
             headers: Vec::new(),
             chunked: false,
         }
+    }
+
+    /// No `ETag` and no `Last-Modified`: nothing to tell two versions apart by.
+    pub fn without_validators(mut self) -> Obj {
+        self.etag.clear();
+        self.last_modified.clear();
+        self
     }
 
     pub fn chunked(mut self) -> Obj {
@@ -314,10 +324,15 @@ fn serve(mut s: TcpStream, st: &State, stop: &AtomicBool) {
             return;
         };
         let path = req.target.split('?').next().unwrap_or("").to_string();
+        let answered = st.seen.lock().unwrap().len();
         let obj = {
             let mut objs = st.objs.lock().unwrap();
             objs.get_mut(&path).map(|o| {
-                let snapshot = o.clone();
+                let mut snapshot = o.clone();
+                if o.fault == Fault::FlapEtag {
+                    let q = o.etag.trim_end_matches('"');
+                    snapshot.etag = format!("{q}{}\"", answered % 2);
+                }
                 if o.fault_left > 0 && o.fault_left != usize::MAX {
                     o.fault_left -= 1;
                 }
@@ -460,11 +475,12 @@ fn answer_content(s: &mut TcpStream, req: &ReqHead, obj: &Obj, seen: &mut Seen) 
         ),
         ("Accept-Ranges".to_string(), "bytes".to_string()),
     ];
+    headers.retain(|(_, v)| !v.is_empty());
     headers.extend(obj.headers.iter().cloned());
     if req
         .if_none_match
         .as_deref()
-        .is_some_and(|v| v.split(',').any(|t| t.trim() == obj.etag))
+        .is_some_and(|v| !obj.etag.is_empty() && v.split(',').any(|t| t.trim() == obj.etag))
     {
         seen.status = 304;
         return write_head(s, 304, &headers);
