@@ -196,3 +196,40 @@ both_backends! {
         assert!(age < 5, "age {age}");
     }
 }
+
+both_backends! {
+    /// Through a parent: one `Cache-Status` field, the parent's member first (RFC 9211 §2:
+    /// the first member is the cache closest to the origin), on a miss and on a pass-through;
+    /// a hit at the child is the child's alone.
+    fn cache_status_lists_the_cache_closest_to_the_origin_first(backend) {
+        let o = FaultOrigin::start();
+        let parent = Gate::start(GateConfig::new(backend).route("/", &o.origin_url()));
+        let child = Gate::start(
+            GateConfig::new(backend)
+                .route("/", &o.origin_url())
+                .parents(&[parent.addr()]),
+        );
+        let data = generate("/cs.bin", LEN);
+        o.put("/cs.bin", Obj::new(data.clone(), "\"cs\"").with_header("Cache-Control", "max-age=600"));
+        o.put("/ns.bin", Obj::new(data.clone(), "\"ns\"").with_header("Cache-Control", "no-store"));
+        let r = http::get(child.addr(), "/cs.bin", &[]);
+        assert_same(&r.body, &data, "miss");
+        let lines = all(&r, "cache-status");
+        assert_eq!(lines.len(), 1, "one field: {lines:?}");
+        assert_eq!(
+            lines[0],
+            "gatecache; fwd=miss; stored, gatecache; fwd=miss; stored",
+            "the parent's member first"
+        );
+        let r = http::get(child.addr(), "/cs.bin", &[]);
+        assert_eq!(all(&r, "cache-status"), ["gatecache; hit"], "a hit is the child's alone");
+        let r = http::get(child.addr(), "/ns.bin", &[]);
+        assert_same(&r.body, &data, "pass");
+        let lines = all(&r, "cache-status");
+        assert_eq!(lines.len(), 1, "one field: {lines:?}");
+        let members: Vec<&str> = lines[0].split(", ").collect();
+        assert_eq!(members.len(), 2, "the parent's and the child's: {lines:?}");
+        let via = r.header("via").unwrap_or_default();
+        assert_eq!(via.matches("gatecache").count(), 2, "both nodes in Via: {via}");
+    }
+}

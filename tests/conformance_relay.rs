@@ -104,3 +104,55 @@ both_backends! {
         }
     }
 }
+
+both_backends! {
+    /// A 404 and a 301 that the origin gives a lifetime (`max-age=60`) are stored (RFC 9111
+    /// §3; RFC 9110 §15.1: heuristically cacheable statuses) and served again with their
+    /// status, fields and body, ranges and conditionals aside; without a lifetime a 404 is
+    /// asked for every time.
+    fn statuses_with_a_lifetime_are_stored_and_served_as_they_were(backend) {
+        let (o, g) = setup(backend);
+        let page = b"<p>No such update.</p>\n".to_vec();
+        o.put(
+            "/gone-for-now",
+            Obj::new(page.clone(), "\"g\"")
+                .with_header("Cache-Control", "max-age=60")
+                .with_header("Content-Type", "text/html")
+                .with_fault(Fault::Answer(404)),
+        );
+        o.put(
+            "/old-name.bin",
+            Obj::new(b"moved\n".to_vec(), "\"m\"")
+                .with_header("Cache-Control", "max-age=60")
+                .with_header("Location", "http://origin.example.org/new-name.bin")
+                .with_fault(Fault::Answer(301)),
+        );
+        o.put("/missing", Obj::new(page.clone(), "\"x\"").with_fault(Fault::Answer(404)));
+        for (path, status) in [("/gone-for-now", 404), ("/old-name.bin", 301)] {
+            for (round, extra) in [(0, None), (1, None), (2, Some(("Range", "bytes=0-3")))] {
+                let extra: Vec<(&str, &str)> = extra.into_iter().collect();
+                let r = http::get(g.addr(), path, &extra);
+                assert_eq!(r.status, status, "{path} round {round}");
+                if round > 0 {
+                    assert!(r.is_hit(), "{path} round {round}: {}", r.cache_status());
+                }
+                if status == 301 {
+                    assert_eq!(
+                        r.header("location"),
+                        Some("http://origin.example.org/new-name.bin"),
+                        "{path}"
+                    );
+                    assert_eq!(r.body, b"moved\n", "{path}");
+                } else {
+                    assert_eq!(r.body, page, "{path}");
+                    assert_eq!(r.header("content-type"), Some("text/html"), "{path}");
+                }
+            }
+            assert_eq!(o.requests(path), 1, "{path}: stored");
+        }
+        for _ in 0..2 {
+            assert_eq!(http::get(g.addr(), "/missing", &[]).status, 404);
+        }
+        assert_eq!(o.requests("/missing"), 2, "no lifetime: not stored");
+    }
+}

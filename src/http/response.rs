@@ -91,20 +91,31 @@ impl Head {
 
     /// Writes the fields of a response the cache forwards (stored or relayed), those `skip`
     /// does not exclude, then `Server: gatecache` if they carry no `Server` (the origin's
-    /// stands, RFC 9110 §10.2.4), then `Via` with `via` (this node's entry) after the
-    /// forwarded entries (RFC 9110 §7.6.3).
+    /// stands, RFC 9110 §10.2.4), `Via` with this node's entry `via` after the forwarded ones
+    /// (RFC 9110 §7.6.3), and `Cache-Status` with this cache's member `status.0` last, after
+    /// the upstream caches' members when `status.1` says the response came from upstream just
+    /// now (RFC 9211 §2: the first member is the cache closest to the origin; a response
+    /// served from storage is this cache's alone).
     pub fn forwarded_fields(
         &mut self,
         fields: &[(String, String)],
         via: &str,
+        status: (&str, bool),
         skip: impl Fn(&str) -> bool,
     ) -> &mut Head {
         let mut server = false;
-        let mut vias = String::new();
+        let (mut vias, mut statuses) = (String::new(), String::new());
         for (k, v) in fields {
             if k.eq_ignore_ascii_case("via") {
                 vias.push_str(v);
                 vias.push_str(", ");
+                continue;
+            }
+            if k.eq_ignore_ascii_case("cache-status") {
+                if status.1 {
+                    statuses.push_str(v);
+                    statuses.push_str(", ");
+                }
                 continue;
             }
             if skip(k) {
@@ -117,6 +128,7 @@ impl Head {
             self.header("Server", "gatecache");
         }
         self.header("Via", format_args!("{vias}{via}"))
+            .header("Cache-Status", format_args!("{statuses}{}", status.0))
     }
 
     /// Ends the head with the blank line and returns its bytes; without `keep_alive`, a

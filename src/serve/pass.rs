@@ -175,8 +175,7 @@ async fn send<T: Transport>(
                 .find(|(k, _)| k.eq_ignore_ascii_case("date"))
                 .map(|(_, v)| v.as_str());
             let mut h = Head::dated(status, date);
-            h.header("Cache-Status", cs.field_value());
-            h.forwarded_fields(&headers, sh.upstream.via(), |k| {
+            h.forwarded_fields(&headers, sh.upstream.via(), (cs.field_value(), true), |k| {
                 k.eq_ignore_ascii_case("date")
             });
             match len {

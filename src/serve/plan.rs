@@ -223,6 +223,14 @@ impl Shape {
 /// The response's shape for `req` and the stored `meta`: conditionals first, then `Range`
 /// (honoured only if `If-Range` allows, RFC 9110 §13.1.5).
 pub fn shape(req: &Request, meta: &ObjectMeta) -> Shape {
+    if meta.status != 200 {
+        // A stored 404, 301, ... is sent as it is: conditionals and ranges select parts of a
+        // 200's representation (RFC 9110 §13.2.1, §14.2).
+        return Shape::Single {
+            range: 0..meta.total_len,
+            partial: false,
+        };
+    }
     let etag = meta.etag.as_deref();
     let lm = meta.last_modified.as_deref();
     if conditional::not_modified(req, etag, lm) {

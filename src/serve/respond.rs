@@ -219,7 +219,13 @@ impl<'a, T: Transport> Exchange<'a, T> {
         }
         // A 304 (RFC 9110 §15.4.5) and the head of a multipart body (its parts carry the
         // representation's, RFC 9110 §14.6) leave out representation metadata.
-        h.forwarded_fields(&m.fields, self.sh.upstream.via(), |k| {
+        // The upstream caches' members are news only on a response fetched just now.
+        let fetched = matches!(
+            status,
+            CacheStatus::Miss | CacheStatus::Refreshed | CacheStatus::Partial
+        );
+        let cs = (status.field_value(), fetched);
+        h.forwarded_fields(&m.fields, self.sh.upstream.via(), cs, |k| {
             kind != Fields::Whole
                 && k.len() > 8
                 && k[..8].eq_ignore_ascii_case("content-")
@@ -360,17 +366,17 @@ impl<'a, T: Transport> Exchange<'a, T> {
             }
             Shape::NotModified => {
                 let mut h = Head::dated(304, obj.meta.date.as_deref());
-                h.header("Cache-Status", status.field_value());
                 self.stored_fields(&mut h, obj, Fields::NotModified, status);
                 let ok = self.t.write(Out::Bytes(h.finish(keep))).await.is_ok();
                 return Some(Outcome::new(304, keep && ok, status));
             }
             Shape::Single { range, partial } => {
-                let code = if partial { 206 } else { 200 };
+                let code = if partial { 206 } else { obj.meta.status };
                 let mut h = Head::dated(code, obj.meta.date.as_deref());
-                h.header("Content-Length", range.end - range.start)
-                    .header("Accept-Ranges", "bytes")
-                    .header("Cache-Status", status.field_value());
+                h.header("Content-Length", range.end - range.start);
+                if code / 100 == 2 {
+                    h.header("Accept-Ranges", "bytes");
+                }
                 if partial {
                     h.header("Content-Range", range::content_range(&range, total));
                 }
@@ -385,8 +391,7 @@ impl<'a, T: Transport> Exchange<'a, T> {
                     format!("multipart/byteranges; boundary={}", parts.boundary),
                 )
                 .header("Content-Length", parts.len())
-                .header("Accept-Ranges", "bytes")
-                .header("Cache-Status", status.field_value());
+                .header("Accept-Ranges", "bytes");
                 self.stored_fields(&mut h, obj, Fields::Multipart, status);
                 (206, h, parts)
             }

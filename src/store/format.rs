@@ -428,6 +428,11 @@ impl ObjectMeta {
         if self.instance != 0 {
             h.update(&self.instance.to_le_bytes());
         }
+        // A stored 404 (or 301, ...) is never the same as a 200 of the same length; a 200
+        // hashes as before (records of format 1 keep their versions).
+        if self.status != 200 {
+            h.update(&self.status.to_le_bytes());
+        }
         for v in [&self.etag, &self.last_modified] {
             match v {
                 Some(s) => {

@@ -102,14 +102,14 @@ pub(super) fn lines(h: &HeaderMap) -> Vec<(String, String)> {
 
 /// The metadata to store for a response with fields `h` (RFC 9111 §3.1: every end-to-end
 /// field, repeated `Cache-Control` lines combined per RFC 9110 §5.3).
-fn meta_from(key: &str, h: &HeaderMap, total_len: u64) -> ObjectMeta {
+fn meta_from(key: &str, h: &HeaderMap, status: u16, total_len: u64) -> ObjectMeta {
     let all = lines(h);
     let it = || all.iter().map(|(k, v)| (k.as_str(), v.as_str()));
     let s = |n: &str| header(h, n).map(str::to_string);
     let mut m = ObjectMeta {
         key: key.to_string(),
         total_len,
-        status: 200,
+        status,
         etag: s("etag"),
         last_modified: s("last-modified"),
         content_type: s("content-type"),
@@ -162,6 +162,23 @@ pub(super) fn via_chain(target: &Target, ours: &str) -> String {
         Some(v) => format!("{v}, {ours}"),
         None => ours.to_string(),
     }
+}
+
+/// Statuses other than 200 and 206 that are stored (RFC 9110 §15.1: heuristically cacheable,
+/// so a cache understands them; 204 and 206 aside, with a body to keep).
+fn storable_status(s: u16) -> bool {
+    matches!(s, 203 | 204 | 300 | 301 | 308 | 404 | 405 | 410 | 414 | 501)
+}
+
+/// Does the response give its own lifetime (RFC 9111 §4.2.1: `s-maxage`, `max-age` or
+/// `Expires`)?
+fn explicitly_fresh(h: &HeaderMap) -> bool {
+    let cc = fields::combined(
+        lines(h).iter().map(|(k, v)| (k.as_str(), v.as_str())),
+        "cache-control",
+    );
+    let cc = CacheControl::parse(cc.as_deref());
+    cc.s_maxage.is_some() || cc.max_age.is_some() || header(h, "expires").is_some()
 }
 
 /// Why a 200/206 may not be stored, if it may not.
@@ -263,7 +280,7 @@ pub fn fetch(
                     "Content-Length does not match Content-Range".into(),
                 ));
             }
-            Ok(store(meta_from(&target.key, h, total), a, b + 1, resp))
+            Ok(store(meta_from(&target.key, h, 200, total), a, b + 1, resp))
         }
         200 => {
             // Chunked or close-delimited: not cacheable by range.
@@ -276,9 +293,17 @@ pub fn fetch(
             {
                 return Err(Error::new(Kind::Unsatisfiable(Some(total))));
             }
-            Ok(store(meta_from(&target.key, h, total), 0, total, resp))
+            Ok(store(meta_from(&target.key, h, 200, total), 0, total, resp))
         }
-        304 if revalidate.is_some() => Ok(Answer::NotModified(meta_from(&target.key, h, 0))),
+        304 if revalidate.is_some() => Ok(Answer::NotModified(meta_from(&target.key, h, 304, 0))),
+        // RFC 9111 §3, RFC 9110 §15.1: other statuses a cache may store, stored when the
+        // origin gives them an explicit lifetime (no heuristic for them) and a length.
+        s if storable_status(s) && explicitly_fresh(h) && refuse_to_store(h).is_none() => {
+            match content_length.or((s == 204).then_some(0)) {
+                Some(len) => Ok(store(meta_from(&target.key, h, s, len), 0, len, resp)),
+                None => relay(Unstored::NotStorable("no Content-Length"), resp),
+            }
+        }
         // The cache's own range lay past the end (the client's range is judged against the
         // length the 416 gives).
         416 => Err(Error::new(Kind::Unsatisfiable(
