@@ -20,7 +20,7 @@ pub enum Collapsed {
     Pass(&'static str),
     /// The upstream answered a status the cache relays rather than stores (a redirect, an
     /// error, RFC 9110 §15). As with `Pass`: relayed to the leader, asked again by the others.
-    Answered(u16),
+    Status(u16),
 }
 
 /// A fetch under way, shared by every request that joined it.

@@ -251,7 +251,7 @@ impl<'a, T: Transport> Exchange<'a, T> {
         let reduced = match &answer {
             Ok(Collapsed::Object(n)) => Ok(Revalidated::Version(n.version)),
             Ok(Collapsed::Pass(_)) => Ok(Revalidated::NotStorable),
-            Ok(Collapsed::Answered(s)) => Ok(Revalidated::Answered(*s)),
+            Ok(Collapsed::Status(s)) => Ok(Revalidated::Answered(*s)),
             Err(e) => Err(e),
         };
         match plan::after_revalidation(o.version, reduced, stale_if_unreachable, stale_if_5xx) {
@@ -308,7 +308,7 @@ impl<'a, T: Transport> Exchange<'a, T> {
                     .mark(&self.target.key, std::time::Instant::now());
                 return Err(self.relay(fetch.relay, body, NOT_STORABLE).await);
             }
-            Ok(Collapsed::Answered(_)) => {
+            Ok(Collapsed::Status(_)) => {
                 return Err(self.relay(fetch.relay, body, NOT_STORABLE).await);
             }
             Err(e) => Err(error_reply(self.t, &e, self.keep).await),

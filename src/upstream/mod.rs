@@ -291,7 +291,7 @@ impl Upstream {
             Ok((Answer::Relay(r), _)) => {
                 let outcome = match r.why {
                     fetch::Unstored::NotStorable(why) => Collapsed::Pass(why),
-                    fetch::Unstored::Status(s) => Collapsed::Answered(s),
+                    fetch::Unstored::Status(s) => Collapsed::Status(s),
                 };
                 self.end_cold(job, Ok(outcome));
                 if let Some(tx) = &job.relay {
