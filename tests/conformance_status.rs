@@ -3,7 +3,7 @@
 //! member with neither `hit` (RFC 9211 §2.1: a generated response is no hit) nor `fwd` (§2.2:
 //! nothing was relayed from upstream), only `detail` (§2.8) naming why; the access log labels
 //! it `ANSWERED:<detail>` and the metrics count it under `cache="ANSWERED"`, never as forwarded
-//! (`fwd=bypass`, `BYPASS`) the way they did before.
+//! (`fwd=...`, `BYPASS`).
 
 mod support;
 

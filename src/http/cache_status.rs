@@ -129,7 +129,15 @@ impl CacheStatus {
             CacheStatus::Refreshed => "gatecache; fwd=stale; stored",
             CacheStatus::Miss => "gatecache; fwd=miss; stored",
             CacheStatus::Partial => "gatecache; fwd=partial; stored",
-            CacheStatus::Bypass(_) => "gatecache; fwd=bypass",
+            // RFC 9211 §2.2: `method` for a method the cache forwards, `bypass` for what it is
+            // set never to handle (credentials, RFC 9111 §3.5), `miss` with no `stored` for a
+            // response it may not store (learned now, or remembered: hit-for-pass).
+            CacheStatus::Bypass(BypassReason::Method) => "gatecache; fwd=method",
+            CacheStatus::Bypass(BypassReason::Authorization) => "gatecache; fwd=bypass",
+            CacheStatus::Bypass(BypassReason::NotStorable) => "gatecache; fwd=miss",
+            CacheStatus::Bypass(BypassReason::HitForPass) => {
+                "gatecache; fwd=miss; detail=hit-for-pass"
+            }
             CacheStatus::Answered(a) => a.texts().1,
         }
     }
@@ -183,7 +191,25 @@ mod tests {
             (Partial, "gatecache; fwd=partial; stored", "PARTIAL", false),
             (
                 Bypass(BypassReason::Method),
+                "gatecache; fwd=method",
+                "BYPASS",
+                false,
+            ),
+            (
+                Bypass(BypassReason::Authorization),
                 "gatecache; fwd=bypass",
+                "BYPASS",
+                false,
+            ),
+            (
+                Bypass(BypassReason::NotStorable),
+                "gatecache; fwd=miss",
+                "BYPASS",
+                false,
+            ),
+            (
+                Bypass(BypassReason::HitForPass),
+                "gatecache; fwd=miss; detail=hit-for-pass",
                 "BYPASS",
                 false,
             ),
