@@ -132,3 +132,34 @@ both_backends! {
         assert_same(&r.body, &v2, "whole, new");
     }
 }
+
+both_backends! {
+    /// A stored object of which only the first block is held; the origin now answers 404 (and,
+    /// for another object, `no-store`). A client asking for a later block gets the origin's
+    /// answer, not a 502: what is stored no longer stands and is dropped.
+    fn a_fill_that_meets_an_answer_not_stored_relays_it_and_drops_the_object(backend) {
+        let (o, g) = setup(backend, "64KiB");
+        let data = generate("/g1", 400_000);
+        let page = b"<p>withdrawn</p>\n".to_vec();
+        for path in ["/withdrawn.bin", "/private-now.bin"] {
+            o.put(path, Obj::new(data.clone(), "\"g1\"").with_header("Cache-Control", "max-age=3600"));
+            let r = http::get(g.addr(), path, &[("Range", "bytes=0-99")]);
+            assert_same(&r.body, &data[..100], path);
+        }
+        o.put("/withdrawn.bin", Obj::new(page.clone(), "\"w\"").with_fault(Fault::Answer(404)));
+        o.put(
+            "/private-now.bin",
+            Obj::new(data.clone(), "\"g2\"").with_header("Cache-Control", "no-store"),
+        );
+        let r = http::get(g.addr(), "/withdrawn.bin", &[("Range", "bytes=300000-300099")]);
+        assert_eq!(r.status, 404, "{}", r.body_text());
+        assert_eq!(r.body, page);
+        let r = http::get(g.addr(), "/withdrawn.bin", &[("Range", "bytes=0-99")]);
+        assert_eq!(r.status, 404, "the stored block no longer stands: {}", r.cache_status());
+        let r = http::get(g.addr(), "/private-now.bin", &[("Range", "bytes=300000-300099")]);
+        assert_eq!(r.status, 206, "{}", r.body_text());
+        assert_same(&r.body, &data[300_000..300_100], "relayed");
+        let r = http::get(g.addr(), "/private-now.bin", &[("Range", "bytes=0-99")]);
+        assert!(!r.is_hit(), "no longer served from storage: {}", r.cache_status());
+    }
+}

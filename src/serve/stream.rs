@@ -78,15 +78,12 @@ impl<'a> BlockStream<'a> {
         let key = &self.target.key;
         let b = self.scheduled_to();
         let run_end = (b + self.up.window_blocks()).min(self.last_block + 1);
-        let aborted = self.aborts > 0;
+        // An object gone (a failed fill that left nothing of it, or a fill that learned it may
+        // not be stored or is answered otherwise now) reads as changed: before the head is
+        // sent the request is planned again and meets the upstream's current answer.
         let (writers, stop) = cache
             .claim_run(key, b, run_end, self.obj.version)
-            .map_err(|e| match e {
-                // A failed fill that left the object with no block drops it (nothing of it
-                // was stored): the cause the client hears is that fill's failure.
-                CacheError::NoObject if aborted => Error::new(Kind::FillAborted),
-                e => Self::claim_err(e),
-            })?;
+            .map_err(Self::claim_err)?;
         for w in &writers {
             let fill = w.fill().expect("fresh writer").clone();
             self.pending.push_back(Source::Fill(fill));

@@ -293,6 +293,18 @@ impl Upstream {
                     fetch::Unstored::NotStorable(why) => Collapsed::Pass(why),
                     fetch::Unstored::Status(s) => Collapsed::Status(s),
                 };
+                if job.cold.is_none() {
+                    // A fill for blocks of a stored object met an answer that is not stored
+                    // (now not storable, gone, moved): what is stored no longer stands. Its
+                    // readers plan again and meet that answer themselves.
+                    log::info!("{}: now answered {:?}; dropped", job.target.key, r.why);
+                    self.cache.remove(&job.target.key);
+                    if matches!(r.why, fetch::Unstored::NotStorable(_)) {
+                        self.cache
+                            .pass_hints()
+                            .mark(&job.target.key, Instant::now());
+                    }
+                }
                 self.end_cold(job, Ok(outcome));
                 if let Some(tx) = &job.relay {
                     // The leader's own request: relayed as it arrives, never asked again.
