@@ -163,3 +163,34 @@ both_backends! {
         assert!(!r.is_hit(), "no longer served from storage: {}", r.cache_status());
     }
 }
+
+both_backends! {
+    /// Objects with no strong validator (none at all, a weak `ETag`), twenty times the fill
+    /// window: three clients at once each get the whole body, whole (the representation comes
+    /// from one response, every block claimed at once, so no reader starts a fill of its own
+    /// whose bytes could not be joined); then it is a hit.
+    fn an_object_without_a_strong_validator_comes_whole_to_concurrent_clients(backend) {
+        let (o, g) = setup(backend, "64KiB");
+        let data = generate("/nv", 20 * 64 * 1024 + 5);
+        o.put(
+            "/none.bin",
+            Obj::new(data.clone(), "").without_validators().with_header("Cache-Control", "max-age=600"),
+        );
+        o.put("/weak.bin", Obj::new(data.clone(), "W/\"w\"").with_header("Cache-Control", "max-age=600"));
+        for path in ["/none.bin", "/weak.bin"] {
+            let addr = g.addr();
+            let clients: Vec<_> = (0..3)
+                .map(|_| std::thread::spawn(move || http::get(addr, path, &[])))
+                .collect();
+            for c in clients {
+                let r = c.join().unwrap();
+                assert_eq!(r.status, 200, "{path}");
+                assert!(r.complete, "{path}: cut after {} bytes", r.body.len());
+                assert_same(&r.body, &data, path);
+            }
+            let r = http::get(g.addr(), path, &[("Range", "bytes=1000000-1000099")]);
+            assert!(r.is_hit(), "{path}: {}", r.cache_status());
+            assert_same(&r.body, &data[1_000_000..1_000_100], path);
+        }
+    }
+}

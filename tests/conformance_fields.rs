@@ -233,3 +233,25 @@ both_backends! {
         assert_eq!(via.matches("gatecache").count(), 2, "both nodes in Via: {via}");
     }
 }
+
+both_backends! {
+    /// `Transfer-Encoding` and `Content-Length` together: the coding frames the body and the
+    /// length means nothing (RFC 9112 §6.3). The whole body reaches the client, never the first
+    /// `Content-Length` bytes of it, and nothing cut is stored.
+    fn a_body_framed_by_transfer_encoding_ignores_content_length(backend) {
+        let (o, g) = setup(backend);
+        let data = generate("/te", 30_000);
+        o.put(
+            "/te.bin",
+            Obj::new(data.clone(), "\"te\"")
+                .chunked()
+                .with_header("Cache-Control", "max-age=600")
+                .with_header("Content-Length", "3"),
+        );
+        for round in 0..2 {
+            let r = http::get(g.addr(), "/te.bin", &[]);
+            assert_eq!(r.status, 200, "round {round}");
+            assert_same(&r.body, &data, &format!("round {round}"));
+        }
+    }
+}

@@ -284,3 +284,20 @@ both_backends! {
         }
     }
 }
+
+both_backends! {
+    /// RFC 9111 §5.2.1.5: nothing of the answer to a request with `Cache-Control: no-store` is
+    /// stored; the next request is a miss again.
+    fn a_no_store_request_stores_nothing(backend) {
+        let o = FaultOrigin::start();
+        let g = Gate::start(GateConfig::new(backend).route("/", &o.origin_url()));
+        let data = generate("/nsr", 100_000);
+        o.put("/nsr.bin", Obj::new(data.clone(), "\"n\"").with_header("Cache-Control", "max-age=600"));
+        let r = http::get(g.addr(), "/nsr.bin", &[("Cache-Control", "no-store")]);
+        assert_same(&r.body, &data, "no-store request");
+        let r = http::get(g.addr(), "/nsr.bin", &[]);
+        assert_same(&r.body, &data, "next request");
+        assert!(!r.is_hit(), "stored after a no-store request: {}", r.cache_status());
+        assert_eq!(o.requests("/nsr.bin"), 2);
+    }
+}

@@ -156,3 +156,46 @@ both_backends! {
         assert_eq!(o.requests("/missing"), 2, "no lifetime: not stored");
     }
 }
+
+both_backends! {
+    /// A response that may not be stored, relayed from the fill that got it: the fill sent no
+    /// `If-Range`, so the client's is judged against the answer (RFC 9110 §13.1.5). One that
+    /// names another representation gets the whole new one, never a part to join to old bytes.
+    fn a_failing_if_range_on_a_relayed_answer_gets_the_whole_representation(backend) {
+        let (o, g) = setup(backend);
+        let data = generate("/ir", 200_000);
+        o.put("/ir.bin", Obj::new(data.clone(), "\"new\"").with_header("Cache-Control", "no-store"));
+        let r = http::get(g.addr(), "/ir.bin", &[("Range", "bytes=0-65535"), ("If-Range", "\"old\"")]);
+        assert_eq!(r.status, 200, "{}", r.body_text());
+        assert_same(&r.body, &data, "the whole representation");
+        let r = http::get(g.addr(), "/ir.bin", &[("Range", "bytes=0-65535"), ("If-Range", "\"new\"")]);
+        assert_eq!(r.status, 206, "{}", r.body_text());
+        assert_same(&r.body, &data[..65_536], "the part asked for");
+    }
+}
+
+both_backends! {
+    /// Through a parent: the origin's 503 (with `Retry-After` and its body) reaches the client
+    /// of the child as the origin sent it; it is not taken for the parent's own failure
+    /// (RFC 9110 §15.6.3: a 502 only when no valid answer came).
+    fn an_origins_5xx_through_a_parent_reaches_the_client(backend) {
+        let o = FaultOrigin::start();
+        let parent = Gate::start(GateConfig::new(backend).route("/", &o.origin_url()));
+        let child = Gate::start(
+            GateConfig::new(backend)
+                .route("/", &o.origin_url())
+                .parents(&[parent.addr()]),
+        );
+        o.put(
+            "/busy",
+            Obj::new(b"busy, come back later\n".to_vec(), "\"b\"")
+                .with_header("Retry-After", "120")
+                .with_fault(Fault::Answer(503)),
+        );
+        let r = http::get(child.addr(), "/busy", &[]);
+        assert_eq!(r.status, 503, "{}", r.body_text());
+        assert_eq!(r.header("retry-after"), Some("120"));
+        assert_eq!(r.body, b"busy, come back later\n");
+        assert_eq!(o.requests("/busy"), 1, "asked once, through the parent");
+    }
+}

@@ -7,6 +7,7 @@ use super::respond::{Outcome, error_reply};
 use super::transport::{Out, Transport};
 use crate::error::{Error, Kind};
 use crate::http::cache_status::{BypassReason, CacheStatus};
+use crate::http::conditional;
 use crate::http::range::Resolved;
 use crate::http::request::{Method, Request};
 use crate::http::response::Head;
@@ -116,7 +117,18 @@ fn fit(
             .iter()
             .find(|(k, _)| k.eq_ignore_ascii_case("content-range"))?;
         let (a, b, total) = crate::upstream::fetch::parse_content_range(&cr.1)?;
-        let asked = match req.range.as_deref().and_then(crate::http::range::parse) {
+        let field = |name: &str| {
+            headers
+                .iter()
+                .find(|(k, _)| k.eq_ignore_ascii_case(name))
+                .map(|(_, v)| v.as_str())
+        };
+        // The fill sent no If-Range: judge the client's against this answer (RFC 9110
+        // §13.1.5); one that fails asks for the whole representation.
+        let range_allowed =
+            conditional::if_range_allows(req, field("etag"), field("last-modified"));
+        let client_range = req.range.as_deref().filter(|_| range_allowed);
+        let asked = match client_range.and_then(crate::http::range::parse) {
             None => None,
             Some(specs) => match crate::http::range::resolve(&specs, total) {
                 Resolved::Full => None,

@@ -118,12 +118,18 @@ pub fn plan(
         if cc.only_if_cached {
             return refuse(504, "not cached (only-if-cached)");
         }
+        // RFC 9111 §5.2.1.5: nothing of the answer to a no-store request may be stored.
+        if cc.no_store {
+            return Plan::Pass(BypassReason::NotStorable);
+        }
         return Plan::Miss;
     };
     match freshness::decide(meta, &cc, req.pragma_no_cache, &target.rule, now) {
         Decision::Fresh => Plan::Hit,
         Decision::StaleWhileRevalidate => Plan::StaleThenRevalidate,
         Decision::Revalidate { .. } if cc.only_if_cached => refuse(504, "stale (only-if-cached)"),
+        // A revalidation would store its answer (§5.2.1.5): pass it instead.
+        Decision::Revalidate { .. } if cc.no_store => Plan::Pass(BypassReason::NotStorable),
         Decision::Revalidate {
             stale_if_unreachable,
             stale_if_5xx,
@@ -369,6 +375,22 @@ mod tests {
         );
         let t = admit(&get(""), &c).unwrap();
         assert_eq!(t.key, "cdn.example.com/a");
+    }
+
+    /// RFC 9111 §5.2.1.5: nothing of the answer to a no-store request is stored, so what
+    /// would fetch or revalidate passes; a fresh stored response may still answer it.
+    #[test]
+    fn plan_for_a_no_store_request() {
+        let c = cfg();
+        let now = 1_000_000;
+        let fresh = meta(Some("max-age=600"), 10);
+        let stale = meta(Some("max-age=60"), 100);
+        let no_store = get("\r\nCache-Control: no-store");
+        let t = admit(&no_store, &c).unwrap();
+        let pass = Plan::Pass(BypassReason::NotStorable);
+        assert_eq!(plan(&no_store, &t, false, None, now), pass);
+        assert_eq!(plan(&no_store, &t, false, Some(&stale), now), pass);
+        assert_eq!(plan(&no_store, &t, false, Some(&fresh), now), Plan::Hit);
     }
 
     #[test]

@@ -57,6 +57,29 @@ fn header<'a>(h: &'a HeaderMap, name: &str) -> Option<&'a str> {
     h.get(name).and_then(|v| v.to_str().ok())
 }
 
+/// The body's length from `Content-Length`, unless `Transfer-Encoding` is present: then the
+/// framing is the coding's and `Content-Length` means nothing (RFC 9112 §6.3).
+pub(super) fn body_length(h: &HeaderMap) -> Option<u64> {
+    if h.contains_key("transfer-encoding") {
+        return None;
+    }
+    header(h, "content-length").and_then(|v| v.trim().parse::<u64>().ok())
+}
+
+/// Was this 5xx relayed by a parent cache from further up (its `Cache-Status` member says
+/// `fwd`), rather than made by the parent itself (a member with only a `detail`, or none)?
+/// An origin's answer is the client's (RFC 9110 §15.6.3); a parent's own failure is a reason to
+/// ask the next hop.
+pub(super) fn relayed_by_parent(h: &HeaderMap) -> bool {
+    let last = h
+        .get_all("cache-status")
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(','))
+        .last();
+    last.is_some_and(|m| m.split(';').any(|p| p.trim().starts_with("fwd=")))
+}
+
 /// Parses `bytes a-b/total` (total must be known).
 pub fn parse_content_range(v: &str) -> Option<(u64, u64, u64)> {
     let rest = v.trim().strip_prefix("bytes ")?;
@@ -140,6 +163,12 @@ pub(super) fn map_err(e: ureq::Error) -> Error {
     match e {
         ureq::Error::Timeout(_) => Error::new(Kind::Timeout),
         ureq::Error::Io(e) if e.kind() == std::io::ErrorKind::TimedOut => Error::new(Kind::Timeout),
+        // The upstream answered, with something that is not HTTP we accept (a malformed or
+        // oversized head): an invalid response, not an unreachable upstream.
+        e @ (ureq::Error::Protocol(_)
+        | ureq::Error::LargeResponseHeader(..)
+        | ureq::Error::BadUri(_)
+        | ureq::Error::Http(_)) => Error::with(Kind::InvalidResponse, e.to_string()),
         e => Error::with(Kind::Connect, e.to_string()),
     }
 }
@@ -255,7 +284,7 @@ pub fn fetch(
     let h = resp.headers().clone();
     let h = &h;
     let relay = |why, resp| Ok(Answer::Relay(Relay { why, resp }));
-    let content_length = header(h, "content-length").and_then(|v| v.trim().parse::<u64>().ok());
+    let content_length = body_length(h);
     if matches!(status, 200 | 206)
         && let Some(why) = refuse_to_store(h)
     {
@@ -312,7 +341,7 @@ pub fn fetch(
                 .and_then(|t| t.parse().ok()),
         ))),
         // A parent relaying a failure: the next hop may do better (508, a loop, would not).
-        s if s >= 500 && s != 508 && matches!(hop, Hop::Parent(..)) => {
+        s if s >= 500 && s != 508 && matches!(hop, Hop::Parent(..)) && !relayed_by_parent(h) => {
             Err(invalid(format!("upstream status {s}")))
         }
         // Everything else reaches the client as sent (RFC 9110 §15): redirects are never

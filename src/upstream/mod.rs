@@ -388,9 +388,15 @@ impl Upstream {
                 // writers let go, so that their readers, retrying, find the new version
                 // (and start over on it if they sent nothing yet) rather than claim the old
                 // one's blocks again.
-                let installed = self
-                    .cache
-                    .put_object_claiming(fetched.meta.clone(), window.clone());
+                // A representation with no strong validator comes whole from this response
+                // alone: every block is claimed now, so that no reader starts a fill of its
+                // own (another response, whose bytes could not be joined to these).
+                let claim = if fetched.meta.instance != 0 {
+                    0..u32::MAX
+                } else {
+                    window.clone()
+                };
+                let installed = self.cache.put_object_claiming(fetched.meta.clone(), claim);
                 if known.is_some() {
                     log::info!("{}: changed upstream", job.target.key);
                     job.writers.clear();

@@ -84,7 +84,12 @@ impl Upstream {
                 self.send(b, req.body.as_slice())
             }?;
             let status = resp.status().as_u16();
-            if matches!(hop, Hop::Parent(..)) && status >= 500 && status != 508 && resendable {
+            if matches!(hop, Hop::Parent(..))
+                && status >= 500
+                && status != 508
+                && resendable
+                && !super::fetch::relayed_by_parent(resp.headers())
+            {
                 // Alive but relaying a failure: ask the next hop (no back-off: it answered).
                 return Err(Error::with(
                     Kind::InvalidResponse,
@@ -122,11 +127,7 @@ impl Upstream {
     ) {
         let status = resp.status().as_u16();
         let (parts, body) = resp.into_parts();
-        let len = parts
-            .headers
-            .get("content-length")
-            .and_then(|v| v.to_str().ok())
-            .and_then(|v| v.trim().parse::<u64>().ok());
+        let len = super::fetch::body_length(&parts.headers);
         // RFC 9110 §7.6.1: end-to-end fields only; the framing is ours (RFC 9112 §6).
         let all = super::fetch::lines(&parts.headers);
         let headers = crate::http::fields::end_to_end(

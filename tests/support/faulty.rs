@@ -485,7 +485,14 @@ fn answer_content(s: &mut TcpStream, req: &ReqHead, obj: &Obj, seen: &mut Seen) 
         seen.status = 304;
         return write_head(s, 304, &headers);
     }
-    let range = req.range.as_deref().filter(|_| !obj.chunked);
+    // RFC 9110 §13.1.5: an If-Range that does not name this representation asks for all of it.
+    let if_range = req
+        .headers
+        .iter()
+        .find(|(k, _)| k.eq_ignore_ascii_case("if-range"))
+        .map(|(_, v)| v.trim().to_string());
+    let range_ok = if_range.is_none_or(|v| !obj.etag.is_empty() && v == obj.etag);
+    let range = req.range.as_deref().filter(|_| !obj.chunked && range_ok);
     let (status, mut a, mut b) = match resolve(range, len) {
         Err(()) => {
             seen.status = 416;
