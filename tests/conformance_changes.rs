@@ -194,3 +194,23 @@ both_backends! {
         }
     }
 }
+
+both_backends! {
+    /// A 304 that names another `ETag` than the stored one cannot refresh it (RFC 9111 §4.3.4):
+    /// the cache asks again unconditionally and serves that answer, never a 502.
+    fn a_304_naming_other_validators_is_followed_by_an_unconditional_request(backend) {
+        let (o, g) = setup(backend, "1MiB");
+        let data = generate("/b304", 100_000);
+        let obj = Obj::new(data.clone(), "\"v1\"").with_header("Cache-Control", "max-age=1");
+        o.put("/b304.bin", obj.clone());
+        assert_same(&http::get(g.addr(), "/b304.bin", &[]).body, &data, "stored");
+        std::thread::sleep(Duration::from_millis(2100));
+        o.put("/b304.bin", obj.with_fault(Fault::Bad304));
+        let r = http::get(g.addr(), "/b304.bin", &[]);
+        assert_eq!(r.status, 200, "{}", r.body_text());
+        assert_same(&r.body, &data, "after the odd 304");
+        let seen = o.seen_for("/b304.bin");
+        let last_two: Vec<bool> = seen.iter().rev().take(2).map(|s| s.if_none_match.is_some()).collect();
+        assert_eq!(last_two, [false, true], "a conditional request, then an unconditional one");
+    }
+}

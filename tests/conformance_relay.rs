@@ -199,3 +199,23 @@ both_backends! {
         assert_eq!(o.requests("/busy"), 1, "asked once, through the parent");
     }
 }
+
+both_backends! {
+    /// A small range of an answer that may not be stored: the fill asked for its own window
+    /// and got more than the client asked for; the client's part is cut out of it (a 206 of
+    /// exactly that range), with no second upstream request.
+    fn a_part_of_a_relayed_answer_is_cut_out_for_the_client(backend) {
+        let (o, g) = setup(backend);
+        let data = generate("/part", 5000);
+        o.put("/part.bin", Obj::new(data.clone(), "\"p\"").with_header("Cache-Control", "no-store"));
+        for (spec, range) in [("bytes=5-9", 5..10), ("bytes=-10", 4990..5000), ("bytes=4000-", 4000..5000)] {
+            let before = o.requests("/part.bin");
+            let r = http::get(g.addr(), "/part.bin", &[("Range", spec)]);
+            assert_eq!(r.status, 206, "{spec}: {}", r.body_text());
+            let cr = format!("bytes {}-{}/5000", range.start, range.end - 1);
+            assert_eq!(r.header("content-range"), Some(cr.as_str()), "{spec}");
+            assert_same(&r.body, &data[range], spec);
+            assert_eq!(o.requests("/part.bin") - before, 1, "{spec}: one upstream request");
+        }
+    }
+}

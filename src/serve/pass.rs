@@ -2,18 +2,21 @@
 //! then its body, with our own framing (the length when known, else chunked, or close for
 //! HTTP/1.0). Nothing of it is stored.
 
+use std::ops::Range;
+
+use tokio::sync::mpsc;
+
 use super::Services;
 use super::respond::{Outcome, error_reply};
 use super::transport::{Out, Transport};
 use crate::error::{Error, Kind};
 use crate::http::cache_status::{BypassReason, CacheStatus};
 use crate::http::conditional;
-use crate::http::range::Resolved;
+use crate::http::range::{self, Resolved};
 use crate::http::request::{Method, Request};
 use crate::http::response::Head;
 use crate::route::Target;
 use crate::upstream::pass::{PassMsg, PassRequest};
-use tokio::sync::mpsc;
 
 /// The client's end-to-end fields (RFC 9110 §7.6): those the cache reads itself, then every
 /// other one in the order sent.
@@ -60,6 +63,7 @@ pub async fn relay<T: Transport>(t: &mut T, sh: &Services, p: Passed<'_>) -> Out
         key: p.target.key.clone(),
         keep: p.keep,
         cs: CacheStatus::Bypass(p.why),
+        part: None,
     };
     let mut rx = sh.upstream.pass(PassRequest {
         method: p.req.method(),
@@ -89,71 +93,98 @@ pub async fn relay_fetched<T: Transport>(
             headers,
             len,
         }) => match fit(p.req, status, headers, len) {
-            Some(head) => Some(head),
+            Some(fitted) => fitted,
             None => return relay(t, sh, p).await,
         },
         None => return relay(t, sh, p).await,
-        other => other,
+        Some(failed) => (failed, None),
     };
     let reply = Reply {
         req: p.req,
         key: p.target.key.clone(),
         keep: p.keep,
         cs: CacheStatus::Bypass(p.why),
+        part: first.1,
     };
-    send(t, sh, &reply, first, rx).await
+    send(t, sh, &reply, Some(first.0), rx).await
 }
 
-/// The head to relay for `req` from a fill's answer, or `None` when that answer cannot be
-/// this request's (see [`relay_fetched`]).
+/// The head to relay for `req` from a fill's answer, and the part of the answer's body that
+/// answers it (`None`: all of it); `None` when that answer cannot be this request's (see
+/// [`relay_fetched`]). The body the fill got holds bytes `have` of a representation of
+/// `total` bytes: a client's single range within them is cut out of it as a 206 (RFC 9110
+/// §14.2); a request for all of it takes a body that holds all of it as a 200.
 fn fit(
     req: &Request,
     status: u16,
     mut headers: Vec<(String, String)>,
     len: Option<u64>,
-) -> Option<PassMsg> {
-    if status == 206 {
-        let cr = headers
+) -> Option<(PassMsg, Option<Range<u64>>)> {
+    let field = |name: &str| {
+        headers
             .iter()
-            .find(|(k, _)| k.eq_ignore_ascii_case("content-range"))?;
-        let (a, b, total) = crate::upstream::fetch::parse_content_range(&cr.1)?;
-        let field = |name: &str| {
-            headers
-                .iter()
-                .find(|(k, _)| k.eq_ignore_ascii_case(name))
-                .map(|(_, v)| v.as_str())
-        };
-        // The fill sent no If-Range: judge the client's against this answer (RFC 9110
-        // §13.1.5); one that fails asks for the whole representation.
-        let range_allowed =
-            conditional::if_range_allows(req, field("etag"), field("last-modified"));
-        let client_range = req.range.as_deref().filter(|_| range_allowed);
-        let asked = match client_range.and_then(crate::http::range::parse) {
-            None => None,
-            Some(specs) => match crate::http::range::resolve(&specs, total) {
-                Resolved::Full => None,
-                Resolved::Partial(r) if r.len() == 1 => Some(r[0].clone()),
-                _ => return None,
-            },
-        };
-        match asked {
-            None if a == 0 && b + 1 == total => {
-                headers.retain(|(k, _)| !k.eq_ignore_ascii_case("content-range"));
-                return Some(PassMsg::Head {
-                    status: 200,
+            .find(|(k, _)| k.eq_ignore_ascii_case(name))
+            .map(|(_, v)| v.as_str())
+    };
+    let (have, total) = match (status, len) {
+        (206, _) => {
+            let (a, b, total) =
+                crate::upstream::fetch::parse_content_range(field("content-range")?)?;
+            (a..b + 1, total)
+        }
+        (200, Some(l)) => (0..l, l),
+        // Another status, or a body of unknown length: relayed as it is (a 200 may answer
+        // any range request whole, RFC 9110 §14.2).
+        _ => {
+            return Some((
+                PassMsg::Head {
+                    status,
                     headers,
                     len,
-                });
-            }
-            Some(r) if r == (a..b + 1) => {}
-            _ => return None,
+                },
+                None,
+            ));
         }
+    };
+    // The fill sent no If-Range: judge the client's against this answer (RFC 9110 §13.1.5);
+    // one that fails asks for the whole representation.
+    let range_allowed = conditional::if_range_allows(req, field("etag"), field("last-modified"));
+    let client_range = req.range.as_deref().filter(|_| range_allowed);
+    let asked = match client_range.and_then(crate::http::range::parse) {
+        None => None,
+        Some(specs) => match crate::http::range::resolve(&specs, total) {
+            Resolved::Full => None,
+            Resolved::Partial(r) if r.len() == 1 => Some(r[0].clone()),
+            // Several ranges, or none satisfiable: a whole 200 answers it; a part cannot.
+            _ if status == 200 => None,
+            _ => return None,
+        },
+    };
+    match asked {
+        None if have == (0..total) => {
+            headers.retain(|(k, _)| !k.eq_ignore_ascii_case("content-range"));
+            Some((
+                PassMsg::Head {
+                    status: 200,
+                    headers,
+                    len: Some(total),
+                },
+                None,
+            ))
+        }
+        Some(r) if have.start <= r.start && r.end <= have.end => {
+            headers.retain(|(k, _)| !k.eq_ignore_ascii_case("content-range"));
+            headers.push(("Content-Range".into(), range::content_range(&r, total)));
+            let part = r.start - have.start..r.end - have.start;
+            let head = PassMsg::Head {
+                status: 206,
+                headers,
+                len: Some(r.end - r.start),
+            };
+            Some((head, Some(part)))
+        }
+        _ => None,
     }
-    Some(PassMsg::Head {
-        status,
-        headers,
-        len,
-    })
 }
 
 /// Who a relayed response is for.
@@ -163,6 +194,8 @@ struct Reply<'a> {
     key: String,
     keep: bool,
     cs: CacheStatus,
+    /// The part of the relayed body to send (`None`: all of it).
+    part: Option<Range<u64>>,
 }
 
 /// Sends a relayed response: `first` (its head, or a failure), then the rest from `rx`.
@@ -223,9 +256,34 @@ async fn send<T: Transport>(
         }
     };
     let mut out = Outcome::new(status, keep, cs);
+    relay_body(t, &mut rx, chunked, r.part.clone(), &mut out).await;
+    out
+}
+
+/// Relays the body from `rx` (all of it, or its bytes `part`), chunked or not; a failure after
+/// the head cuts the connection, never a short body that looks whole.
+async fn relay_body<T: Transport>(
+    t: &mut T,
+    rx: &mut mpsc::Receiver<PassMsg>,
+    chunked: bool,
+    part: Option<Range<u64>>,
+    out: &mut Outcome,
+) {
+    let mut pos = 0u64;
     loop {
         match rx.recv().await {
             Some(PassMsg::Data(d)) => {
+                let at = pos;
+                pos += d.len() as u64;
+                let d = match &part {
+                    None => d,
+                    Some(p) if pos <= p.start => continue,
+                    Some(p) => {
+                        let from = p.start.saturating_sub(at) as usize;
+                        let to = (p.end.min(pos) - at) as usize;
+                        d[from..to].to_vec()
+                    }
+                };
                 let n = d.len() as u64;
                 let framed = if chunked {
                     let mut f = format!("{:x}\r\n", d.len()).into_bytes();
@@ -237,21 +295,24 @@ async fn send<T: Transport>(
                 };
                 if t.write(Out::Bytes(framed)).await.is_err() {
                     out.keep_alive = false;
-                    return out;
+                    return;
                 }
                 out.bytes += n;
+                if part.as_ref().is_some_and(|p| pos >= p.end) {
+                    // The part is sent; the rest of the upstream body is not needed.
+                    return;
+                }
             }
             Some(PassMsg::End) => {
                 if chunked && t.write(Out::Bytes(b"0\r\n\r\n".to_vec())).await.is_err() {
                     out.keep_alive = false;
                 }
-                return out;
+                return;
             }
-            // A failure after the head: cut the connection, never a short body that looks whole.
             _ => {
                 log::warn!("pass-through cut after {} bytes", out.bytes);
                 out.keep_alive = false;
-                return out;
+                return;
             }
         }
     }

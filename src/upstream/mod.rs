@@ -51,6 +51,12 @@ pub struct Fetch {
     pub relay: Option<tokio::sync::mpsc::Receiver<pass::PassMsg>>,
 }
 
+/// Does a 304 (`fresh`) name a validator other than the stored response's (RFC 9111 §4.3.4)?
+fn other_validators(stored: &ObjectMeta, fresh: &ObjectMeta) -> bool {
+    let differs = |a: &Option<String>, b: &Option<String>| b.is_some() && a != b;
+    differs(&stored.etag, &fresh.etag) || differs(&stored.last_modified, &fresh.last_modified)
+}
+
 /// What a fetcher thread does next.
 enum Work {
     Fill(Job),
@@ -275,6 +281,30 @@ impl Upstream {
     /// Ends the fetch for every answer but content to store: a 304 refreshes, a response not
     /// stored is relayed to the request that led the fetch, a failure is reported. The content
     /// to store and the hop that sent it, if that is the answer.
+    /// Sends the job's request for `range` over the hops: conditional for a revalidation. A
+    /// 304 that names other validators than the stored ones cannot refresh them (RFC 9111
+    /// §4.3.4): the request is made again, unconditional.
+    fn ask(&self, job: &Job, range: Option<(u64, u64)>) -> Result<(Answer, Hop), Error> {
+        let cond = job.known.as_ref().filter(|_| job.revalidate);
+        let send = |meta: Option<&ObjectMeta>| {
+            self.over_hops(&job.target, true, |hop| {
+                fetch::fetch(&self.agent, &job.target, range, &self.via, hop, meta)
+            })
+        };
+        match send(cond.map(|k| &*k.meta)) {
+            Ok((Answer::NotModified(m), _))
+                if cond.is_some_and(|k| other_validators(&k.meta, &m)) =>
+            {
+                log::info!(
+                    "{}: a 304 naming other validators; asked again unconditionally",
+                    job.target.key
+                );
+                send(None)
+            }
+            answer => answer,
+        }
+    }
+
     fn settle(
         &self,
         job: &Job,
@@ -328,11 +358,7 @@ impl Upstream {
         let end = (u64::from(job.first) + u64::from(job.count)) * bs;
         let started = Instant::now();
         let range = Some((start, end - 1));
-        let cond = job.known.as_ref().filter(|_| job.revalidate);
-        let meta = cond.map(|k| &*k.meta);
-        let answer = self.over_hops(&job.target, true, |hop| {
-            fetch::fetch(&self.agent, &job.target, range, &self.via, hop, meta)
-        });
+        let answer = self.ask(&job, range);
         let Some((mut fetched, mut hop)) = self.settle(&job, answer) else {
             return;
         };
@@ -459,10 +485,7 @@ impl Upstream {
     /// version) and a new response time; the blocks are kept. Refused if the answer names
     /// other validators (§4.3.4), or if another version was installed meanwhile.
     fn refresh(&self, k: &Object, fresh: &ObjectMeta) -> Result<Object, Error> {
-        let differs = |a: &Option<String>, b: &Option<String>| b.is_some() && a != b;
-        if differs(&k.meta.etag, &fresh.etag)
-            || differs(&k.meta.last_modified, &fresh.last_modified)
-        {
+        if other_validators(&k.meta, fresh) {
             return Err(Error::with(
                 Kind::InvalidResponse,
                 "a 304 naming other validators than the stored ones",

@@ -31,6 +31,9 @@ pub enum Fault {
     /// Answer this status with the object's headers and its data as the body (none for a
     /// 204 or a 304), whatever the request's range or validators.
     Answer(u16),
+    /// Answer every conditional request 304 with another `ETag` (`"other"`) than the one it
+    /// names: a 304 that cannot refresh what the cache stores (RFC 9111 §4.3.4).
+    Bad304,
     /// The same bytes, but the `ETag` alternates between `<etag>0` and `<etag>1` from one
     /// response to the next (CDN edges that disagree).
     FlapEtag,
@@ -476,6 +479,10 @@ fn answer_content(s: &mut TcpStream, req: &ReqHead, obj: &Obj, seen: &mut Seen) 
         ("Accept-Ranges".to_string(), "bytes".to_string()),
     ];
     headers.retain(|(_, v)| !v.is_empty());
+    if obj.fault == Fault::Bad304 && req.if_none_match.is_some() {
+        seen.status = 304;
+        return write_head(s, 304, &[("ETag".into(), "\"other\"".into())]);
+    }
     headers.extend(obj.headers.iter().cloned());
     if req
         .if_none_match
