@@ -154,6 +154,8 @@ both_backends! {
             assert_eq!(sent(first, "user-agent"), ["device-agent/7.1"], "{path}");
             assert_eq!(sent(first, "x-request-id"), ["req-42"], "{path}");
             assert!(sent(first, "x-secret").is_empty(), "{path}: named in Connection");
+            // The client sent no `Accept`: none is made up for it.
+            assert!(sent(first, "accept").is_empty(), "{path}: {:?}", sent(first, "accept"));
             let via = sent(first, "via");
             assert!(via.iter().any(|v| v.contains("gatecache")), "{path}: Via {via:?}");
         }

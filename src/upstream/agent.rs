@@ -146,6 +146,9 @@ pub fn build(cfg: &Config) -> Result<ureq::Agent, String> {
         .timeout_recv_response(Some(u.read_timeout))
         .timeout_per_read(Some(u.read_timeout))
         .user_agent(concat!("gatecache/", env!("CARGO_PKG_VERSION")))
+        // The client's `Accept` is forwarded as it sent it, or none (RFC 9110 §7.6): the
+        // agent adds none of its own.
+        .accept(ureq::config::AutoHeaderValue::None)
         .max_idle_connections_per_host(64)
         .proxy(proxy)
         .tls_config(TlsConfig::builder().root_certs(roots(&u.ca_certs)).build())
