@@ -219,3 +219,30 @@ both_backends! {
         }
     }
 }
+
+both_backends! {
+    /// `Expect: 100-continue` on a POST: the client waits for `100 Continue` before it sends
+    /// the body (RFC 9110 §10.1.1); it comes at once, then the final answer.
+    fn expect_100_continue_is_answered_before_the_body(backend) {
+        let (o, g) = setup(backend);
+        o.put("/api", Obj::new(Vec::new(), "\"a\""));
+        let mut c = http::Conn::open(g.addr());
+        c.stream.set_read_timeout(Some(std::time::Duration::from_secs(2))).unwrap();
+        c.send(http::request(
+            "POST",
+            "/api",
+            &[("Content-Length", "4"), ("Expect", "100-continue")],
+        ));
+        let head = c.read_head().expect("a 100 within 2 s").expect("a head");
+        assert_eq!(head.status, 100);
+        c.send("data");
+        let r = c.read_response(false).unwrap();
+        assert_eq!(r.status, 200, "{}", r.body_text());
+        assert_eq!(r.body_text(), "POST /api took 4 bytes\n");
+        let seen = o.seen_for("/api");
+        assert!(
+            seen[0].headers.iter().all(|(k, _)| !k.eq_ignore_ascii_case("expect")),
+            "Expect is answered here, never forwarded"
+        );
+    }
+}

@@ -179,6 +179,9 @@ pub struct Request {
     pub keep_alive: bool,
     /// Bytes of body that follow the head (to be skipped).
     pub body_len: u64,
+    /// `Expect: 100-continue` (RFC 9110 §10.1.1): the client waits for a `100 Continue`
+    /// before it sends the body.
+    pub expect_continue: bool,
     /// Every other end-to-end field, in order, names as sent (RFC 9110 §7.6.1: no hop-by-hop
     /// field, none named in `Connection`; not `Expect`, which the cache answers itself):
     /// forwarded upstream on a miss and a pass-through (`X-Request-Id`, `Accept`, ...).
@@ -408,10 +411,12 @@ fn keep_field(req: &mut Request, name: &str, value: &str) {
         req.authorization = Some(value.to_string());
     } else if name.eq_ignore_ascii_case("content-type") {
         req.content_type = Some(value.to_string());
+    } else if name.eq_ignore_ascii_case("expect") {
+        // Answered here (a 100 before the body is read), never forwarded.
+        req.expect_continue |= value.eq_ignore_ascii_case("100-continue");
     } else if !crate::http::fields::HOP_BY_HOP
         .iter()
         .any(|h| name.eq_ignore_ascii_case(h))
-        && !name.eq_ignore_ascii_case("expect")
     {
         req.fields.push((name.to_string(), value.to_string()));
     }

@@ -281,6 +281,11 @@ impl<T: Transport> Conn<T> {
             return Some((Vec::new(), false));
         }
         self.phase = Phase::ReadingBody;
+        if req.expect_continue && !req.http10 && (self.buf.len() as u64) < req.body_len {
+            // RFC 9110 §10.1.1: the client waits for this before it sends the body.
+            let go_on = b"HTTP/1.1 100 Continue\r\n\r\n".to_vec();
+            self.t.write(Out::Bytes(go_on)).await.ok()?;
+        }
         let body = self.read_body(req.body_len).await?;
         Some((if passed { body } else { Vec::new() }, req.keep_alive))
     }
