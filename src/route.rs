@@ -6,6 +6,9 @@
 //! the URL is assembled from parts by the `http` crate ([`Target::uri_for`]), never by joining
 //! text a client sent.
 
+use std::borrow::Cow;
+use std::sync::Arc;
+
 use ureq::http::Uri;
 use ureq::http::uri::{Authority as UriAuthority, PathAndQuery, Scheme};
 
@@ -37,7 +40,7 @@ pub struct Target {
     pub client_cc: Option<String>,
     /// The client's end-to-end fields to forward upstream (its `User-Agent` first, then the
     /// rest of [`Request::fields`]); a collapsed fill carries the first client's.
-    pub fields: std::sync::Arc<[(String, String)]>,
+    pub fields: Arc<[(String, String)]>,
     /// The configured origin this request matched (its `canonical` name, else its host
     /// pattern): the metrics' origin label, bounded by the configuration whatever clients send.
     pub origin_label: String,
@@ -183,32 +186,60 @@ fn find<'a>(cfg: &'a Config, host: &Host) -> Option<&'a Origin> {
     cfg.origins.iter().find(|o| o.matches(host))
 }
 
-fn with_query(path: &str, query: &str) -> String {
-    if query.is_empty() {
-        path.to_string()
-    } else {
-        format!("{path}?{query}")
+/// The path and query to ask upstream: the pieces of `path` joined as they are, then
+/// `?query` when there is a query; and the length of its path part. One allocation of the
+/// right size (this and the key are built for every request).
+fn path_query(path: &[&str], query: &str) -> (String, usize) {
+    let path_len = path.iter().map(|p| p.len()).sum();
+    let mut out = String::with_capacity(path_len + 1 + query.len());
+    for p in path {
+        out.push_str(p);
     }
+    if !query.is_empty() {
+        out.push('?');
+        out.push_str(query);
+    }
+    (out, path_len)
 }
 
-/// The cache key: `ns` + path [+ query unless the origin says not to].
-fn key_for(o: Option<&Origin>, ns: &str, path: &str, query: &str) -> String {
+/// The cache key: the namespace `ns`, then the path asked upstream, with its query unless
+/// the origin says not to (`key_query = false`). `path_len` is the length of the path part
+/// of `path_query` (from [`path_query`]).
+fn key_for(o: Option<&Origin>, ns: &str, path_query: &str, path_len: usize) -> String {
     let keep_query = o.is_none_or(|o| o.key_query);
-    if keep_query && !query.is_empty() {
-        format!("{ns}{path}?{query}")
+    let asked = if keep_query {
+        path_query
     } else {
-        format!("{ns}{path}")
-    }
+        &path_query[..path_len]
+    };
+    let mut key = String::with_capacity(ns.len() + asked.len());
+    key.push_str(ns);
+    key.push_str(asked);
+    key
 }
 
 /// The key namespace of origin `o`'s `host` at `port`: its canonical name, else the host;
 /// another port than the origin's own is another resource, so it is part of the name.
-fn origin_ns(o: &Origin, host: &Host, port: u16) -> String {
-    let ns = o.canonical.clone().unwrap_or_else(|| host.to_string());
+/// Borrowed when it is a name as it stands (the common case).
+fn origin_ns<'a>(o: &'a Origin, host: &'a Host, port: u16) -> Cow<'a, str> {
+    let ns = match (&o.canonical, host) {
+        (Some(c), _) => Cow::Borrowed(c.as_str()),
+        (None, Host::Name(n)) => Cow::Borrowed(n.as_str()),
+        (None, ip) => Cow::Owned(ip.to_string()),
+    };
     if port == o.port {
         ns
     } else {
-        format!("{ns}:{port}")
+        Cow::Owned(format!("{ns}:{port}"))
+    }
+}
+
+/// The metrics' origin label of a request for origin `o` (or for a route's origin that is
+/// not a configured origin: its `host`).
+fn origin_label(o: Option<&Origin>, host: &str) -> String {
+    match o {
+        Some(o) => o.canonical.as_ref().unwrap_or(&o.host).clone(),
+        None => host.to_string(),
     }
 }
 
@@ -225,54 +256,53 @@ fn for_origin(
     path: &str,
     query: &str,
 ) -> Result<Target, Refusal> {
-    let norm = path::remove_dot_segments(path).map_err(bad_path)?;
+    let norm = path::normalize(path).map_err(bad_path)?;
     let authority = Authority {
         host: host.clone(),
         port: Some(port),
     };
     let host_field = authority.for_scheme(default_port(o.https));
-    let ns = origin_ns(o, host, port);
+    let (path, path_len) = path_query(&[&norm], query);
     Ok(Target {
         https: o.https,
-        key: key_for(Some(o), &ns, &norm, query),
+        key: key_for(Some(o), &origin_ns(o, host, port), &path, path_len),
         authority,
         host: host_field,
-        path: with_query(&norm, query),
+        path,
         via: None,
         rule: Default::default(),
         client_cc: None,
         fields: Default::default(),
-        origin_label: o.canonical.clone().unwrap_or_else(|| o.host.clone()),
+        origin_label: origin_label(Some(o), &o.host),
     })
 }
 
-/// A target for route `r`'s origin, at `up_path` (already inside the route).
+/// A target for route `r`'s origin, at the path `up_path` (its pieces joined as they are;
+/// already inside the route).
 fn for_route<'c>(
     cfg: &'c Config,
     r: &Route,
-    up_path: &str,
+    up_path: &[&str],
     query: &str,
 ) -> (Target, Option<&'c Origin>) {
     let o = find(cfg, &r.authority.host);
     let port = r.authority.port_or(default_port(r.https));
     let ns = match o {
         Some(o) => origin_ns(o, &r.authority.host, port),
-        None => r.host.clone(),
+        None => Cow::Borrowed(r.host.as_str()),
     };
+    let (path, path_len) = path_query(up_path, query);
     let t = Target {
         https: r.https,
         authority: r.authority.clone(),
         host: r.host.clone(),
-        path: with_query(up_path, query),
-        key: key_for(o, &ns, up_path, query),
+        key: key_for(o, &ns, &path, path_len),
+        path,
         via: None,
         rule: Default::default(),
         client_cc: None,
         fields: Default::default(),
-        origin_label: o.map_or_else(
-            || r.host.clone(),
-            |o| o.canonical.clone().unwrap_or_else(|| o.host.clone()),
-        ),
+        origin_label: origin_label(o, &r.host),
     };
     (t, o)
 }
@@ -280,14 +310,14 @@ fn for_route<'c>(
 /// Normalises `path` for a prefix match (RFC 3986 §6.2.2, §5.2.4): `Ok(None)` if the path is
 /// under none of `prefixes`. A path whose raw form is under a prefix but whose normalised form
 /// is not (it climbs out with dot-segments) is a 400, as is an encoded separator.
-fn under_prefix<'p>(
-    path: &str,
+fn under_prefix<'a, 'p>(
+    path: &'a str,
     prefixes: impl Iterator<Item = &'p str> + Clone,
-) -> Result<Option<(&'p str, String)>, Refusal> {
-    let norm = path::remove_dot_segments(path).map_err(bad_path)?;
+) -> Result<Option<(&'p str, Cow<'a, str>)>, Refusal> {
+    let norm = path::normalize(path).map_err(bad_path)?;
     let hit = prefixes.clone().find(|p| norm.starts_with(p));
     // Unchanged by normalising (the common case): nothing can have climbed out.
-    let climbed = norm != path && {
+    let climbed = *norm != *path && {
         let decoded = path::decode_unreserved(path).map_err(bad_path)?;
         prefixes
             .clone()
@@ -322,18 +352,79 @@ pub fn route(req: &Request, cfg: &Config) -> Result<Target, Refusal> {
         (None, true) => Some("no-cache".into()),
         (None, false) => None,
     };
-    t.fields = req
-        .user_agent
-        .iter()
-        .map(|ua| ("User-Agent".to_string(), ua.clone()))
-        .chain(req.fields.iter().cloned())
-        .collect();
+    t.fields = forwarded_fields(req);
     let path = t.path.split('?').next().unwrap_or("");
     t.rule = cfg.fresh_rule(&t.authority.host, path, origin);
     // Refuse here anything the upstream URL could not be made of.
-    t.uri_for(None)
-        .map_err(|e| Refusal::BadTarget(e.to_string()))?;
+    check_sendable(&t)?;
     Ok(t)
+}
+
+/// The client's end-to-end fields to forward upstream: its `User-Agent` first, then the rest
+/// of [`Request::fields`]. A request with none shares the empty list (an empty `Arc<[_]>`
+/// allocates nothing); only misses and pass-throughs read them, but every request builds them.
+fn forwarded_fields(req: &Request) -> Arc<[(String, String)]> {
+    if req.user_agent.is_none() && req.fields.is_empty() {
+        return Arc::default();
+    }
+    req.user_agent
+        .iter()
+        .map(|ua| ("User-Agent".to_string(), ua.clone()))
+        .chain(req.fields.iter().cloned())
+        .collect()
+}
+
+/// Refuses a target whose origin URL the `http` crate would not build ([`Target::uri_for`]),
+/// without building it when its parts are plainly buildable ([`plain_authority`],
+/// [`plain_path_and_query`]): building the URL for every request, hits included, only to drop
+/// it cost as much as the rest of routing but the key. A target with other parts (an IPv6
+/// literal, a byte `http` may refuse) is judged by building its URL, as before, so this
+/// refuses exactly what building it refuses, before anything is sent.
+fn check_sendable(t: &Target) -> Result<(), Refusal> {
+    if plain_authority(&t.host) && plain_path_and_query(&t.path) {
+        return Ok(());
+    }
+    t.uri_for(None)
+        .map(drop)
+        .map_err(|e| Refusal::BadTarget(e.to_string()))
+}
+
+/// `name[:port]` of ASCII letters, digits, `.`, `-` and `_`, with a port of 1 to 5 digits:
+/// text the `http` crate always takes as an authority (nothing it reads as userinfo, a
+/// percent-encoding, an IP literal or a second port; unit-tested byte by byte against it).
+fn plain_authority(s: &str) -> bool {
+    let (name, port) = match s.split_once(':') {
+        Some((name, port)) => (name, Some(port)),
+        None => (s, None),
+    };
+    !name.is_empty()
+        && name
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'.' | b'-' | b'_'))
+        && port.is_none_or(|p| matches!(p.len(), 1..=5) && p.bytes().all(|b| b.is_ascii_digit()))
+}
+
+/// The longest path and query the `http` crate takes (`u16::MAX - 1` bytes).
+const MAX_PATH_QUERY: usize = u16::MAX as usize - 1;
+
+/// A path and query the `http` crate always takes: within its length limit, a leading `/`,
+/// then up to the first `?` only bytes it allows in a path, and after it only bytes it allows
+/// in a query (its tables in `http::uri::path`, for ASCII; no `#`, which it would cut the text
+/// at; unit-tested byte by byte against it). One pass over the bytes.
+fn plain_path_and_query(s: &str) -> bool {
+    let mut in_query = false;
+    s.len() <= MAX_PATH_QUERY
+        && s.starts_with('/')
+        && s.bytes().all(|b| match b {
+            b'?' if !in_query => {
+                in_query = true;
+                true
+            }
+            b'#' | b'<' | b'>' => false,
+            b'`' => in_query,
+            b'"' => !in_query,
+            _ => matches!(b, 0x21..=0x7e),
+        })
 }
 
 /// Splits a request target into the authority of an absolute-form one (RFC 9112 §3.2.2) and
@@ -404,7 +495,7 @@ fn route_target<'c>(
             .find(|r| r.prefix == prefix)
             .expect("prefix comes from a route");
         // Prefix and origin path both end with '/' (config): a plain join, nothing collapsed.
-        let up_path = format!("{}{}", r.path, &norm[r.prefix.len()..]);
+        let up_path = [r.path.as_str(), &norm[r.prefix.len()..]];
         return Ok(for_route(cfg, r, &up_path, &query));
     }
     Err(Refusal::NotAllowed(host_field.map_or_else(
@@ -456,7 +547,7 @@ fn named_target<'c>(
                 .iter()
                 .find(|r| r.path == matched)
                 .expect("the path matched one of these routes");
-            Ok(for_route(cfg, r, &norm, query))
+            Ok(for_route(cfg, r, &[&norm], query))
         }
         None => Err(Refusal::NotAllowed(format!(
             "{}{path} (outside the routes to this origin)",
@@ -958,6 +1049,95 @@ mod tests {
             t.uri_for(None).unwrap().to_string(),
             "http://m.example.org:443/x/z"
         );
+    }
+
+    #[test]
+    fn plain_parts_are_exactly_what_http_takes_there() {
+        let http_pq = |s: &str| PathAndQuery::try_from(s).is_ok();
+        for b in 0u8..0x80 {
+            let c = b as char;
+            // In a path ('?' starts the query; at '#' `http` cuts the text: left to it).
+            if c != '?' && c != '#' {
+                let pq = format!("/a{c}b");
+                assert_eq!(plain_path_and_query(&pq), http_pq(&pq), "{pq:?}");
+            }
+            if c != '#' {
+                let pq = format!("/a?x{c}y");
+                assert_eq!(plain_path_and_query(&pq), http_pq(&pq), "{pq:?}");
+            }
+            for pq in [format!("/{c}"), format!("{c}/"), format!("/?{c}")] {
+                assert!(!plain_path_and_query(&pq) || http_pq(&pq), "{pq:?}");
+            }
+            for a in [
+                format!("h{c}h"),
+                format!("{c}h"),
+                format!("h{c}"),
+                format!("h:8{c}"),
+                format!("h:{c}"),
+                format!("h.{c}:80"),
+            ] {
+                assert!(
+                    !plain_authority(&a) || UriAuthority::try_from(a.as_str()).is_ok(),
+                    "{a:?}"
+                );
+            }
+        }
+        let longest = format!("/{}", "a".repeat(MAX_PATH_QUERY - 1));
+        assert!(plain_path_and_query(&longest) && http_pq(&longest));
+        let over = format!("{longest}a");
+        assert!(!plain_path_and_query(&over) && !http_pq(&over));
+        assert!(!plain_path_and_query("") && !http_pq(""));
+        for a in ["h", "a-b.example_x.org:65535", "10.0.0.1:8080", "h:99999"] {
+            assert!(
+                plain_authority(a) && UriAuthority::try_from(a).is_ok(),
+                "{a}"
+            );
+        }
+        for a in [
+            "", ":80", "h:", "h:123456", "[::1]", "[::1]:80", "u@h", "h%41", "h:1:2",
+        ] {
+            assert!(!plain_authority(a), "{a}");
+        }
+    }
+
+    #[test]
+    fn sendable_refuses_what_the_url_builder_refuses() {
+        let target = |host: &str, path: &str| Target {
+            https: false,
+            authority: Authority::parse("h").unwrap(),
+            host: host.into(),
+            path: path.into(),
+            key: String::new(),
+            via: None,
+            rule: Default::default(),
+            client_cc: None,
+            fields: Default::default(),
+            origin_label: String::new(),
+        };
+        for (host, path) in [
+            ("h", "/a"),
+            ("h:8080", "/a?b=c&d"),
+            ("[::1]:8080", "/a"),
+            ("[fd00::4]", "/a?x"),
+            ("h", "/a<b"),
+            ("h", "/a`b"),
+            ("h", "/a?x\"b"),
+            ("h", "/a?x`b"),
+            ("h", "/a#b"),
+            ("h", "a"),
+            ("h", "*"),
+            ("h:1:2", "/a"),
+            ("u@h", "/a"),
+            ("", "/a"),
+            ("h", "/é"),
+        ] {
+            let t = target(host, path);
+            assert_eq!(
+                check_sendable(&t).is_ok(),
+                t.uri_for(None).is_ok(),
+                "{host:?} {path:?}"
+            );
+        }
     }
 
     #[test]

@@ -65,27 +65,44 @@ impl Head {
     /// A head with a given `Date` (a stored response keeps its origin's; RFC 9111 §4), or
     /// the current one.
     pub fn dated(status: u16, date: Option<&str>) -> Head {
-        let mut buf = Vec::with_capacity(512);
-        let now;
-        let date = match date {
-            Some(d) => d,
-            None => {
-                now = date_now();
-                &now
-            }
+        let mut h = Head {
+            buf: Vec::with_capacity(512),
         };
-        let _ = write!(
-            Writer(&mut buf),
-            "HTTP/1.1 {status} {}\r\nDate: {date}\r\n",
-            reason(status)
-        );
-        Head { buf }
+        h.buf.extend_from_slice(b"HTTP/1.1 ");
+        push_decimal(&mut h.buf, status.into());
+        h.buf.push(b' ');
+        h.buf.extend_from_slice(reason(status).as_bytes());
+        h.buf.extend_from_slice(b"\r\n");
+        match date {
+            Some(d) => h.field("Date", d),
+            None => h.field("Date", &date_now()),
+        };
+        h
     }
 
     /// Appends the field `name: value`. Neither is checked: both must come from the cache or
     /// from validated input (a CR or LF in them would split the head).
     pub fn header(&mut self, name: &str, value: impl std::fmt::Display) -> &mut Head {
         let _ = write!(Writer(&mut self.buf), "{name}: {value}\r\n");
+        self
+    }
+
+    /// [`Head::header`] for a text value, copied as it is: the formatting machinery costs
+    /// several times the copy, for each of the dozen fields of every response.
+    pub fn field(&mut self, name: &str, value: &str) -> &mut Head {
+        self.buf.extend_from_slice(name.as_bytes());
+        self.buf.extend_from_slice(b": ");
+        self.buf.extend_from_slice(value.as_bytes());
+        self.buf.extend_from_slice(b"\r\n");
+        self
+    }
+
+    /// [`Head::header`] for a number (`Content-Length`, `Age`), written in decimal.
+    pub fn number(&mut self, name: &str, value: u64) -> &mut Head {
+        self.buf.extend_from_slice(name.as_bytes());
+        self.buf.extend_from_slice(b": ");
+        push_decimal(&mut self.buf, value);
+        self.buf.extend_from_slice(b"\r\n");
         self
     }
 
@@ -104,31 +121,45 @@ impl Head {
         skip: impl Fn(&str) -> bool,
     ) -> &mut Head {
         let mut server = false;
-        let (mut vias, mut statuses) = (String::new(), String::new());
         for (k, v) in fields {
-            if k.eq_ignore_ascii_case("via") {
-                vias.push_str(v);
-                vias.push_str(", ");
-                continue;
-            }
-            if k.eq_ignore_ascii_case("cache-status") {
-                if status.1 {
-                    statuses.push_str(v);
-                    statuses.push_str(", ");
-                }
-                continue;
-            }
-            if skip(k) {
+            // `Via` and `Cache-Status` are joined with ours below.
+            if k.eq_ignore_ascii_case("via") || k.eq_ignore_ascii_case("cache-status") || skip(k) {
                 continue;
             }
             server |= k.eq_ignore_ascii_case("server");
-            self.header(k, v);
+            self.field(k, v);
         }
         if !server {
-            self.header("Server", "gatecache");
+            self.field("Server", "gatecache");
         }
-        self.header("Via", format_args!("{vias}{via}"))
-            .header("Cache-Status", format_args!("{statuses}{}", status.0))
+        let upstream_statuses: &[(String, String)] = if status.1 { fields } else { &[] };
+        self.joined("Via", fields, "via", via).joined(
+            "Cache-Status",
+            upstream_statuses,
+            "cache-status",
+            status.0,
+        )
+    }
+
+    /// Writes the field `name`: the values of the fields of `fields` named `from`, in order,
+    /// then `last`, separated by `", "` (RFC 9110 §5.3), straight into the head (no string
+    /// put together first).
+    fn joined(
+        &mut self,
+        name: &str,
+        fields: &[(String, String)],
+        from: &str,
+        last: &str,
+    ) -> &mut Head {
+        self.buf.extend_from_slice(name.as_bytes());
+        self.buf.extend_from_slice(b": ");
+        for (_, v) in fields.iter().filter(|(k, _)| k.eq_ignore_ascii_case(from)) {
+            self.buf.extend_from_slice(v.as_bytes());
+            self.buf.extend_from_slice(b", ");
+        }
+        self.buf.extend_from_slice(last.as_bytes());
+        self.buf.extend_from_slice(b"\r\n");
+        self
     }
 
     /// Ends the head with the blank line and returns its bytes; without `keep_alive`, a
@@ -140,6 +171,21 @@ impl Head {
         self.buf.extend_from_slice(b"\r\n");
         std::mem::take(&mut self.buf)
     }
+}
+
+/// Appends `n` in decimal (what `Display` writes for it).
+fn push_decimal(buf: &mut Vec<u8>, mut n: u64) {
+    let mut digits = [0u8; 20];
+    let mut i = digits.len();
+    loop {
+        i -= 1;
+        digits[i] = b'0' + (n % 10) as u8;
+        n /= 10;
+        if n == 0 {
+            break;
+        }
+    }
+    buf.extend_from_slice(&digits[i..]);
 }
 
 struct Writer<'a>(&'a mut Vec<u8>);
@@ -200,6 +246,49 @@ mod tests {
         assert!(s.ends_with("Connection: close\r\n\r\n"));
         let date = s.lines().nth(1).unwrap().trim_start_matches("Date: ");
         assert!(httpdate::parse_http_date(date).is_ok(), "{date}");
+    }
+
+    #[test]
+    fn direct_writers_write_what_formatting_wrote() {
+        for n in [0, 7, 10, 99, 100, 65_535, u64::from(u32::MAX) + 1, u64::MAX] {
+            let mut buf = Vec::new();
+            push_decimal(&mut buf, n);
+            assert_eq!(String::from_utf8(buf).unwrap(), n.to_string());
+        }
+        let (mut a, mut b) = (Head::dated(206, Some("d")), Head::dated(206, Some("d")));
+        a.field("ETag", "\"x\"").number("Age", 12);
+        b.header("ETag", "\"x\"").header("Age", 12);
+        assert_eq!(a.finish(true), b.finish(true));
+        let s = String::from_utf8(Head::dated(599, Some("d")).finish(true)).unwrap();
+        assert_eq!(s, "HTTP/1.1 599 Unknown\r\nDate: d\r\n\r\n");
+    }
+
+    #[test]
+    fn forwarded_fields_join_via_and_cache_status() {
+        let fields: Vec<(String, String)> = [
+            ("Via", "1.1 a"),
+            ("X-A", "1"),
+            ("cache-status", "up; hit"),
+            ("VIA", "1.0 b"),
+            ("Content-Type", "t"),
+            ("Cache-Status", "up2; fwd=miss"),
+        ]
+        .iter()
+        .map(|(k, v)| (k.to_string(), v.to_string()))
+        .collect();
+        let head = |fetched| {
+            let mut h = Head::dated(200, Some("d"));
+            h.forwarded_fields(&fields, "1.1 me", ("me; hit", fetched), |k| {
+                k.eq_ignore_ascii_case("content-type")
+            });
+            String::from_utf8(h.finish(true)).unwrap()
+        };
+        assert_eq!(
+            head(true),
+            "HTTP/1.1 200 OK\r\nDate: d\r\nX-A: 1\r\nServer: gatecache\r\n\
+             Via: 1.1 a, 1.0 b, 1.1 me\r\nCache-Status: up; hit, up2; fwd=miss, me; hit\r\n\r\n"
+        );
+        assert!(head(false).contains("\r\nCache-Status: me; hit\r\n"));
     }
 
     #[test]

@@ -194,19 +194,19 @@ impl<'a, T: Transport> Exchange<'a, T> {
     fn stored_fields(&self, h: &mut Head, obj: &Object, kind: Fields, status: CacheStatus) {
         let m = &obj.meta;
         if let Some(e) = &m.etag {
-            h.header("ETag", e);
+            h.field("ETag", e);
         }
         if let Some(lm) = &m.last_modified {
-            h.header("Last-Modified", lm);
+            h.field("Last-Modified", lm);
         }
         if let (Fields::Whole, Some(ct)) = (kind, &m.content_type) {
-            h.header("Content-Type", ct);
+            h.field("Content-Type", ct);
         }
         if let Some(cc) = &m.cache_control {
-            h.header("Cache-Control", cc);
+            h.field("Cache-Control", cc);
         }
         if let Some(x) = &m.expires {
-            h.header("Expires", x);
+            h.field("Expires", x);
         }
         let age = freshness::age(m, self.now);
         if age > 0
@@ -215,7 +215,7 @@ impl<'a, T: Transport> Exchange<'a, T> {
                 CacheStatus::Hit | CacheStatus::Stale | CacheStatus::Partial
             )
         {
-            h.header("Age", age);
+            h.number("Age", age);
         }
         // A 304 (RFC 9110 §15.4.5) and the head of a multipart body (its parts carry the
         // representation's, RFC 9110 §14.6) leave out representation metadata.
@@ -373,12 +373,12 @@ impl<'a, T: Transport> Exchange<'a, T> {
             Shape::Single { range, partial } => {
                 let code = if partial { 206 } else { obj.meta.status };
                 let mut h = Head::dated(code, obj.meta.date.as_deref());
-                h.header("Content-Length", range.end - range.start);
+                h.number("Content-Length", range.end - range.start);
                 if code / 100 == 2 {
-                    h.header("Accept-Ranges", "bytes");
+                    h.field("Accept-Ranges", "bytes");
                 }
                 if partial {
-                    h.header("Content-Range", range::content_range(&range, total));
+                    h.field("Content-Range", &range::content_range(&range, total));
                 }
                 self.stored_fields(&mut h, obj, Fields::Whole, status);
                 (code, h, Parts::single(range))
