@@ -79,6 +79,10 @@ both_backends! {
                 assert_eq!(r.header(k), Some(*v), "{path}: {k}");
             }
             assert_eq!(o.requests(path), 1, "{path}: one upstream request");
+            if *status == 204 {
+                // RFC 9110 §8.6: no Content-Length on a 204.
+                assert_eq!(r.header("content-length"), None, "{path}");
+            }
         }
     }
 }
@@ -150,6 +154,20 @@ both_backends! {
             }
             assert_eq!(o.requests(path), 1, "{path}: stored");
         }
+        // A 204 with a lifetime: stored, and sent again with no Content-Length (RFC 9110 §8.6).
+        o.put(
+            "/empty",
+            Obj::new(Vec::new(), "\"e\"")
+                .with_header("Cache-Control", "max-age=60")
+                .with_fault(Fault::Answer(204)),
+        );
+        for round in 0..2 {
+            let r = http::get(g.addr(), "/empty", &[]);
+            assert_eq!(r.status, 204, "round {round}");
+            assert_eq!(r.header("content-length"), None, "round {round}");
+            assert!(r.body.is_empty());
+        }
+        assert_eq!(o.requests("/empty"), 1, "a 204 with a lifetime is stored");
         for _ in 0..2 {
             assert_eq!(http::get(g.addr(), "/missing", &[]).status, 404);
         }

@@ -4,31 +4,18 @@ use std::cell::RefCell;
 use std::fmt::Write as _;
 use std::time::{SystemTime, UNIX_EPOCH};
 
-/// The reason phrase of the status line (RFC 9110 §15) for the codes gatecache sends;
-/// `Unknown` for any other (clients ignore it, RFC 9112 §4).
+/// The reason phrase of the status line: RFC 9110 §15's for every status it defines (the
+/// `http` crate's table; a relayed 301 reads `Moved Permanently`), `Unknown` for any other
+/// (clients ignore it, RFC 9112 §4).
 pub fn reason(status: u16) -> &'static str {
     match status {
-        200 => "OK",
-        204 => "No Content",
-        206 => "Partial Content",
-        304 => "Not Modified",
-        400 => "Bad Request",
-        403 => "Forbidden",
-        404 => "Not Found",
-        405 => "Method Not Allowed",
-        408 => "Request Timeout",
-        412 => "Precondition Failed",
+        // RFC 9110 renamed these two; the crate keeps RFC 7231's names.
         413 => "Content Too Large",
-        414 => "URI Too Long",
-        416 => "Range Not Satisfiable",
-        431 => "Request Header Fields Too Large",
-        500 => "Internal Server Error",
-        502 => "Bad Gateway",
-        503 => "Service Unavailable",
-        504 => "Gateway Timeout",
-        505 => "HTTP Version Not Supported",
-        508 => "Loop Detected",
-        _ => "Unknown",
+        422 => "Unprocessable Content",
+        s => ureq::http::StatusCode::from_u16(s)
+            .ok()
+            .and_then(|s| s.canonical_reason())
+            .unwrap_or("Unknown"),
     }
 }
 
@@ -232,6 +219,15 @@ pub fn reply(status: u16, ctype: &str, body: &str, extra: &[(&str, &str)]) -> Ve
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn reason_phrases_are_rfc_9110s() {
+        assert_eq!(reason(301), "Moved Permanently");
+        assert_eq!(reason(302), "Found");
+        assert_eq!(reason(413), "Content Too Large");
+        assert_eq!(reason(508), "Loop Detected");
+        assert_eq!(reason(599), "Unknown");
+    }
 
     #[test]
     fn head_has_status_date_and_framing() {

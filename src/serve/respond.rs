@@ -373,8 +373,11 @@ impl<'a, T: Transport> Exchange<'a, T> {
             Shape::Single { range, partial } => {
                 let code = if partial { 206 } else { obj.meta.status };
                 let mut h = Head::dated(code, obj.meta.date.as_deref());
-                h.number("Content-Length", range.end - range.start);
-                if code / 100 == 2 {
+                // A 204 has no content and says no length (RFC 9110 §8.6, §15.3.5).
+                if code != 204 {
+                    h.number("Content-Length", range.end - range.start);
+                }
+                if code / 100 == 2 && code != 204 {
                     h.field("Accept-Ranges", "bytes");
                 }
                 if partial {
