@@ -257,3 +257,34 @@ both_backends! {
         }
     }
 }
+
+both_backends! {
+    /// A field value with obs-text (bytes 0x80-0xFF, RFC 9110 §5.5: opaque to a recipient)
+    /// reaches the client byte for byte, on the miss and on the hit.
+    fn a_field_value_with_obs_text_comes_back_byte_for_byte(backend) {
+        use std::io::{Read, Write};
+        let (o, g) = setup(backend);
+        o.put(
+            "/obs.bin",
+            Obj::new(b"x".to_vec(), "\"o\"")
+                .with_header("Cache-Control", "max-age=600")
+                .with_header("X-Obs", "caf\u{e9} \u{ff}"),
+        );
+        for round in 0..2 {
+            let mut c = std::net::TcpStream::connect(g.addr()).unwrap();
+            c.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+            c.write_all(b"GET /obs.bin HTTP/1.1\r\nHost: gatecache.test\r\nConnection: close\r\n\r\n")
+                .unwrap();
+            let mut got = Vec::new();
+            c.read_to_end(&mut got).unwrap();
+            // Field names are case-insensitive (RFC 9110 §5.1): the value's bytes are the test.
+            let want = b"x-obs: caf\xe9 \xff\r\n";
+            let lower = got.to_ascii_lowercase();
+            assert!(
+                lower.windows(want.len()).any(|w| w == want),
+                "round {round}: {}",
+                String::from_utf8_lossy(&got)
+            );
+        }
+    }
+}

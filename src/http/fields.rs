@@ -15,6 +15,32 @@ pub const HOP_BY_HOP: &[&str] = &[
     "proxy-authorization",
 ];
 
+/// A field value as received (RFC 9110 §5.5: visible ASCII, and obs-text bytes 0x80-0xFF that
+/// a recipient treats as opaque), held byte for byte: each byte one `char` (ISO 8859-1), so
+/// [`write_wire`] gives the same bytes back whatever they are. ASCII, nearly every value, is
+/// unchanged.
+pub fn from_wire(bytes: &[u8]) -> String {
+    match std::str::from_utf8(bytes) {
+        Ok(s) if s.is_ascii() => s.to_string(),
+        _ => bytes.iter().map(|&b| char::from(b)).collect(),
+    }
+}
+
+/// Appends the bytes of a value held by [`from_wire`] to `out`. A `char` above U+00FF (a value
+/// made by the cache itself, never one received) is written as UTF-8.
+pub fn write_wire(value: &str, out: &mut Vec<u8>) {
+    if value.is_ascii() {
+        out.extend_from_slice(value.as_bytes());
+        return;
+    }
+    for c in value.chars() {
+        match u8::try_from(u32::from(c)) {
+            Ok(b) => out.push(b),
+            Err(_) => out.extend_from_slice(c.encode_utf8(&mut [0; 4]).as_bytes()),
+        }
+    }
+}
+
 /// The names listed in `Connection` values (RFC 9110 §7.6.1): they are hop-by-hop too.
 /// Lower-cased.
 pub fn connection_options<'a>(connection: impl Iterator<Item = &'a str>) -> Vec<String> {
@@ -119,6 +145,20 @@ mod tests {
                 ("X-Content-Sha256", "ab"),
             ])
         );
+    }
+
+    #[test]
+    fn values_come_back_byte_for_byte() {
+        for v in [
+            &b"plain"[..],
+            b"caf\xe9 \xff",
+            "caf\u{e9} in UTF-8".as_bytes(),
+            b"\x80\x81",
+        ] {
+            let mut out = Vec::new();
+            write_wire(&from_wire(v), &mut out);
+            assert_eq!(out, v);
+        }
     }
 
     #[test]

@@ -84,6 +84,16 @@ impl Head {
         self
     }
 
+    /// A field whose value is held as received ([`crate::http::fields::from_wire`]): its
+    /// bytes go out as they came in.
+    pub fn wire_field(&mut self, name: &str, value: &str) -> &mut Head {
+        self.buf.extend_from_slice(name.as_bytes());
+        self.buf.extend_from_slice(b": ");
+        crate::http::fields::write_wire(value, &mut self.buf);
+        self.buf.extend_from_slice(b"\r\n");
+        self
+    }
+
     /// [`Head::header`] for a number (`Content-Length`, `Age`), written in decimal.
     pub fn number(&mut self, name: &str, value: u64) -> &mut Head {
         self.buf.extend_from_slice(name.as_bytes());
@@ -114,7 +124,7 @@ impl Head {
                 continue;
             }
             server |= k.eq_ignore_ascii_case("server");
-            self.field(k, v);
+            self.wire_field(k, v);
         }
         if !server {
             self.field("Server", "gatecache");

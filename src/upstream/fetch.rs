@@ -110,16 +110,11 @@ const OWN: &[&str] = &[
     "age",
 ];
 
-/// The response's fields as (name, value) lines in the order received; a value that is not
-/// UTF-8 (obs-text, RFC 9110 §5.5) is kept with replacement characters.
+/// The response's fields as (name, value) lines in the order received, each value byte for
+/// byte (obs-text included, RFC 9110 §5.5; see [`fields::from_wire`]).
 pub(super) fn lines(h: &HeaderMap) -> Vec<(String, String)> {
     h.iter()
-        .map(|(k, v)| {
-            (
-                k.as_str().to_string(),
-                String::from_utf8_lossy(v.as_bytes()).into_owned(),
-            )
-        })
+        .map(|(k, v)| (k.as_str().to_string(), fields::from_wire(v.as_bytes())))
         .collect()
 }
 

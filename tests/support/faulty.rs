@@ -392,12 +392,20 @@ fn write_head(s: &mut TcpStream, status: u16, headers: &[(String, String)]) -> b
         500 => "Internal Server Error",
         _ => "Whatever",
     };
-    let mut h = format!("HTTP/1.1 {status} {reason}\r\nServer: fault-origin\r\n");
+    let mut h = format!("HTTP/1.1 {status} {reason}\r\nServer: fault-origin\r\n").into_bytes();
     for (k, v) in headers {
-        h.push_str(&format!("{k}: {v}\r\n"));
+        h.extend_from_slice(format!("{k}: ").as_bytes());
+        // A char up to U+00FF is sent as that one byte (obs-text, RFC 9110 §5.5).
+        for c in v.chars() {
+            match u8::try_from(u32::from(c)) {
+                Ok(b) => h.push(b),
+                Err(_) => h.extend_from_slice(c.encode_utf8(&mut [0; 4]).as_bytes()),
+            }
+        }
+        h.extend_from_slice(b"\r\n");
     }
-    h.push_str("\r\n");
-    s.write_all(h.as_bytes()).is_ok()
+    h.extend_from_slice(b"\r\n");
+    s.write_all(&h).is_ok()
 }
 
 /// Writes the response; returns whether the connection may be reused.
