@@ -38,8 +38,8 @@ pub struct Target {
     /// The client's `Cache-Control` (or `no-cache` for `Pragma: no-cache`), passed on
     /// upstream so that a reload reaches through a chain of caches to the origin.
     pub client_cc: Option<String>,
-    /// The client's end-to-end fields to forward upstream (its `User-Agent` first, then the
-    /// rest of [`Request::fields`]); a collapsed fill carries the first client's.
+    /// The client's end-to-end fields to forward upstream ([`Request::fields`], shared, not
+    /// copied); a collapsed fill carries the first client's.
     pub fields: Arc<[(String, String)]>,
     /// The configured origin this request matched (its `canonical` name, else its host
     /// pattern): the metrics' origin label, bounded by the configuration whatever clients send.
@@ -352,26 +352,12 @@ pub fn route(req: &Request, cfg: &Config) -> Result<Target, Refusal> {
         (None, true) => Some("no-cache".into()),
         (None, false) => None,
     };
-    t.fields = forwarded_fields(req);
+    t.fields = req.fields.clone();
     let path = t.path.split('?').next().unwrap_or("");
     t.rule = cfg.fresh_rule(&t.authority.host, path, origin);
     // Refuse here anything the upstream URL could not be made of.
     check_sendable(&t)?;
     Ok(t)
-}
-
-/// The client's end-to-end fields to forward upstream: its `User-Agent` first, then the rest
-/// of [`Request::fields`]. A request with none shares the empty list (an empty `Arc<[_]>`
-/// allocates nothing); only misses and pass-throughs read them, but every request builds them.
-fn forwarded_fields(req: &Request) -> Arc<[(String, String)]> {
-    if req.user_agent.is_none() && req.fields.is_empty() {
-        return Arc::default();
-    }
-    req.user_agent
-        .iter()
-        .map(|ua| ("User-Agent".to_string(), ua.clone()))
-        .chain(req.fields.iter().cloned())
-        .collect()
 }
 
 /// Refuses a target whose origin URL the `http` crate would not build ([`Target::uri_for`]),

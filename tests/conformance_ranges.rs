@@ -98,16 +98,7 @@ fn exchange(addr: SocketAddr, request: &[u8], behind: &[u8], slow: bool) -> Exch
     r.parse(&got[..head_end + 4]).expect("a response head");
     Exchange {
         status: r.code.unwrap(),
-        headers: r
-            .headers
-            .iter()
-            .map(|h| {
-                (
-                    h.name.to_string(),
-                    String::from_utf8_lossy(h.value).into_owned(),
-                )
-            })
-            .collect(),
+        headers: http::fields(r.headers),
         body: got[head_end + 4..].to_vec(),
         end,
     }

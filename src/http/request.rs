@@ -184,8 +184,9 @@ pub struct Request {
     pub expect_continue: bool,
     /// Every other end-to-end field, in order, names as sent (RFC 9110 §7.6.1: no hop-by-hop
     /// field, none named in `Connection`; not `Expect`, which the cache answers itself):
-    /// forwarded upstream on a miss and a pass-through (`X-Request-Id`, `Accept`, ...).
-    pub fields: Vec<(String, String)>,
+    /// forwarded upstream on a miss and a pass-through (`User-Agent`, `X-Request-Id`, `Accept`,
+    /// ...). Shared, so that a routed target holds them without a copy of each string.
+    pub fields: std::sync::Arc<[(String, String)]>,
 }
 
 impl Request {
@@ -314,6 +315,8 @@ struct Framing {
     conn_keep_alive: bool,
     /// Names listed in `Connection` (hop-by-hop, RFC 9110 §7.6.1), lower-cased.
     conn_options: Vec<String>,
+    /// The end-to-end fields to forward, gathered until the head is judged.
+    fields: Vec<(String, String)>,
 }
 
 impl Framing {
@@ -337,8 +340,8 @@ impl Framing {
                     self.conn_options.push(t.to_ascii_lowercase());
                 }
             }
-        } else {
-            keep_field(req, name, value);
+        } else if keep_field(req, name, value) {
+            self.fields.push((name.to_string(), value.to_string()));
         }
         Ok(())
     }
@@ -374,9 +377,11 @@ impl Framing {
             return Err(HeadError::Bad("repeated Host"));
         }
         req.body_len = self.content_length.unwrap_or(0);
-        if !self.conn_options.is_empty() {
-            req.fields
-                .retain(|(k, _)| !self.conn_options.iter().any(|o| k.eq_ignore_ascii_case(o)));
+        let options = &self.conn_options;
+        let mut fields = self.fields;
+        fields.retain(|(k, _)| !options.iter().any(|o| k.eq_ignore_ascii_case(o)));
+        if !fields.is_empty() {
+            req.fields = fields.into();
         }
         req.keep_alive = if req.http10 {
             self.conn_keep_alive && !self.conn_close
@@ -387,8 +392,9 @@ impl Framing {
     }
 }
 
-/// Keeps a field the cache acts on in `req`, and any other end-to-end field in `req.fields`.
-fn keep_field(req: &mut Request, name: &str, value: &str) {
+/// Keeps a field the cache acts on in `req`; says whether it is also one to forward (an
+/// end-to-end field the cache does not compute itself: `User-Agent` and any it does not know).
+fn keep_field(req: &mut Request, name: &str, value: &str) -> bool {
     if name.eq_ignore_ascii_case("range") {
         req.range = Some(value.to_string());
     } else if name.eq_ignore_ascii_case("if-range") {
@@ -407,6 +413,7 @@ fn keep_field(req: &mut Request, name: &str, value: &str) {
         join(&mut req.via, value);
     } else if name.eq_ignore_ascii_case("user-agent") {
         req.user_agent = Some(value.to_string());
+        return true;
     } else if name.eq_ignore_ascii_case("authorization") {
         req.authorization = Some(value.to_string());
     } else if name.eq_ignore_ascii_case("content-type") {
@@ -414,12 +421,12 @@ fn keep_field(req: &mut Request, name: &str, value: &str) {
     } else if name.eq_ignore_ascii_case("expect") {
         // Answered here (a 100 before the body is read), never forwarded.
         req.expect_continue |= value.eq_ignore_ascii_case("100-continue");
-    } else if !crate::http::fields::HOP_BY_HOP
-        .iter()
-        .any(|h| name.eq_ignore_ascii_case(h))
-    {
-        req.fields.push((name.to_string(), value.to_string()));
+    } else {
+        return !crate::http::fields::HOP_BY_HOP
+            .iter()
+            .any(|h| name.eq_ignore_ascii_case(h));
     }
+    false
 }
 
 #[cfg(test)]

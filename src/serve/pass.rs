@@ -28,7 +28,6 @@ fn forwarded(req: &Request) -> Vec<(String, String)> {
         ("If-None-Match", &req.if_none_match),
         ("If-Modified-Since", &req.if_modified_since),
         ("Cache-Control", &req.cache_control),
-        ("User-Agent", &req.user_agent),
         ("Authorization", &req.authorization),
         ("Content-Type", &req.content_type),
     ] {

@@ -196,23 +196,23 @@ fn storable_status(s: u16) -> bool {
 
 /// Does the response give its own lifetime (RFC 9111 §4.2.1: `s-maxage`, `max-age` or
 /// `Expires`)?
-fn explicitly_fresh(h: &HeaderMap) -> bool {
-    let cc = fields::combined(
-        lines(h).iter().map(|(k, v)| (k.as_str(), v.as_str())),
-        "cache-control",
-    );
-    let cc = CacheControl::parse(cc.as_deref());
+fn explicitly_fresh(cc: &CacheControl, h: &HeaderMap) -> bool {
     cc.s_maxage.is_some() || cc.max_age.is_some() || header(h, "expires").is_some()
 }
 
-/// Why a 200/206 may not be stored, if it may not.
-fn refuse_to_store(h: &HeaderMap) -> Option<&'static str> {
-    let cc = fields::combined(
-        lines(h).iter().map(|(k, v)| (k.as_str(), v.as_str())),
-        "cache-control",
-    );
-    let cc = CacheControl::parse(cc.as_deref());
-    freshness::not_storable(&cc, header(h, "vary"), false)
+/// Why a response may not be stored, if it may not (`cc`: its `Cache-Control`).
+fn refuse_to_store(cc: &CacheControl, h: &HeaderMap) -> Option<&'static str> {
+    freshness::not_storable(cc, header(h, "vary"), false)
+}
+
+/// The response's `Cache-Control`, its lines combined (RFC 9110 §5.3).
+fn cache_control(h: &HeaderMap) -> CacheControl {
+    let lines = h
+        .get_all("cache-control")
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .map(|v| ("cache-control", v));
+    CacheControl::parse(fields::combined(lines, "cache-control").as_deref())
 }
 
 /// Request fields a fill sets itself (RFC 9111 §4.3.1: the cache's own conditionals and
@@ -280,8 +280,9 @@ pub fn fetch(
     let h = &h;
     let relay = |why, resp| Ok(Answer::Relay(Relay { why, resp }));
     let content_length = body_length(h);
+    let cc = cache_control(h);
     if matches!(status, 200 | 206)
-        && let Some(why) = refuse_to_store(h)
+        && let Some(why) = refuse_to_store(&cc, h)
     {
         return relay(Unstored::NotStorable(why), resp);
     }
@@ -322,7 +323,10 @@ pub fn fetch(
         304 if revalidate.is_some() => Ok(Answer::NotModified(meta_from(&target.key, h, 304, 0))),
         // RFC 9111 §3, RFC 9110 §15.1: other statuses a cache may store, stored when the
         // origin gives them an explicit lifetime (no heuristic for them) and a length.
-        s if storable_status(s) && explicitly_fresh(h) && refuse_to_store(h).is_none() => {
+        s if storable_status(s)
+            && explicitly_fresh(&cc, h)
+            && refuse_to_store(&cc, h).is_none() =>
+        {
             match content_length.or((s == 204).then_some(0)) {
                 Some(len) => Ok(store(meta_from(&target.key, h, s, len), 0, len, resp)),
                 None => relay(Unstored::NotStorable("no Content-Length"), resp),

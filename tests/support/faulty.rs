@@ -250,16 +250,7 @@ fn read_head(s: &mut TcpStream, buf: &mut Vec<u8>) -> Option<ReqHead> {
                 range: h("range"),
                 if_none_match: h("if-none-match"),
                 authorization: h("authorization"),
-                headers: r
-                    .headers
-                    .iter()
-                    .map(|h| {
-                        (
-                            h.name.to_string(),
-                            String::from_utf8_lossy(h.value).into_owned(),
-                        )
-                    })
-                    .collect(),
+                headers: super::http::fields(r.headers),
                 body: Vec::new(),
                 close: h("connection").is_some_and(|v| v.eq_ignore_ascii_case("close"))
                     || r.version == Some(0),

@@ -98,16 +98,7 @@ impl Conn {
                 Ok(httparse::Status::Complete(n)) => {
                     let head = Head {
                         status: r.code.unwrap_or(0),
-                        headers: r
-                            .headers
-                            .iter()
-                            .map(|h| {
-                                (
-                                    h.name.to_string(),
-                                    String::from_utf8_lossy(h.value).into_owned(),
-                                )
-                            })
-                            .collect(),
+                        headers: fields(r.headers),
                     };
                     self.buf.drain(..n);
                     return Ok(Some(head));
@@ -283,6 +274,19 @@ pub fn request(method: &str, path: &str, extra: &[(&str, &str)]) -> String {
     }
     s.push_str("\r\n");
     s
+}
+
+/// A parsed head's fields as (name, value) lines, in order, values read lossily as UTF-8.
+pub fn fields(headers: &[httparse::Header<'_>]) -> Vec<(String, String)> {
+    headers
+        .iter()
+        .map(|h| {
+            (
+                h.name.to_string(),
+                String::from_utf8_lossy(h.value).into_owned(),
+            )
+        })
+        .collect()
 }
 
 /// One request on a fresh connection.
